@@ -1,0 +1,146 @@
+//! What the engine asks the proxy to do, and what it tells it happened.
+
+use fuseproxy_protocol::{Opcode, Unique};
+
+/// A handle to a message buffer owned by the proxy (an arena slot).
+///
+/// The engine only passes it back in an [`Action`]; it never sees the memory
+/// behind it outside the call that handed it in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SlotId(pub u32);
+
+/// The largest request the engine builds itself (a DESTROY, a SETATTR).
+pub const INJECTED_MAX: usize = 160;
+
+/// A request of the proxy's own, encoded and ready to send to the backend.
+#[derive(Clone, Copy)]
+pub struct Injected {
+    bytes: [u8; INJECTED_MAX],
+    len: u16,
+}
+
+impl Injected {
+    /// Wraps `len` encoded bytes.
+    ///
+    /// # Panics
+    /// If `len` exceeds [`INJECTED_MAX`]; the engine only builds requests that fit.
+    pub(crate) fn new(bytes: [u8; INJECTED_MAX], len: usize) -> Self {
+        assert!(len <= INJECTED_MAX);
+        Injected {
+            bytes,
+            len: len as u16,
+        }
+    }
+
+    /// The request's bytes, header included.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+impl core::fmt::Debug for Injected {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Injected({} bytes)", self.len)
+    }
+}
+
+/// One instruction for the proxy. Carry them out in the order
+/// [`Engine::poll_action`](crate::Engine::poll_action) returns them.
+#[derive(Debug, Clone, Copy)]
+pub enum Action {
+    /// Send the request in this slot to the backend, then free the slot.
+    ForwardRequest(SlotId),
+    /// Write the reply or notification in this slot to the device, then free the slot.
+    DeliverReply(SlotId),
+    /// Free this slot; nothing is sent.
+    Free(SlotId),
+    /// Write a reply carrying only `-errno` for `unique` to the device.
+    AnswerError {
+        /// The kernel's request to answer.
+        unique: Unique,
+        /// A positive errno.
+        errno: i32,
+    },
+    /// Send this request of the proxy's own to the backend.
+    Inject(Injected),
+}
+
+/// Something the proxy should know about, mostly to log it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// The kernel's INIT was seen; `removed` are the capability bits taken out
+    /// of its offer before the backend saw it.
+    InitOffered {
+        /// The kernel's protocol minor.
+        minor: u32,
+        /// The flags the kernel offered (flags | flags2 << 32), before removal.
+        offered: u64,
+        /// The flags removed.
+        removed: u64,
+    },
+    /// The backend answered INIT; the session runs with these values.
+    Negotiated {
+        /// Protocol major of the backend's reply.
+        major: u32,
+        /// Protocol minor the backend chose.
+        minor: u32,
+        /// max_write after the proxy's clamp.
+        max_write: u32,
+        /// max_write the backend asked for, before the clamp.
+        backend_max_write: u32,
+        /// Flags the backend accepted (flags | flags2 << 32).
+        flags: u64,
+    },
+    /// The backend refused INIT or sent a reply the proxy cannot read.
+    InitFailed {
+        /// The errno it answered with (positive), or EIO for an unreadable reply.
+        errno: i32,
+    },
+    /// A request of the proxy's own was answered.
+    InjectedReply {
+        /// What it was.
+        opcode: Opcode,
+        /// Its unique.
+        unique: Unique,
+        /// The backend's error (0 = success, otherwise negative errno).
+        error: i32,
+    },
+    /// A reply was dropped as invalid; the stats count it by reason.
+    BadReply {
+        /// Why, in a few words.
+        reason: BadReplyReason,
+        /// The request it named, if it named one in flight (answered with EIO).
+        unique: Option<Unique>,
+    },
+}
+
+/// Why a reply from the backend was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadReplyReason {
+    /// Shorter than `fuse_out_header`.
+    ShortHeader,
+    /// `len` differs from the bytes received.
+    LengthMismatch,
+    /// Error outside the kernel's range.
+    BadError,
+    /// An error reply with a body.
+    ErrorWithBody,
+    /// Larger than the largest legal reply.
+    Oversized,
+    /// Names no request in flight.
+    UnknownUnique,
+}
+
+impl BadReplyReason {
+    /// A short name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BadReplyReason::ShortHeader => "short header",
+            BadReplyReason::LengthMismatch => "length mismatch",
+            BadReplyReason::BadError => "error out of range",
+            BadReplyReason::ErrorWithBody => "error with body",
+            BadReplyReason::Oversized => "oversized",
+            BadReplyReason::UnknownUnique => "unknown unique",
+        }
+    }
+}

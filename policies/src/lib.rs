@@ -1,0 +1,30 @@
+//! fuseproxy's decision engine: what to do with each FUSE message passing
+//! between the kernel and the backend.
+//!
+//! This crate does no I/O and reads no clock. It is a state machine fed
+//! decoded messages and the current time ([`Instant`], supplied by the
+//! caller), which answers with [`Action`]s for the caller to carry out, in
+//! the manner of quinn-proto. The same engine therefore runs inside the
+//! proxy, in unit tests with a made-up clock, and over a recorded capture.
+//!
+//! # Contract
+//! - Call one `handle_*` method per input, then drain
+//!   [`Engine::poll_action`] and [`Engine::poll_event`] until `None`.
+//! - `now` never decreases from one call to the next.
+//! - Every slot handed in comes back in exactly one action
+//!   (`ForwardRequest`, `DeliverReply` or `Free`).
+//! - After [`Engine::new`], nothing allocates.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod action;
+mod engine;
+pub mod inflight;
+pub mod init_rule;
+mod instant;
+mod stats;
+
+pub use action::{Action, BadReplyReason, Event, Injected, SlotId, INJECTED_MAX};
+pub use engine::{Config, Engine};
+pub use instant::{Duration, Instant};
+pub use stats::{BadReplies, Stats};

@@ -1,0 +1,51 @@
+//! Counters the engine keeps and the proxy reads and logs.
+
+/// What the engine has seen and decided since it was created.
+///
+/// Plain counters: the proxy copies them out (`Engine::stats`) to log them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Requests read from the kernel.
+    pub requests: u64,
+    /// Requests forwarded to the backend.
+    pub forwarded: u64,
+    /// Replies from the backend delivered to the kernel.
+    pub replies: u64,
+    /// Notifications (unique 0) from the backend delivered to the kernel.
+    pub notifications: u64,
+    /// Requests the engine answered itself with an error (malformed, backend gone).
+    pub answered_with_error: u64,
+    /// Requests of the proxy's own sent to the backend.
+    pub injected: u64,
+    /// Bad replies dropped, by reason.
+    pub bad: BadReplies,
+}
+
+/// Replies from the backend that never reached the kernel, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BadReplies {
+    /// Shorter than the 16-byte `fuse_out_header`.
+    pub short_header: u64,
+    /// `len` differs from the bytes received.
+    pub length_mismatch: u64,
+    /// Error outside -511..=0, or a notification code the header cannot carry.
+    pub bad_error: u64,
+    /// An error reply that also carries a body.
+    pub error_with_body: u64,
+    /// Larger than any legal reply (truncated on receipt).
+    pub oversized: u64,
+    /// Names no request in flight (including replies to FORGET).
+    pub unknown_unique: u64,
+}
+
+impl BadReplies {
+    /// All bad replies together.
+    pub fn total(&self) -> u64 {
+        self.short_header
+            + self.length_mismatch
+            + self.bad_error
+            + self.error_with_body
+            + self.oversized
+            + self.unknown_unique
+    }
+}

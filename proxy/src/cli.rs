@@ -1,0 +1,258 @@
+//! The command line: options, the backend's command, and the rewrite of its
+//! MOUNTPOINT argument to `/dev/fd/N`.
+
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+
+use clap::{ArgAction, Parser, ValueEnum};
+
+use crate::error::Error;
+
+const ABOUT: &str = "Mount a FUSE filesystem through a protocol-level proxy.";
+
+const LONG_ABOUT: &str = "\
+fuseproxy mounts MOUNTPOINT itself and runs BACKEND_COMMAND, an unmodified FUSE \
+daemon, with its MOUNTPOINT argument replaced by /dev/fd/N: one end of a socket \
+pair that the daemon's libfuse uses as if it were /dev/fuse. Every FUSE message \
+between the kernel and the daemon passes through the proxy, which forwards it \
+unchanged except where a policy says otherwise.
+
+Write BACKEND_COMMAND exactly as you would run it without the proxy. The argument \
+equal to MOUNTPOINT is replaced; it is an error if there is none. Mount options in \
+the backend's own -o arguments (allow_other, default_permissions, ro, fsname=, \
+subtype=, ...) are applied by the proxy to its mount, since a daemon given /dev/fd/N \
+mounts nothing; they also stay in the backend's command for it to see. The proxy's \
+own -o overrides them. Defaults are libfuse's: nosuid,nodev; no allow_other; type \
+fuse.PROGRAM and source PROGRAM unless fsname= or subtype= is given.
+
+The proxy needs root (it mounts with mount(2) and opens /dev/fuse). Every message \
+buffer lives in one fixed arena, locked in memory, so that forwarding never \
+allocates and the proxy cannot itself be stalled by memory reclaim.
+
+Replies from the daemon are checked before they reach the kernel: a reply the \
+kernel would reject while leaving its caller waiting forever (wrong length, error \
+out of range, unknown request) is dropped, counted, and the request it names is \
+answered with EIO.
+
+Life cycle: SIGINT, SIGTERM or SIGHUP unmount the filesystem, send the daemon a \
+DESTROY, wait for it to exit and end with status 0; so does `umount MOUNTPOINT`. \
+If the daemon dies, every request waiting on it is answered with EIO, the mount is \
+removed and the proxy exits with status 1. SIGUSR1 logs the counters.";
+
+const AFTER_HELP: &str = "\
+EXAMPLES:
+    Wrap libfuse's passthrough example over /srv/data:
+        fuseproxy /mnt/data -- passthrough_ll -f -o source=/srv/data /mnt/data
+
+    Wrap sshfs, keeping its mount options:
+        fuseproxy /mnt/host -- sshfs -f -o allow_other,default_permissions user@host:/ /mnt/host
+
+    Wrap a read-only squashfs image:
+        fuseproxy /mnt/img -- squashfuse -f image.sqfs /mnt/img
+
+    Run the backend in the foreground (-f): the proxy stays in the foreground
+    itself and ends when the mount ends. A backend that daemonizes still works;
+    its socket, not its pid, tells the proxy whether it is alive.
+
+EXIT STATUS:
+    0  unmounted on a signal or by umount
+    1  the daemon died, or a run-time error (the last line says which)
+    2  the command line is wrong";
+
+/// Log verbosity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum LogLevel {
+    /// Only errors.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// Start-up, shutdown and summaries (the default).
+    Info,
+    /// Per-event detail, off the hot path.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+/// The parsed command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "fuseproxy",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_long_help = AFTER_HELP,
+    override_usage = "fuseproxy [OPTIONS] MOUNTPOINT -- BACKEND_COMMAND..."
+)]
+pub struct Cli {
+    /// Mount options, comma-separated, in libfuse's -o convention (allow_other,
+    /// default_permissions, ro, rw, suid, dev, exec, noatime, sync, dirsync,
+    /// fsname=NAME, subtype=TYPE, max_read=N). May be repeated; they override
+    /// the mount options found in the backend's own -o. [default: none]
+    #[arg(short = 'o', value_name = "OPTIONS", action = ArgAction::Append)]
+    pub options: Vec<String>,
+
+    /// Log more: -v for debug, -vv for trace. Adds to --log-level.
+    #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Log level of messages on stderr.
+    #[arg(long, value_enum, default_value_t = LogLevel::Info, value_name = "LEVEL")]
+    pub log_level: LogLevel,
+
+    /// Bytes of message buffers, allocated and locked at start (suffixes K, M,
+    /// G). Cut into slots of 1 MiB + 4 KiB, the largest FUSE message; at least
+    /// two slots are made. When all are busy the proxy stops reading requests
+    /// until one frees up.
+    #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = parse_size)]
+    pub arena_size: usize,
+
+    /// Requests in flight to the backend at most; the table is allocated at
+    /// start. When it is full the proxy stops reading requests.
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub max_inflight: u32,
+
+    /// Where to mount: an existing directory (or file) that is not already a
+    /// mount point.
+    #[arg(value_name = "MOUNTPOINT")]
+    pub mountpoint: PathBuf,
+
+    /// The FUSE daemon's command, written as without the proxy, after `--`.
+    #[arg(value_name = "BACKEND_COMMAND", last = true, required = true, num_args = 1..)]
+    pub backend: Vec<OsString>,
+}
+
+impl Cli {
+    /// The slog level after -v.
+    pub fn level(&self) -> LogLevel {
+        let all = [
+            LogLevel::Error,
+            LogLevel::Warn,
+            LogLevel::Info,
+            LogLevel::Debug,
+            LogLevel::Trace,
+        ];
+        let i = all.iter().position(|l| *l == self.log_level).unwrap_or(2);
+        all[(i + self.verbose as usize).min(all.len() - 1)]
+    }
+}
+
+/// "64M" → 67108864.
+fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("unknown size suffix '{c}' (use K, M or G)")),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (e.g. 64M)"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+/// Replaces the last argument of `argv` (after the program) that names
+/// `mountpoint` with `/dev/fd/{fd}`. An argument names it when it is equal as
+/// written, or resolves to the same path.
+pub fn rewrite_mountpoint(
+    argv: &[OsString],
+    mountpoint: &Path,
+    canonical: &Path,
+    fd: i32,
+) -> Result<Vec<OsString>, Error> {
+    let names_it = |a: &OsStr| {
+        a == mountpoint.as_os_str()
+            || (!a.as_encoded_bytes().starts_with(b"-")
+                && Path::new(a).canonicalize().is_ok_and(|c| c == canonical))
+    };
+    let idx = argv
+        .iter()
+        .enumerate()
+        .skip(1)
+        .rev()
+        .find(|(_, a)| names_it(a))
+        .map(|(i, _)| i)
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "no argument of the backend command is the mountpoint '{}'; write the \
+                 backend command as you would run it without the proxy, mountpoint included",
+                mountpoint.display()
+            ))
+        })?;
+    let mut out = argv.to_vec();
+    out[idx] = OsString::from(format!("/dev/fd/{fd}"));
+    Ok(out)
+}
+
+/// The backend program's base name (libfuse's default subtype).
+pub fn program_name(argv: &[OsString]) -> String {
+    argv.first()
+        .map(|p| {
+            Path::new(p)
+                .file_name()
+                .unwrap_or(p)
+                .to_string_lossy()
+                .into_owned()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("M").is_err());
+    }
+
+    #[test]
+    fn rewrites_the_last_match_only() {
+        let argv = os(&["bindfs", "/x/m", "/x/m"]);
+        let out =
+            rewrite_mountpoint(&argv, Path::new("/x/m"), Path::new("/nonexistent"), 7).unwrap();
+        assert_eq!(out, os(&["bindfs", "/x/m", "/dev/fd/7"]));
+    }
+
+    #[test]
+    fn missing_mountpoint_is_a_usage_error() {
+        let argv = os(&["sshfs", "host:/", "/elsewhere"]);
+        let err =
+            rewrite_mountpoint(&argv, Path::new("/mnt/a"), Path::new("/mnt/a"), 3).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("/mnt/a"));
+    }
+
+    #[test]
+    fn the_program_itself_is_never_rewritten() {
+        let argv = os(&["/mnt/a"]);
+        assert!(rewrite_mountpoint(&argv, Path::new("/mnt/a"), Path::new("/mnt/a"), 3).is_err());
+    }
+
+    #[test]
+    fn command_line_parses() {
+        let cli =
+            Cli::try_parse_from(["fuseproxy", "-o", "ro", "-v", "/m", "--", "fs", "/m"]).unwrap();
+        assert_eq!(cli.options, vec!["ro"]);
+        assert_eq!(cli.level(), LogLevel::Debug);
+        assert_eq!(cli.backend, os(&["fs", "/m"]));
+        assert!(Cli::try_parse_from(["fuseproxy", "/m", "fs", "/m"]).is_err());
+        assert!(Cli::try_parse_from(["fuseproxy", "/m", "--"]).is_err());
+    }
+}

@@ -1,0 +1,752 @@
+//! The event loop: mio over /dev/fuse, the backend's socket and a signalfd.
+//! It feeds the engine and carries out its actions, and nothing cleverer.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::Duration;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::SignalFd;
+use slog::{debug, error, info, warn, Logger};
+
+use fuseproxy_policies::{Action, Engine, Event, Injected, Instant, SlotId, Stats};
+use fuseproxy_protocol::{encode, flags, Unique};
+
+use crate::alloc_count;
+use crate::arena::Arena;
+use crate::backend::{describe, Backend};
+use crate::channel::{self, Recv, Send};
+use crate::device::{self, Read, Write};
+use crate::error::Error;
+use crate::memory::Pinning;
+use crate::mount::unmount_in_background;
+use crate::mount::Mount;
+
+const DEVICE: Token = Token(0);
+const BACKEND: Token = Token(1);
+const SIGNALS: Token = Token(2);
+
+/// How long the backend gets to answer DESTROY, and the kernel to end the
+/// connection after the proxy's unmount, before the proxy stops waiting.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Bad replies after the first are summed up at most this often.
+const BAD_REPLY_REPORT: Duration = Duration::from_secs(1);
+
+/// Where the session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Forwarding.
+    Running,
+    /// A signal asked to stop; the unmount is under way and the proxy keeps
+    /// forwarding (the unmount may flush dirty data) until the kernel ends the
+    /// connection.
+    Unmounting,
+    /// The kernel's side is gone; the backend is being told (DESTROY).
+    KernelGone,
+    /// The backend is gone.
+    BackendGone,
+}
+
+/// A message waiting for room on the backend's socket.
+#[derive(Clone, Copy)]
+enum Pending {
+    Slot(SlotId),
+    Injected(Injected),
+}
+
+/// What the start-up line needs that only `main` knows.
+pub struct Startup {
+    /// The effective mount options, as text.
+    pub options: String,
+    /// What took effect of mlockall / PR_SET_IO_FLUSHER.
+    pub pinning: Pinning,
+}
+
+/// One FUSE session: the device, the backend, the engine between them.
+pub struct Session {
+    log: Logger,
+    poll: Poll,
+    device: Option<File>,
+    socket: Option<OwnedFd>,
+    signals: SignalFd,
+    engine: Engine,
+    arena: Arena,
+    mount: Mount,
+    backend: Backend,
+    startup: Startup,
+    clock: std::time::Instant,
+    /// Messages for the backend that found its socket full, in order.
+    /// INVARIANT: its capacity is the arena's slot count plus the injected
+    /// room, allocated once; at most one per slot can be pending.
+    pending: VecDeque<Pending>,
+    device_readable: bool,
+    socket_readable: bool,
+    phase: Phase,
+    /// The reason the backend is considered gone, once it is.
+    backend_end: Option<String>,
+    /// Deadline of the current shutdown step.
+    grace_until: Option<std::time::Instant>,
+    signalled: u32,
+    unmounter: Option<std::thread::JoinHandle<Result<(), Error>>>,
+    /// Bad replies already logged, and when the next summary is due.
+    bad_reported: u64,
+    bad_report_at: Option<std::time::Instant>,
+    /// Write errors from the device, counted (not logged per message).
+    stale_writes: u64,
+    rejected_writes: u64,
+    /// The allocation counter at the end of the previous stats dump.
+    alloc_mark: u64,
+}
+
+impl Session {
+    /// Assembles a session around a mount, its device and a started backend.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        log: Logger,
+        device: File,
+        socket: OwnedFd,
+        signals: SignalFd,
+        engine: Engine,
+        arena: Arena,
+        mount: Mount,
+        backend: Backend,
+        startup: Startup,
+    ) -> Result<Session, Error> {
+        let poll = Poll::new().map_err(|e| Error::Setup(format!("epoll: {e}")))?;
+        let reg = |fd: i32, token, interest| {
+            poll.registry()
+                .register(&mut SourceFd(&fd), token, interest)
+                .map_err(|e| Error::Setup(format!("epoll_ctl: {e}")))
+        };
+        reg(device.as_raw_fd(), DEVICE, Interest::READABLE)?;
+        reg(
+            socket.as_raw_fd(),
+            BACKEND,
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        reg(signals.as_raw_fd(), SIGNALS, Interest::READABLE)?;
+        let pending = VecDeque::with_capacity(arena.slots() + 64);
+        Ok(Session {
+            log,
+            poll,
+            device: Some(device),
+            socket: Some(socket),
+            signals,
+            engine,
+            arena,
+            mount,
+            backend,
+            startup,
+            clock: std::time::Instant::now(),
+            pending,
+            device_readable: true,
+            socket_readable: true,
+            phase: Phase::Running,
+            backend_end: None,
+            grace_until: None,
+            signalled: 0,
+            unmounter: None,
+            bad_reported: 0,
+            bad_report_at: None,
+            stale_writes: 0,
+            rejected_writes: 0,
+            alloc_mark: alloc_count::allocations(),
+        })
+    }
+
+    fn now(&self) -> Instant {
+        Instant::from_nanos(self.clock.elapsed().as_nanos() as u64)
+    }
+
+    /// Runs until the session ends. `Ok` for an orderly end (signal, umount),
+    /// `Err` with the reason when the backend died or something failed.
+    pub fn run(mut self) -> Result<(), Error> {
+        let mut events = Events::with_capacity(8);
+        loop {
+            let timeout = self.timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(Error::Setup(format!("epoll_wait: {e}")));
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    DEVICE => self.device_readable = true,
+                    // Readable, hung up, error, or writable: every case is
+                    // found out by trying (recv/send report the state).
+                    BACKEND => self.socket_readable = true,
+                    SIGNALS => self.handle_signals(),
+                    t => warn!(self.log, "event for unknown token {}", t.0),
+                }
+            }
+            self.handle_deadlines();
+            self.pump();
+            if let Some(end) = self.finished() {
+                return self.finish(end);
+            }
+        }
+    }
+
+    /// Until the earliest of: the engine's deadline, a shutdown step's, the
+    /// next bad-reply summary.
+    fn timeout(&self) -> Option<Duration> {
+        let now = std::time::Instant::now();
+        let engine = self.engine.poll_timeout().map(|t| {
+            let ns = t.as_nanos().saturating_sub(self.now().as_nanos());
+            now + Duration::from_nanos(ns)
+        });
+        [engine, self.grace_until, self.bad_report_at]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| t.saturating_duration_since(now))
+    }
+
+    fn handle_deadlines(&mut self) {
+        let wall = std::time::Instant::now();
+        let now = self.now();
+        if self.engine.poll_timeout().is_some_and(|t| t <= now) {
+            self.engine.handle_timeout(now);
+            self.run_actions();
+        }
+        if self.bad_report_at.is_some_and(|t| t <= wall) {
+            self.bad_report_at = None;
+            self.report_bad_replies();
+        }
+        if self.grace_until.is_some_and(|t| t <= wall) {
+            self.grace_until = None;
+            if self.phase == Phase::Unmounting {
+                // The mount is detached but still in use: abort the
+                // connection, as closing the last device fd does.
+                warn!(
+                    self.log,
+                    "the kernel kept the connection {}s after the unmount; aborting it",
+                    SHUTDOWN_GRACE.as_secs()
+                );
+                self.device = None;
+                self.kernel_gone();
+            } else if self.phase == Phase::KernelGone {
+                warn!(
+                    self.log,
+                    "the backend did not answer DESTROY within {}s",
+                    SHUTDOWN_GRACE.as_secs()
+                );
+                self.grace_until = Some(wall);
+            }
+        }
+    }
+
+    /// Moves messages until neither side can make progress.
+    fn pump(&mut self) {
+        loop {
+            let mut progress = self.flush_pending();
+            progress |= self.read_replies();
+            progress |= self.read_requests();
+            if !progress {
+                break;
+            }
+        }
+    }
+
+    fn read_requests(&mut self) -> bool {
+        let mut progress = false;
+        while self.device_readable
+            && self.pending.is_empty()
+            && self.engine.can_accept_request()
+            // Keep a slot for the backend's replies, which free the rest.
+            && self.arena.free() > 1
+        {
+            let Some(dev) = self.device.as_ref() else {
+                break;
+            };
+            let Some(slot) = self.arena.alloc() else {
+                break;
+            };
+            match device::read(dev.as_fd(), self.arena.buf_mut(slot)) {
+                Read::Message(n) => {
+                    self.arena.set_len(slot, n);
+                    let now = self.now();
+                    self.engine
+                        .handle_request(now, slot, self.arena.msg_mut(slot));
+                    self.run_actions();
+                    progress = true;
+                }
+                Read::WouldBlock => {
+                    self.arena.release(slot);
+                    self.device_readable = false;
+                }
+                Read::Retry => self.arena.release(slot),
+                Read::Gone => {
+                    self.arena.release(slot);
+                    self.device_readable = false;
+                    self.kernel_gone();
+                }
+                Read::Failed(e) => {
+                    self.arena.release(slot);
+                    self.device_readable = false;
+                    error!(self.log, "reading /dev/fuse failed: {}", e.desc());
+                    self.device = None;
+                    self.kernel_gone();
+                }
+            }
+        }
+        progress
+    }
+
+    fn read_replies(&mut self) -> bool {
+        let mut progress = false;
+        while self.socket_readable && self.backend_end.is_none() {
+            let Some(sock) = self.socket.as_ref() else {
+                break;
+            };
+            let Some(slot) = self.arena.alloc() else {
+                break;
+            };
+            match channel::recv(sock.as_fd(), self.arena.buf_mut(slot)) {
+                Recv::Message { len, real_len } => {
+                    self.arena.set_len(slot, len);
+                    let now = self.now();
+                    self.engine
+                        .handle_reply(now, slot, self.arena.msg_mut(slot), real_len);
+                    self.run_actions();
+                    progress = true;
+                }
+                Recv::WouldBlock => {
+                    self.arena.release(slot);
+                    self.socket_readable = false;
+                }
+                Recv::Closed(errno) => {
+                    self.arena.release(slot);
+                    let how = match errno {
+                        None => "closed its channel".to_string(),
+                        Some(e) => format!("channel failed ({})", e.desc()),
+                    };
+                    self.backend_gone(how);
+                    progress = true;
+                }
+            }
+        }
+        progress
+    }
+
+    /// Sends what waited for room on the socket, in order.
+    fn flush_pending(&mut self) -> bool {
+        let mut progress = false;
+        while let Some(&p) = self.pending.front() {
+            match self.send(&p) {
+                Some(false) => break,
+                Some(true) | None => {
+                    if let Some(Pending::Slot(s)) = self.pending.pop_front() {
+                        self.arena.release(s);
+                    }
+                    progress = true;
+                }
+            }
+        }
+        progress
+    }
+
+    /// Sends one message: `Some(true)` sent, `Some(false)` socket full,
+    /// `None` dropped (the backend is gone, or it can never fit).
+    fn send(&mut self, p: &Pending) -> Option<bool> {
+        let sock = self.socket.as_ref()?;
+        if self.backend_end.is_some() {
+            return None;
+        }
+        let msg = match p {
+            Pending::Slot(s) => self.arena.msg(*s),
+            Pending::Injected(i) => i.as_bytes(),
+        };
+        match channel::send(sock.as_fd(), msg) {
+            Send::Sent => Some(true),
+            Send::WouldBlock => Some(false),
+            Send::TooBig => {
+                // Cannot happen with the forced buffers; answer, never hang.
+                error!(
+                    self.log,
+                    "a {}-byte message does not fit the backend's socket",
+                    msg.len()
+                );
+                let unique = request_unique(msg);
+                let now = self.now();
+                if let Some(u) = unique {
+                    self.engine.handle_send_failure(now, u);
+                }
+                self.run_actions();
+                None
+            }
+            Send::Closed(e) => {
+                self.backend_gone(format!("channel failed ({})", e.desc()));
+                None
+            }
+        }
+    }
+
+    fn forward(&mut self, p: Pending) {
+        if self.pending.is_empty() && self.send(&p) != Some(false) {
+            if let Pending::Slot(s) = p {
+                self.arena.release(s);
+            }
+            return;
+        }
+        self.pending.push_back(p);
+    }
+
+    /// Carries out the engine's actions, then logs its events.
+    fn run_actions(&mut self) {
+        loop {
+            let now = self.now();
+            let Some(action) = self.engine.poll_action(now) else {
+                break;
+            };
+            match action {
+                Action::ForwardRequest(slot) => self.forward(Pending::Slot(slot)),
+                Action::Inject(req) => self.forward(Pending::Injected(req)),
+                Action::DeliverReply(slot) => {
+                    self.write_device_slot(slot);
+                    self.arena.release(slot);
+                }
+                Action::Free(slot) => self.arena.release(slot),
+                Action::AnswerError { unique, errno } => self.answer_error(unique, errno),
+            }
+        }
+        while let Some(ev) = self.engine.poll_event() {
+            self.log_event(ev);
+        }
+    }
+
+    fn write_device_slot(&mut self, slot: SlotId) {
+        let Some(dev) = self.device.as_ref() else {
+            return;
+        };
+        let outcome = device::write(dev.as_fd(), self.arena.msg(slot));
+        self.count_write(outcome);
+    }
+
+    fn answer_error(&mut self, unique: Unique, errno: i32) {
+        let Some(dev) = self.device.as_ref() else {
+            return;
+        };
+        let mut buf = [0u8; 16];
+        if let Some(n) = encode::encode_error_reply(&mut buf, unique, errno) {
+            let outcome = device::write(dev.as_fd(), &buf[..n]);
+            self.count_write(outcome);
+        }
+    }
+
+    fn count_write(&mut self, outcome: Write) {
+        match outcome {
+            Write::Done => {}
+            Write::Stale => self.stale_writes += 1,
+            Write::Rejected(e) => {
+                self.rejected_writes += 1;
+                debug!(self.log, "the kernel rejected a reply: {}", e.desc());
+            }
+            Write::Gone => {
+                self.device_readable = true;
+            }
+        }
+    }
+
+    fn log_event(&mut self, ev: Event) {
+        match ev {
+            Event::InitOffered {
+                minor,
+                offered,
+                removed,
+            } => {
+                debug!(
+                    self.log,
+                    "kernel offers protocol 7.{minor}, flags {offered:#x}"
+                );
+                if removed != 0 {
+                    info!(
+                        self.log,
+                        "removed from the kernel's INIT offer (they need the real device): {}",
+                        flags::init_flag_names(removed)
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    );
+                }
+            }
+            Event::Negotiated {
+                major,
+                minor,
+                max_write,
+                backend_max_write,
+                flags: f,
+            } => {
+                let p = self.startup.pinning;
+                info!(
+                    self.log,
+                    "mounted {} ({}), backend pid {}, protocol {major}.{minor}, max_write={max_write}, \
+                     mlockall={}, io_flusher={}, arena={}x{}B{}",
+                    self.mount.path().display(),
+                    self.startup.options,
+                    self.backend.pid(),
+                    yes(p.mlockall),
+                    match p.io_flusher { Ok(()) => "yes".into(), Err(e) => format!("no ({e})") },
+                    self.arena.slots(),
+                    crate::arena::SLOT_SIZE,
+                    if self.arena.is_locked() { " locked" } else { " NOT locked" },
+                );
+                if backend_max_write != max_write {
+                    info!(self.log, "max_write lowered from {backend_max_write} to {max_write} to fit the arena's slots");
+                }
+                debug!(
+                    self.log,
+                    "negotiated flags {f:#x}: {}",
+                    flags::init_flag_names(f).collect::<Vec<_>>().join(" ")
+                );
+            }
+            Event::InitFailed { errno } => {
+                error!(self.log, "the backend refused INIT (errno {errno})");
+            }
+            Event::InjectedReply {
+                opcode,
+                unique,
+                error,
+            } => {
+                debug!(
+                    self.log,
+                    "{opcode} {:#x} of the proxy's own answered: {error}", unique.0
+                );
+            }
+            Event::BadReply { reason, unique } => {
+                let total = self.engine.stats().bad.total();
+                if self.bad_reported == 0 {
+                    // The first one in detail; later ones as summed counts.
+                    match unique {
+                        Some(u) => warn!(
+                            self.log,
+                            "bad reply from the backend ({}); request {:#x} answered with EIO",
+                            reason.as_str(),
+                            u.0
+                        ),
+                        None => warn!(
+                            self.log,
+                            "bad reply from the backend ({}); dropped",
+                            reason.as_str()
+                        ),
+                    }
+                    self.bad_reported = total;
+                } else if self.bad_report_at.is_none() {
+                    self.bad_report_at = Some(std::time::Instant::now() + BAD_REPLY_REPORT);
+                }
+            }
+        }
+    }
+
+    fn report_bad_replies(&mut self) {
+        let s = self.engine.stats();
+        let total = s.bad.total();
+        if total > self.bad_reported {
+            warn!(
+                self.log,
+                "{} more bad replies from the backend dropped ({} in all: {})",
+                total - self.bad_reported,
+                total,
+                bad_summary(&s)
+            );
+            self.bad_reported = total;
+        }
+    }
+
+    fn handle_signals(&mut self) {
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGUSR1) => self.log_stats(),
+                Ok(Signal::SIGCHLD) => {
+                    if let Some(st) = self.backend.try_reap() {
+                        debug!(
+                            self.log,
+                            "backend process {} {}",
+                            self.backend.pid(),
+                            describe(st)
+                        );
+                    }
+                }
+                Ok(sig) => self.stop_requested(sig),
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn stop_requested(&mut self, sig: Signal) {
+        self.signalled += 1;
+        if self.signalled > 1 || self.phase != Phase::Running {
+            if self.device.is_some() && self.phase != Phase::BackendGone {
+                warn!(self.log, "{} again: aborting the connection", sig.as_str());
+                self.device = None;
+                self.kernel_gone();
+            }
+            return;
+        }
+        info!(
+            self.log,
+            "{}: unmounting {}",
+            sig.as_str(),
+            self.mount.path().display()
+        );
+        self.phase = Phase::Unmounting;
+        self.grace_until = Some(std::time::Instant::now() + SHUTDOWN_GRACE);
+        // In a thread of its own: the unmount may flush dirty pages, which
+        // the kernel sends as WRITE requests that this loop must forward.
+        self.unmounter = Some(unmount_in_background(self.mount.path().to_path_buf()));
+    }
+
+    /// The kernel's side of the session has ended (ENODEV, or the proxy
+    /// closed the device). Tell the backend with a DESTROY of the proxy's own.
+    fn kernel_gone(&mut self) {
+        if matches!(self.phase, Phase::KernelGone | Phase::BackendGone) {
+            return;
+        }
+        self.phase = Phase::KernelGone;
+        self.mount.detach();
+        let now = self.now();
+        self.engine.handle_shutdown(now);
+        self.run_actions();
+        self.grace_until = Some(std::time::Instant::now() + SHUTDOWN_GRACE);
+    }
+
+    fn backend_gone(&mut self, how: String) {
+        if self.backend_end.is_some() {
+            return;
+        }
+        self.backend_end = Some(how);
+        let now = self.now();
+        self.engine.handle_backend_gone(now);
+        self.run_actions();
+        if self.phase != Phase::KernelGone {
+            self.phase = Phase::BackendGone;
+        }
+    }
+
+    fn finished(&self) -> Option<Phase> {
+        match self.phase {
+            Phase::BackendGone => Some(Phase::BackendGone),
+            Phase::KernelGone
+                if self.engine.is_shutdown_complete()
+                    || self.backend_end.is_some()
+                    || self
+                        .grace_until
+                        .is_some_and(|t| t <= std::time::Instant::now()) =>
+            {
+                Some(Phase::KernelGone)
+            }
+            _ => None,
+        }
+    }
+
+    fn finish(mut self, end: Phase) -> Result<(), Error> {
+        let result = match end {
+            Phase::BackendGone => {
+                // Every waiting request has been answered (run_actions after
+                // handle_backend_gone). Abort the connection so that nothing
+                // new waits on a dead backend, then remove the mount.
+                self.device = None;
+                self.mount.detach();
+                let st = self.backend.stop(Duration::from_millis(500));
+                let how = self.backend_end.take().unwrap_or_default();
+                let msg = match st {
+                    Some(st) => format!(
+                        "backend (pid {}) {}; {how}",
+                        self.backend.pid(),
+                        describe(st)
+                    ),
+                    None => format!("backend (pid {}) {how}", self.backend.pid()),
+                };
+                let when = if self.engine.is_initialized() {
+                    ""
+                } else {
+                    " before answering INIT"
+                };
+                Err(Error::Backend(format!(
+                    "{msg}{when}; {} waiting requests answered with EIO, mount {} removed",
+                    self.engine.stats().answered_with_error,
+                    self.mount.path().display()
+                )))
+            }
+            _ => {
+                self.socket = None;
+                let st = self.backend.stop(SHUTDOWN_GRACE);
+                if let Some(st) = st {
+                    info!(
+                        self.log,
+                        "backend (pid {}) {}",
+                        self.backend.pid(),
+                        describe(st)
+                    );
+                }
+                Ok(())
+            }
+        };
+        if let Some(h) = self.unmounter.take() {
+            if h.is_finished() {
+                if let Ok(Err(e)) = h.join() {
+                    warn!(self.log, "{e}");
+                }
+            }
+        }
+        self.report_bad_replies();
+        self.log_stats();
+        result
+    }
+
+    fn log_stats(&mut self) {
+        let allocations = alloc_count::allocations() - self.alloc_mark;
+        let s = self.engine.stats();
+        info!(
+            self.log,
+            "stats: requests={} forwarded={} replies={} notifications={} answered_with_error={} \
+             injected={} bad_replies={} inflight={} free_slots={}/{} stale_writes={} rejected_writes={} \
+             allocations={allocations}",
+            s.requests,
+            s.forwarded,
+            s.replies,
+            s.notifications,
+            s.answered_with_error,
+            s.injected,
+            s.bad.total(),
+            self.engine.inflight(),
+            self.arena.free(),
+            self.arena.slots(),
+            self.stale_writes,
+            self.rejected_writes,
+        );
+        self.alloc_mark = alloc_count::allocations();
+    }
+}
+
+fn yes(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn bad_summary(s: &Stats) -> String {
+    let b = &s.bad;
+    format!(
+        "unknown unique {}, short header {}, length mismatch {}, error out of range {}, \
+         error with body {}, oversized {}",
+        b.unknown_unique,
+        b.short_header,
+        b.length_mismatch,
+        b.bad_error,
+        b.error_with_body,
+        b.oversized
+    )
+}
+
+/// The unique of a request in `msg`, if it has a whole header.
+fn request_unique(msg: &[u8]) -> Option<Unique> {
+    // fuse_in_header: len u32, opcode u32, unique u64.
+    let b: [u8; 8] = msg.get(8..16)?.try_into().ok()?;
+    Some(Unique(u64::from_ne_bytes(b)))
+}

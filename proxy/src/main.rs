@@ -1,0 +1,164 @@
+//! fuseproxy: a protocol-level FUSE proxy.
+//!
+//! It opens /dev/fuse, mounts the filesystem itself, starts an unmodified
+//! FUSE daemon on one end of a socketpair, and forwards every message
+//! between the two through the policy engine of `fuseproxy-policies`. This
+//! crate is the only one with system calls: it builds the pieces, runs the
+//! event loop, and turns the outcome into one line and an exit status.
+#![deny(unsafe_code)]
+
+mod alloc_count;
+mod arena;
+mod backend;
+mod channel;
+mod cli;
+mod device;
+mod error;
+mod event_loop;
+mod memory;
+mod mount;
+mod mount_options;
+mod signals;
+
+use std::os::fd::AsRawFd;
+
+use clap::Parser;
+use slog::{o, Drain, Logger};
+
+use fuseproxy_policies::{Config, Engine};
+
+use crate::cli::{Cli, LogLevel};
+use crate::error::Error;
+use crate::mount_options::{option_lists, MountOptions};
+
+#[global_allocator]
+static ALLOC: alloc_count::Counting = alloc_count::Counting;
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                std::process::exit(0);
+            }
+            // One line, not clap's usage block: the first line of its message.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("bad command line");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("fuseproxy: {first} (see fuseproxy --help)");
+            std::process::exit(2);
+        }
+    };
+    let log = logger(cli.level());
+    match run(&cli, &log) {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            slog::crit!(log, "{e}");
+            drop(log);
+            std::process::exit(e.exit_code());
+        }
+    }
+}
+
+fn logger(level: LogLevel) -> Logger {
+    let level = match level {
+        LogLevel::Error => slog::Level::Error,
+        LogLevel::Warn => slog::Level::Warning,
+        LogLevel::Info => slog::Level::Info,
+        LogLevel::Debug => slog::Level::Debug,
+        LogLevel::Trace => slog::Level::Trace,
+    };
+    // Synchronous on purpose: no logging thread that allocates behind the
+    // allocation counter's back, and nothing lost at exit.
+    let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
+    let drain = slog_term::FullFormat::new(decorator).build().fuse();
+    let drain = slog::LevelFilter::new(drain, level).fuse();
+    Logger::root(drain, o!())
+}
+
+fn run(cli: &Cli, log: &Logger) -> Result<(), Error> {
+    // Before any thread or child exists, so that all inherit the mask.
+    let signals = signals::install()?;
+
+    let canonical = mount::check_mountpoint(&cli.mountpoint)?;
+    let mut opts = MountOptions::default();
+    let backend_args: Vec<String> = cli
+        .backend
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    for list in option_lists(&backend_args[1..]) {
+        opts.apply(list, false)
+            .map_err(|e| Error::Usage(format!("in the backend's command: {e}")))?;
+    }
+    for list in &cli.options {
+        opts.apply(list, true)
+            .map_err(|e| Error::Usage(e.to_string()))?;
+    }
+    opts.default_subtype(&cli::program_name(&cli.backend));
+
+    let pair = backend::channel()?;
+    let argv = cli::rewrite_mountpoint(
+        &cli.backend,
+        &cli.mountpoint,
+        &canonical,
+        pair.theirs.as_raw_fd(),
+    )?;
+    let program = &argv[0];
+    if which(program).is_none() {
+        return Err(Error::Backend(format!(
+            "cannot start '{}': no such program",
+            program.to_string_lossy()
+        )));
+    }
+
+    let arena = arena::Arena::new(cli.arena_size)?;
+    let engine = Engine::new(Config {
+        max_inflight: cli.max_inflight as usize,
+        max_message: arena::SLOT_SIZE,
+        ..Config::default()
+    });
+    let pinning = memory::pin();
+
+    let device = mount::open_device()?;
+    let mount = mount::Mount::new(&canonical, &device, &opts)?;
+    slog::debug!(log, "mounted {} with {opts}", canonical.display());
+    // From here on the mount exists; `mount`'s Drop removes it on any error.
+    let backend = backend::Backend::spawn(&argv, pair.theirs)?;
+    slog::debug!(log, "started backend pid {}: {:?}", backend.pid(), argv);
+
+    let session = event_loop::Session::new(
+        log.clone(),
+        device,
+        pair.ours,
+        signals,
+        engine,
+        arena,
+        mount,
+        backend,
+        event_loop::Startup {
+            options: opts.to_string(),
+            pinning,
+        },
+    )?;
+    session.run()
+}
+
+/// Resolves a program as execvp would: a path with a slash as is, otherwise
+/// searched in PATH. Checked before mounting so that a typo leaves no mount.
+fn which(program: &std::ffi::OsStr) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let is_exec = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let p = std::path::Path::new(program);
+    if program.as_encoded_bytes().contains(&b'/') {
+        return is_exec(p).then(|| p.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(p))
+        .find(|c| is_exec(c))
+}

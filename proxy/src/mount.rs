@@ -1,0 +1,198 @@
+//! The mount itself: /dev/fuse, mount(2) with `fd=`, and unmounting.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{umount2, MntFlags};
+
+use crate::error::Error;
+use crate::mount_options::MountOptions;
+
+/// A live fuse mount made by the proxy. Unmounting is explicit
+/// ([`Mount::unmount`]); `Drop` detaches it as a last resort so that no path
+/// out of the proxy leaves a dead mount behind.
+pub struct Mount {
+    path: PathBuf,
+    mounted: bool,
+}
+
+/// Checks that `path` can be mounted on: it exists, is a directory or a
+/// file, and is not already a mount point. Returns its canonical form.
+pub fn check_mountpoint(path: &Path) -> Result<PathBuf, Error> {
+    let canon = path.canonicalize().map_err(|e| Error::Mountpoint {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let meta = std::fs::metadata(&canon).map_err(|e| Error::Mountpoint {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if !(meta.is_dir() || meta.is_file()) {
+        return Err(Error::Mountpoint {
+            path: path.to_path_buf(),
+            reason: "not a directory or regular file".into(),
+        });
+    }
+    if is_mount_point(&canon) {
+        return Err(Error::Mountpoint {
+            path: path.to_path_buf(),
+            reason: "already a mount point (unmount it first)".into(),
+        });
+    }
+    Ok(canon)
+}
+
+/// Whether `path` (canonical) is listed as a mount point in
+/// /proc/self/mountinfo.
+pub fn is_mount_point(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.as_os_str().as_encoded_bytes();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|p| unescape_octal(p).as_slice() == want)
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_octal(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') as u32 * 64
+                + (b[i + 2] - b'0') as u32 * 8
+                + (b[i + 3] - b'0') as u32;
+            out.push(v as u8);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Opens /dev/fuse, non-blocking and close-on-exec (the backend must never
+/// hold the device: everything it sees comes through the proxy).
+pub fn open_device() -> Result<File, Error> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("/dev/fuse")
+        .map_err(|e| Error::Device(format!("cannot open /dev/fuse: {e}")))
+}
+
+impl Mount {
+    /// Mounts `device` on `path` with `opts`, as libfuse's `fuse_mount_sys` does.
+    pub fn new(path: &Path, device: &File, opts: &MountOptions) -> Result<Mount, Error> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::Mountpoint {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let rootmode = meta.mode() & libc::S_IFMT;
+        let data = opts.data(
+            device.as_raw_fd(),
+            rootmode,
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        );
+        nix::mount::mount(
+            Some(opts.source()),
+            path,
+            Some(opts.fstype().as_str()),
+            opts.flags,
+            Some(data.as_str()),
+        )
+        .map_err(|e| Error::Mount {
+            path: path.to_path_buf(),
+            reason: format!("mount(2) with '{data}' failed: {}", e.desc()),
+        })?;
+        Ok(Mount {
+            path: path.to_path_buf(),
+            mounted: true,
+        })
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Unmounts: a plain unmount first; a busy mount is detached instead
+    /// (`umount -l`), which the kernel completes when the last user leaves.
+    /// An already-gone mount (the user's `umount`) is not an error.
+    pub fn unmount(&mut self) -> Result<(), Error> {
+        if !self.mounted {
+            return Ok(());
+        }
+        self.mounted = false;
+        match umount2(&self.path, MntFlags::empty()) {
+            Ok(()) => Ok(()),
+            Err(nix::errno::Errno::EBUSY) => {
+                umount2(&self.path, MntFlags::MNT_DETACH).map_err(|e| Error::Mount {
+                    path: self.path.clone(),
+                    reason: format!("umount -l failed: {}", e.desc()),
+                })
+            }
+            Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => Ok(()),
+            Err(e) => Err(Error::Mount {
+                path: self.path.clone(),
+                reason: format!("umount failed: {}", e.desc()),
+            }),
+        }
+    }
+
+    /// Detaches the mount at once, whatever uses it (`umount -l`).
+    pub fn detach(&mut self) {
+        if self.mounted {
+            self.mounted = false;
+            let _ = umount2(&self.path, MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// Unmounts `path` from a thread of its own, as [`Mount::unmount`] does.
+///
+/// The event loop must keep forwarding while the kernel tears the mount
+/// down: unmounting flushes dirty pages, which arrive as WRITE requests, and
+/// a loop blocked in umount(2) would never answer them.
+pub fn unmount_in_background(path: PathBuf) -> std::thread::JoinHandle<Result<(), Error>> {
+    std::thread::spawn(move || {
+        let mut m = Mount {
+            path,
+            mounted: true,
+        };
+        m.unmount()
+    })
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_octal(r"/tmp/a\040b"), b"/tmp/a b");
+        assert_eq!(unescape_octal(r"/x\134"), b"/x\\");
+        assert_eq!(unescape_octal(r"/x\1"), b"/x\\1");
+    }
+
+    #[test]
+    fn root_is_a_mount_point() {
+        assert!(is_mount_point(Path::new("/")));
+    }
+}
