@@ -13,7 +13,9 @@ pub struct SlotId(pub u32);
 pub const INJECTED_MAX: usize = 160;
 
 /// A request of the proxy's own, encoded and ready to send to the backend.
+/// 8-aligned like an arena slot, so that its bytes parse as a request.
 #[derive(Clone, Copy)]
+#[repr(C, align(8))]
 pub struct Injected {
     bytes: [u8; INJECTED_MAX],
     len: u16,

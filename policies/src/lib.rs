@@ -28,3 +28,6 @@ pub use action::{Action, BadReplyReason, Event, Injected, SlotId, INJECTED_MAX};
 pub use engine::{Config, Engine};
 pub use instant::{Duration, Instant};
 pub use stats::{BadReplies, Stats};
+
+#[cfg(test)]
+mod tests;

@@ -119,6 +119,19 @@ impl Backend {
         self.exit
     }
 
+    /// Asks the child to stop (SIGTERM, which libfuse turns into an orderly
+    /// exit of its session loop) and waits up to `timeout`. Returns whether
+    /// it has exited. A backend that daemonized has already exited here; its
+    /// daemon ends when the proxy closes the socket.
+    pub fn terminate(&mut self, timeout: std::time::Duration) -> bool {
+        if self.try_reap().is_some() {
+            return true;
+        }
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        self.wait_for(timeout).is_some()
+    }
+
     /// Waits up to `timeout` for the child to exit, then SIGTERM, then SIGKILL.
     /// Only the process the proxy started is signalled, by pid.
     pub fn stop(&mut self, timeout: std::time::Duration) -> Option<ExitStatus> {

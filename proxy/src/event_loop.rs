@@ -672,6 +672,11 @@ impl Session {
                 )))
             }
             _ => {
+                // DESTROY is answered (or will not be). SIGTERM first sets
+                // libfuse's "exited" flag, so that the end of the channel that
+                // follows ends its loop cleanly rather than as a "short read";
+                // closing the channel also ends a daemonized backend.
+                self.backend.terminate(Duration::from_millis(100));
                 self.socket = None;
                 let st = self.backend.stop(SHUTDOWN_GRACE);
                 if let Some(st) = st {
