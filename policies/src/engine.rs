@@ -153,6 +153,13 @@ impl Engine {
         if opcode == Opcode::Init {
             self.rewrite_init(msg);
         }
+        if unique.is_resend() {
+            // The kernel re-sends a request under its old unique with bit 63
+            // set; the old entry will never be answered under its old name.
+            self.inflight.remove(Unique(
+                unique.0 & !fuseproxy_protocol::ids::FUSE_UNIQUE_RESEND,
+            ));
+        }
         if opcode.needs_reply()
             && !self.inflight.insert(Entry {
                 unique,

@@ -6,15 +6,17 @@
 //! [`Inflight::is_full`] before it reads another request and stops reading
 //! the device instead (backpressure).
 //!
-//! The kernel numbers its requests with even uniques that only increase
-//! (`FUSE_INT_REQ_BIT`, bit 0, marks interrupt replies). The proxy's own
-//! requests take uniques with bit 63 set, a range the kernel's counter never
-//! reaches, so the two can share this table without colliding.
+//! The kernel numbers its requests with even uniques from a 64-bit counter
+//! (`FUSE_INT_REQ_BIT`, bit 0, marks interrupt replies) and sets bit 63
+//! (`FUSE_UNIQUE_RESEND`, 7.40) on requests it re-sends after
+//! FUSE_NOTIFY_RESEND. The proxy's own requests take uniques with bit 62 set
+//! and bit 63 clear: the kernel's counter never reaches 2^62, so no kernel
+//! unique, re-sent or not, falls in that range.
 
 use fuseproxy_protocol::{NodeId, Opcode, Unique};
 
 /// The first unique of the proxy's own requests; see the module doc.
-pub const INJECTED_UNIQUE_BASE: u64 = 1 << 63;
+pub const INJECTED_UNIQUE_BASE: u64 = 1 << 62;
 
 /// Who sent a request in flight, and so who gets its reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
