@@ -1,6 +1,6 @@
 //! What the engine asks the proxy to do, and what it tells it happened.
 
-use fuseproxy_protocol::{Opcode, Unique};
+use fuseproxy_protocol::{NodeId, Opcode, Unique};
 
 /// A handle to a message buffer owned by the proxy (an arena slot).
 ///
@@ -9,26 +9,28 @@ use fuseproxy_protocol::{Opcode, Unique};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SlotId(pub u32);
 
-/// The largest request the engine builds itself (a DESTROY, a SETATTR).
-pub const INJECTED_MAX: usize = 160;
+/// The largest message the engine builds itself: a request of its own (a
+/// DESTROY, a SETATTR, a FORGET) or a local answer (`fuse_attr_out`).
+pub const INLINE_MAX: usize = 160;
 
-/// A request of the proxy's own, encoded and ready to send to the backend.
-/// 8-aligned like an arena slot, so that its bytes parse as a request.
+/// A message the engine encoded itself: a request of the proxy's own for the
+/// backend, or an answer for the kernel. 8-aligned like an arena slot, so
+/// that its bytes parse.
 #[derive(Clone, Copy)]
 #[repr(C, align(8))]
-pub struct Injected {
-    bytes: [u8; INJECTED_MAX],
+pub struct Inline {
+    bytes: [u8; INLINE_MAX],
     len: u16,
 }
 
-impl Injected {
+impl Inline {
     /// Wraps `len` encoded bytes.
     ///
     /// # Panics
-    /// If `len` exceeds [`INJECTED_MAX`]; the engine only builds requests that fit.
-    pub(crate) fn new(bytes: [u8; INJECTED_MAX], len: usize) -> Self {
-        assert!(len <= INJECTED_MAX);
-        Injected {
+    /// If `len` exceeds [`INLINE_MAX`]; the engine only builds requests that fit.
+    pub(crate) fn new(bytes: [u8; INLINE_MAX], len: usize) -> Self {
+        assert!(len <= INLINE_MAX);
+        Inline {
             bytes,
             len: len as u16,
         }
@@ -40,9 +42,9 @@ impl Injected {
     }
 }
 
-impl core::fmt::Debug for Injected {
+impl core::fmt::Debug for Inline {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "Injected({} bytes)", self.len)
+        write!(f, "Inline({} bytes)", self.len)
     }
 }
 
@@ -64,7 +66,9 @@ pub enum Action {
         errno: i32,
     },
     /// Send this request of the proxy's own to the backend.
-    Inject(Injected),
+    Inject(Inline),
+    /// Write this reply, made by the engine, to the device.
+    Answer(Inline),
 }
 
 /// Something the proxy should know about, mostly to log it.
@@ -106,6 +110,23 @@ pub enum Event {
         unique: Unique,
         /// The backend's error (0 = success, otherwise negative errno).
         error: i32,
+    },
+    /// A flush of locally acknowledged times failed in the backend. Its
+    /// caller was answered long ago, so the log is the only place it shows.
+    FlushFailed {
+        /// The node.
+        node: NodeId,
+        /// The backend's error (negative errno).
+        error: i32,
+        /// The atime it tried to apply.
+        atime: Option<(i64, u32)>,
+        /// The mtime it tried to apply.
+        mtime: Option<(i64, u32)>,
+    },
+    /// The backend went away with time updates it never applied.
+    TimesLost {
+        /// Nodes whose acknowledged times are lost.
+        nodes: usize,
     },
     /// A reply was dropped as invalid; the stats count it by reason.
     BadReply {

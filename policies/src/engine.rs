@@ -2,17 +2,32 @@
 
 use std::collections::VecDeque;
 
-use fuseproxy_protocol::abi::InHeader;
-use fuseproxy_protocol::{
-    encode, init, reply, NodeId, Opcode, ParseError, Reply, ReplyKind, Request, Unique,
+use fuseproxy_protocol::abi::{
+    AttrOut, Direntplus, EntryOut, ForgetIn, ForgetOne, InHeader, SetattrIn,
+    FUSE_NAME_OFFSET_DIRENTPLUS,
 };
+use fuseproxy_protocol::{
+    encode, init, reply, NodeId, Opcode, Operation, ParseError, Reply, ReplyKind, Request, Unique,
+};
+use zerocopy::{FromBytes, IntoBytes};
 
-use crate::action::{Action, BadReplyReason, Event, Injected, SlotId, INJECTED_MAX};
+use crate::action::{Action, BadReplyReason, Event, Inline, SlotId, INLINE_MAX};
+use crate::attr_cache::{AttrCache, Cached};
 use crate::inflight::{Entry, Inflight, Origin, INJECTED_UNIQUE_BASE};
 use crate::init_rule::{limits_for, DEVICE_ONLY_FLAGS};
-use crate::{Instant, Stats};
+use crate::times::{is_time_only, Times, TimesTable, Timespec};
+use crate::{Duration, Instant, Stats};
 
-/// How an engine is sized and what it removes from INIT.
+/// What to do with time-only SETATTRs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimesMode {
+    /// Answer them at once, coalesce per node, apply them asynchronously.
+    Async,
+    /// Forward them like any other request.
+    Forward,
+}
+
+/// How an engine is sized and what its rules do.
 #[derive(Debug, Clone, Copy)]
 pub struct Config {
     /// Requests in flight at most; the in-flight table is allocated once with
@@ -23,6 +38,20 @@ pub struct Config {
     pub max_message: usize,
     /// INIT flags removed from the kernel's offer.
     pub clear_init_flags: u64,
+    /// Time-only SETATTR handling.
+    pub times: TimesMode,
+    /// A node's acknowledged times are sent to the backend at most this long
+    /// after the first of them.
+    pub max_delay: Duration,
+    /// Nodes with unsent times at most; beyond it the oldest is sent at once.
+    pub max_pending: usize,
+    /// Nodes whose attributes are cached (for local answers).
+    pub attr_cache: usize,
+    /// Requests held behind a flush at most (each holds an arena slot).
+    pub max_held: usize,
+    /// The mount has `default_permissions`: the kernel has already checked
+    /// the caller, so any time update may be acknowledged locally.
+    pub default_permissions: bool,
 }
 
 impl Default for Config {
@@ -31,24 +60,46 @@ impl Default for Config {
             max_inflight: 4096,
             max_message: 1024 * 1024 + 4096,
             clear_init_flags: DEVICE_ONLY_FLAGS,
+            times: TimesMode::Async,
+            max_delay: Duration::from_millis(1000),
+            max_pending: 65_536,
+            attr_cache: 65_536,
+            max_held: 64,
+            default_permissions: false,
         }
     }
 }
 
-/// Actions queued by one `handle_*` call are at most a few; the queue is
-/// allocated with this room once and the contract (drain after every input)
-/// keeps it from growing.
-const ACTION_QUEUE: usize = 64;
+/// Actions queued by one `handle_*` call are a few; the queue is allocated
+/// with this room once, and the contract (drain after every input) keeps it
+/// from growing.
+const ACTION_QUEUE: usize = 256;
 const EVENT_QUEUE: usize = 64;
+const OUT_HEADER: usize = 16;
+const IN_HEADER: usize = 40;
+const EIO: i32 = 5;
+const EAGAIN: i32 = 11;
+
+/// A request waiting for flushes before it may go to the backend.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    slot: SlotId,
+    /// (node, generation) pairs that must be answered first.
+    deps: [(NodeId, u32); 2],
+    ndeps: usize,
+    /// Wait until no times are outstanding at all (DESTROY).
+    all: bool,
+}
 
 /// A FUSE session seen from the middle.
 ///
 /// # Call protocol
 /// 1. Feed one input: [`handle_request`](Self::handle_request) for a message
 ///    read from the device, [`handle_reply`](Self::handle_reply) for one
-///    received from the backend, [`handle_backend_gone`](Self::handle_backend_gone),
-///    [`handle_shutdown`](Self::handle_shutdown) or
-///    [`handle_timeout`](Self::handle_timeout).
+///    received from the backend, [`handle_timeout`](Self::handle_timeout)
+///    when [`poll_timeout`](Self::poll_timeout) is reached,
+///    [`handle_backend_gone`](Self::handle_backend_gone) or
+///    [`handle_shutdown`](Self::handle_shutdown).
 /// 2. Call [`poll_action`](Self::poll_action) until it returns `None`, carrying
 ///    out each action in order; then [`poll_event`](Self::poll_event) likewise.
 /// 3. Before reading the next request, ask [`can_accept_request`](Self::can_accept_request).
@@ -61,10 +112,15 @@ pub struct Engine {
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
     stats: Stats,
+    attrs: AttrCache,
+    times: TimesTable,
+    /// INVARIANT: capacity `config.max_held`, never exceeded.
+    held: Vec<Held>,
     /// Protocol minor of the session, once INIT is answered (0 before).
     minor: u32,
     backend_gone: bool,
     next_injected: u64,
+    shutting_down: bool,
     /// The unique of our DESTROY, while it waits for its reply.
     destroy_pending: Option<Unique>,
     destroy_done: bool,
@@ -73,15 +129,26 @@ pub struct Engine {
 impl Engine {
     /// An engine with its tables allocated for `config`.
     pub fn new(config: Config) -> Self {
+        let async_times = config.times == TimesMode::Async;
         Engine {
             config,
-            inflight: Inflight::with_capacity(config.max_inflight),
+            inflight: Inflight::with_capacity(
+                config.max_inflight + config.max_pending.min(1 << 20),
+            ),
             actions: VecDeque::with_capacity(ACTION_QUEUE),
             events: VecDeque::with_capacity(EVENT_QUEUE),
             stats: Stats::default(),
+            attrs: AttrCache::with_capacity(if async_times { config.attr_cache } else { 1 }),
+            times: TimesTable::with_capacity(if async_times {
+                config.max_pending + 1
+            } else {
+                1
+            }),
+            held: Vec::with_capacity(config.max_held.max(1)),
             minor: 0,
             backend_gone: false,
             next_injected: INJECTED_UNIQUE_BASE,
+            shutting_down: false,
             destroy_pending: None,
             destroy_done: false,
         }
@@ -92,9 +159,14 @@ impl Engine {
         self.stats
     }
 
-    /// Requests waiting for the backend.
+    /// Requests waiting for the backend (the proxy's own included).
     pub fn inflight(&self) -> usize {
         self.inflight.len()
+    }
+
+    /// Nodes with acknowledged times not yet sent to the backend.
+    pub fn pending_times(&self) -> usize {
+        self.times.pending()
     }
 
     /// Whether the session's INIT has been answered.
@@ -102,56 +174,73 @@ impl Engine {
         self.minor != 0
     }
 
+    fn async_times(&self) -> bool {
+        self.config.times == TimesMode::Async && self.is_initialized() && !self.backend_gone
+    }
+
     /// Whether another request may be read from the device now. When `false`,
     /// the proxy leaves the device unread until a reply frees room.
     pub fn can_accept_request(&self) -> bool {
-        !self.inflight.is_full() && self.actions.len() < ACTION_QUEUE / 2
+        // The table has room for max_inflight of the kernel's requests plus
+        // one flush per node with pending times; the kernel gets its share.
+        self.inflight.len() < self.config.max_inflight
+            && self.held.len() < self.held.capacity()
+            && self.actions.len() < ACTION_QUEUE / 2
     }
 
-    /// Whether the DESTROY sent by [`handle_shutdown`](Self::handle_shutdown)
-    /// has been answered, or no answer can come (nothing sent, backend gone).
+    /// Whether the DESTROY sent after [`handle_shutdown`](Self::handle_shutdown)
+    /// has been answered, or no answer can come (nothing to send, backend gone).
     pub fn is_shutdown_complete(&self) -> bool {
-        self.destroy_done || self.backend_gone || self.destroy_pending.is_none()
+        self.destroy_done || self.backend_gone || !self.is_initialized()
     }
 
     /// The next deadline at which [`handle_timeout`](Self::handle_timeout)
-    /// must be called. Changes after any `handle_*` call.
+    /// must be called: when the oldest acknowledged times are due. Changes
+    /// after any `handle_*` call.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        None
+        self.times
+            .oldest()
+            .map(|(_, since)| since + self.config.max_delay)
     }
 
-    /// Time has reached a deadline from [`poll_timeout`](Self::poll_timeout).
-    /// Spurious calls are harmless.
-    pub fn handle_timeout(&mut self, _now: Instant) {}
+    /// Time has reached a deadline from [`poll_timeout`](Self::poll_timeout):
+    /// sends the times that are due. Spurious calls are harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some((node, since)) = self.times.oldest() {
+            if since + self.config.max_delay > now {
+                break;
+            }
+            self.flush_node(node);
+        }
+    }
 
     /// A request read from the device into `slot`; `msg` is its bytes, which
-    /// the engine may rewrite in place (INIT). Queues exactly one action for
-    /// `slot` (forward it, or free it after answering).
-    pub fn handle_request(&mut self, _now: Instant, slot: SlotId, msg: &mut [u8]) {
+    /// the engine may rewrite in place (INIT, BATCH_FORGET). `wall` is the
+    /// real-time clock, to resolve `UTIME_NOW`. Queues the actions that
+    /// forward, answer or hold it; `slot` comes back in exactly one action.
+    pub fn handle_request(&mut self, now: Instant, wall: Timespec, slot: SlotId, msg: &mut [u8]) {
         self.stats.requests += 1;
-        let (unique, opcode, node) = match Request::parse(msg) {
-            Ok(req) => (req.unique(), req.opcode(), req.nodeid()),
+        let req = match Request::parse(msg) {
+            Ok(req) => req,
             Err(_) => {
                 // The kernel never sends this; answer what the header names
                 // rather than pass on bytes the backend may choke on.
-                if let Some(h) = header_of(msg) {
+                if let Ok((h, _)) = InHeader::read_from_prefix(msg) {
                     if Opcode::from(h.opcode).needs_reply() {
-                        self.answer_error(Unique(h.unique), libc_eio());
+                        self.answer_error(Unique(h.unique), EIO);
                     }
                 }
                 self.actions.push_back(Action::Free(slot));
                 return;
             }
         };
+        let (unique, opcode, node) = (req.unique(), req.opcode(), req.nodeid());
         if self.backend_gone {
             if opcode.needs_reply() {
-                self.answer_error(unique, libc_eio());
+                self.answer_error(unique, EIO);
             }
             self.actions.push_back(Action::Free(slot));
             return;
-        }
-        if opcode == Opcode::Init {
-            self.rewrite_init(msg);
         }
         if unique.is_resend() {
             // The kernel re-sends a request under its old unique with bit 63
@@ -159,6 +248,67 @@ impl Engine {
             self.inflight.remove(Unique(
                 unique.0 & !fuseproxy_protocol::ids::FUSE_UNIQUE_RESEND,
             ));
+        }
+
+        let mut deps = [(NodeId(0), 0u32); 2];
+        let mut ndeps = 0;
+        let mut all = false;
+        if self.async_times() {
+            let mut second = None;
+            match req.operation() {
+                Operation::Setattr(s) if is_time_only(s.valid()) => {
+                    let t = Times::from_setattr(&s, wall, req.uid(), req.gid(), req.pid());
+                    if self.try_acknowledge(now, wall, unique, node, req.uid(), &t) {
+                        self.actions.push_back(Action::Free(slot));
+                        return;
+                    }
+                    self.stats.times.forwarded_sync += 1;
+                }
+                Operation::Forget(arg) => {
+                    let n = arg.nlookup;
+                    self.attrs.remove(node);
+                    if self.defer_forget(node, n) {
+                        self.actions.push_back(Action::Free(slot));
+                    } else {
+                        self.actions.push_back(Action::ForwardRequest(slot));
+                    }
+                    self.stats.forwarded += 1;
+                    return;
+                }
+                Operation::BatchForget { .. } => {
+                    if self.filter_batch_forget(msg) == 0 {
+                        self.actions.push_back(Action::Free(slot));
+                    } else {
+                        self.actions.push_back(Action::ForwardRequest(slot));
+                    }
+                    self.stats.forwarded += 1;
+                    return;
+                }
+                Operation::Rename { arg, .. } => second = Some(NodeId(arg.newdir)),
+                Operation::Rename2 { arg, .. } => second = Some(NodeId(arg.newdir)),
+                Operation::Link { arg, .. } => second = Some(NodeId(arg.oldnodeid)),
+                Operation::Destroy => all = !self.times.is_empty(),
+                _ => {}
+            }
+            // Every request on a node with outstanding times sees them
+            // applied first; GETATTR instead gets them overlaid on its reply.
+            if opcode != Opcode::Getattr {
+                for n in [Some(node), second].into_iter().flatten() {
+                    if let Some(gen) = self.barrier(n) {
+                        deps[ndeps] = (n, gen);
+                        ndeps += 1;
+                    }
+                }
+            }
+            if all {
+                self.flush_all();
+            }
+        } else if let Operation::Forget(_) = req.operation() {
+            self.attrs.remove(node);
+        }
+
+        if opcode == Opcode::Init {
+            self.rewrite_init(msg);
         }
         if opcode.needs_reply()
             && !self.inflight.insert(Entry {
@@ -174,11 +324,164 @@ impl Engine {
             return;
         }
         self.stats.forwarded += 1;
-        self.actions.push_back(Action::ForwardRequest(slot));
+        if ndeps > 0 || all {
+            self.stats.times.held += 1;
+            self.held.push(Held {
+                slot,
+                deps,
+                ndeps,
+                all,
+            });
+        } else {
+            self.actions.push_back(Action::ForwardRequest(slot));
+        }
+    }
+
+    /// Answers a time-only SETATTR from the cache and records it as pending.
+    /// `false` when it must go to the backend instead.
+    fn try_acknowledge(
+        &mut self,
+        now: Instant,
+        wall: Timespec,
+        unique: Unique,
+        node: NodeId,
+        caller: u32,
+        t: &Times,
+    ) -> bool {
+        let Some(cached) = self.attrs.get(node).copied() else {
+            return false;
+        };
+        // Without default_permissions the backend is the one that checks;
+        // vouch only for what utimensat allows anyone with explicit times:
+        // root, or the owner.
+        if !self.config.default_permissions && caller != 0 && caller != cached.attr.uid {
+            return false;
+        }
+        let Some(coalesced) = self.times.acknowledge(now, node, t) else {
+            return false;
+        };
+        self.stats.times.acked_locally += 1;
+        if coalesced {
+            self.stats.times.coalesced += 1;
+        }
+        let mut attr = cached.attr;
+        set_times(&mut attr, t);
+        if t.ctime.is_none() {
+            (attr.ctime, attr.ctimensec) = (wall.0 as u64, wall.1);
+        }
+        self.attrs.insert(node, Cached { attr, ..cached });
+        let out = AttrOut {
+            attr_valid: cached.attr_valid,
+            attr_valid_nsec: cached.attr_valid_nsec,
+            dummy: 0,
+            attr,
+        };
+        let mut bytes = [0u8; INLINE_MAX];
+        if let Some(n) = encode::encode_reply(&mut bytes, unique, &[out.as_bytes()]) {
+            self.actions
+                .push_back(Action::Answer(Inline::new(bytes, n)));
+        }
+        while self.times.pending() > self.config.max_pending {
+            let Some((oldest, _)) = self.times.oldest() else {
+                break;
+            };
+            self.flush_node(oldest);
+        }
+        true
+    }
+
+    /// The generation a request on `node` must wait for, flushing what is
+    /// pending (now, or as soon as the flush in flight is answered).
+    fn barrier(&mut self, node: NodeId) -> Option<u32> {
+        let gen = self.times.get(node)?.barrier_gen()?;
+        self.flush_node(node);
+        Some(gen)
+    }
+
+    /// Sends `node`'s pending times now, or marks them urgent when a flush
+    /// for the node is already in flight.
+    fn flush_node(&mut self, node: NodeId) {
+        let unique = Unique(self.next_injected);
+        let Some(t) = self.times.start_flush(node, unique) else {
+            self.times.make_urgent(node);
+            return;
+        };
+        let arg = SetattrIn {
+            valid: t.valid(),
+            fh: t.fh.unwrap_or(0),
+            lock_owner: t.lock_owner.unwrap_or(0),
+            atime: t.atime.map_or(0, |a| a.0 as u64),
+            atimensec: t.atime.map_or(0, |a| a.1),
+            mtime: t.mtime.map_or(0, |m| m.0 as u64),
+            mtimensec: t.mtime.map_or(0, |m| m.1),
+            ctime: t.ctime.map_or(0, |c| c.0 as u64),
+            ctimensec: t.ctime.map_or(0, |c| c.1),
+            ..SetattrIn::default()
+        };
+        let header = InHeader {
+            opcode: Opcode::Setattr.into(),
+            unique: unique.0,
+            nodeid: node.0,
+            uid: t.uid,
+            gid: t.gid,
+            pid: t.pid,
+            ..InHeader::default()
+        };
+        self.stats.times.flushes += 1;
+        self.inject(header, arg.as_bytes(), true);
+    }
+
+    fn flush_all(&mut self) {
+        while let Some((node, _)) = self.times.oldest() {
+            self.flush_node(node);
+        }
+    }
+
+    /// A FORGET for a node with outstanding times waits until they are
+    /// applied: the backend may drop the node on FORGET. Returns whether it
+    /// was deferred.
+    fn defer_forget(&mut self, node: NodeId, nlookup: u64) -> bool {
+        if self.times.get(node).is_none() {
+            return false;
+        }
+        self.flush_node(node);
+        if let Some(e) = self.times.get_mut(node) {
+            e.deferred_forget += nlookup;
+        }
+        true
+    }
+
+    /// Removes from a BATCH_FORGET (in place) the nodes whose forgets must
+    /// wait; returns how many entries remain.
+    fn filter_batch_forget(&mut self, msg: &mut [u8]) -> usize {
+        let body_at = IN_HEADER + 8;
+        let Some(count) = msg.get(IN_HEADER..IN_HEADER + 4) else {
+            return 0;
+        };
+        let count = u32::from_ne_bytes(count.try_into().unwrap_or([0; 4])) as usize;
+        let mut kept = 0;
+        for i in 0..count {
+            let at = body_at + i * 16;
+            let Ok((one, _)) = ForgetOne::read_from_prefix(&msg[at..]) else {
+                break;
+            };
+            self.attrs.remove(NodeId(one.nodeid));
+            if !self.defer_forget(NodeId(one.nodeid), one.nlookup) {
+                let to = body_at + kept * 16;
+                msg.copy_within(at..at + 16, to);
+                kept += 1;
+            }
+        }
+        if kept != count {
+            msg[IN_HEADER..IN_HEADER + 4].copy_from_slice(&(kept as u32).to_ne_bytes());
+            let len = (body_at + kept * 16) as u32;
+            msg[..4].copy_from_slice(&len.to_ne_bytes());
+        }
+        kept
     }
 
     fn rewrite_init(&mut self, msg: &mut [u8]) {
-        let body = &mut msg[core::mem::size_of::<InHeader>()..];
+        let body = &mut msg[IN_HEADER..];
         let (minor, offered) = match init::InitInView::parse(body) {
             Ok(v) => (v.minor(), v.flags()),
             Err(_) => return,
@@ -194,7 +497,8 @@ impl Engine {
     /// A datagram received from the backend into `slot`. `msg` is what fit in
     /// the slot; `received` is the datagram's real length (larger than
     /// `msg.len()` when it was truncated). Queues actions that deliver or free
-    /// `slot`, and answers with EIO the request a bad reply names.
+    /// `slot`, and answers with EIO the request a bad reply names. Replies
+    /// carrying attributes feed the cache and show pending times.
     pub fn handle_reply(&mut self, _now: Instant, slot: SlotId, msg: &mut [u8], received: usize) {
         if received > msg.len() {
             self.bad_reply(BadReplyReason::Oversized, reply::unique_of(msg));
@@ -207,7 +511,6 @@ impl Engine {
                 let reason = match e {
                     ParseError::ShortHeader { .. } => BadReplyReason::ShortHeader,
                     ParseError::LengthMismatch { .. } => BadReplyReason::LengthMismatch,
-                    ParseError::BadError(_) => BadReplyReason::BadError,
                     ParseError::ErrorWithBody { .. } => BadReplyReason::ErrorWithBody,
                     _ => BadReplyReason::BadError,
                 };
@@ -216,13 +519,13 @@ impl Engine {
                 return;
             }
         };
-        let (unique, error) = (parsed.unique(), parsed.error());
-        if let ReplyKind::Notify(_) = parsed.kind() {
+        let (unique, error, kind) = (parsed.unique(), parsed.error(), parsed.kind());
+        if let ReplyKind::Notify(_) = kind {
             self.stats.notifications += 1;
             self.actions.push_back(Action::DeliverReply(slot));
             return;
         }
-        if parsed.kind() == ReplyKind::InterruptReply {
+        if kind == ReplyKind::InterruptReply {
             // A reply to an INTERRUPT (EAGAIN: "send it again", ENOSYS: "I
             // don't do interrupts") is legal while the interrupted request is
             // in flight; the kernel acts on it.
@@ -241,15 +544,90 @@ impl Engine {
             return;
         };
         if entry.origin == Origin::Proxy {
-            self.injected_reply(entry, error);
+            self.injected_reply(entry, error, msg);
             self.actions.push_back(Action::Free(slot));
             return;
         }
         if entry.opcode == Opcode::Init {
             self.negotiate(msg, error);
+        } else if error == 0 && self.async_times() {
+            self.observe_attrs(entry.opcode, entry.node, msg);
         }
         self.stats.replies += 1;
         self.actions.push_back(Action::DeliverReply(slot));
+    }
+
+    /// Caches the attributes a reply carries, with pending times laid over
+    /// them (in the reply too, so that `stat` shows what the caller set).
+    fn observe_attrs(&mut self, opcode: Opcode, node: NodeId, msg: &mut [u8]) {
+        let body = &mut msg[OUT_HEADER..];
+        match opcode {
+            Opcode::Getattr | Opcode::Setattr => {
+                if let Ok((out, _)) = AttrOut::mut_from_prefix(body) {
+                    self.overlay_and_cache(
+                        node,
+                        &mut out.attr,
+                        out.attr_valid,
+                        out.attr_valid_nsec,
+                    );
+                }
+            }
+            Opcode::Lookup
+            | Opcode::Create
+            | Opcode::Mknod
+            | Opcode::Mkdir
+            | Opcode::Symlink
+            | Opcode::Link => {
+                if let Ok((e, _)) = EntryOut::mut_from_prefix(body) {
+                    self.entry_attrs(e);
+                }
+            }
+            Opcode::Readdirplus => {
+                let mut at = 0;
+                while at + FUSE_NAME_OFFSET_DIRENTPLUS <= body.len() {
+                    let Ok((d, _)) = Direntplus::mut_from_prefix(&mut body[at..]) else {
+                        break;
+                    };
+                    let rec = fuseproxy_protocol::abi::fuse_rec_align(
+                        FUSE_NAME_OFFSET_DIRENTPLUS + d.dirent.namelen as usize,
+                    );
+                    self.entry_attrs(&mut d.entry_out);
+                    at += rec;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn entry_attrs(&mut self, e: &mut EntryOut) {
+        if e.nodeid != 0 {
+            self.overlay_and_cache(
+                NodeId(e.nodeid),
+                &mut e.attr,
+                e.attr_valid,
+                e.attr_valid_nsec,
+            );
+        }
+    }
+
+    fn overlay_and_cache(
+        &mut self,
+        node: NodeId,
+        attr: &mut fuseproxy_protocol::abi::Attr,
+        valid: u64,
+        nsec: u32,
+    ) {
+        if let Some(state) = self.times.get(node) {
+            set_times(attr, &state.overlay());
+        }
+        self.attrs.insert(
+            node,
+            Cached {
+                attr: *attr,
+                attr_valid: valid,
+                attr_valid_nsec: nsec,
+            },
+        );
     }
 
     fn negotiate(&mut self, msg: &mut [u8], error: i32) {
@@ -259,7 +637,7 @@ impl Engine {
         }
         let body = &mut msg[OUT_HEADER..];
         let Ok(view) = init::InitOutView::parse(body) else {
-            self.push_event(Event::InitFailed { errno: libc_eio() });
+            self.push_event(Event::InitFailed { errno: EIO });
             return;
         };
         let (major, minor, backend_max_write, flags) =
@@ -278,10 +656,13 @@ impl Engine {
         });
     }
 
-    fn injected_reply(&mut self, entry: Entry, error: i32) {
+    fn injected_reply(&mut self, entry: Entry, error: i32, msg: &mut [u8]) {
         if Some(entry.unique) == self.destroy_pending {
             self.destroy_pending = None;
             self.destroy_done = true;
+        }
+        if entry.opcode == Opcode::Setattr {
+            self.flush_answered(entry.node, error, msg);
         }
         self.push_event(Event::InjectedReply {
             opcode: entry.opcode,
@@ -290,13 +671,145 @@ impl Engine {
         });
     }
 
+    /// The backend answered a flush: what waited on it may go.
+    fn flush_answered(&mut self, node: NodeId, error: i32, msg: &mut [u8]) {
+        let Some((t, _)) = self.times.finish_flush(node) else {
+            return;
+        };
+        if error != 0 {
+            self.stats.times.flush_errors += 1;
+            self.push_event(Event::FlushFailed {
+                node,
+                error,
+                atime: t.atime,
+                mtime: t.mtime,
+            });
+        } else if let Some(Ok((out, _))) = msg.get_mut(OUT_HEADER..).map(AttrOut::mut_from_prefix) {
+            self.overlay_and_cache(node, &mut out.attr, out.attr_valid, out.attr_valid_nsec);
+        }
+        let (urgent, forget) = match self.times.get(node) {
+            Some(e) => (
+                e.pending.is_some() && (e.urgent || self.shutting_down || e.deferred_forget > 0),
+                e.deferred_forget,
+            ),
+            None => (false, 0),
+        };
+        if urgent {
+            self.flush_node(node);
+        } else if forget > 0
+            && self
+                .times
+                .get(node)
+                .is_some_and(|e| e.pending.is_none() && e.flushing.is_none())
+        {
+            if let Some(e) = self.times.get_mut(node) {
+                e.deferred_forget = 0;
+            }
+            let header = InHeader {
+                opcode: Opcode::Forget.into(),
+                unique: self.next_injected,
+                nodeid: node.0,
+                ..InHeader::default()
+            };
+            self.inject(header, ForgetIn { nlookup: forget }.as_bytes(), false);
+        }
+        self.release_held();
+        self.times.remove_if_idle(node);
+        if self.shutting_down {
+            self.send_destroy_when_idle();
+        }
+    }
+
+    /// Forwards, in arrival order, the held requests whose flushes are done.
+    fn release_held(&mut self) {
+        let mut i = 0;
+        while i < self.held.len() {
+            let h = self.held[i];
+            let ready = if h.all {
+                self.times.is_empty()
+            } else {
+                h.deps[..h.ndeps]
+                    .iter()
+                    .all(|(n, g)| self.times.get(*n).is_none_or(|e| e.done_gen >= *g))
+            };
+            if ready {
+                self.held.remove(i);
+                self.actions.push_back(Action::ForwardRequest(h.slot));
+            } else {
+                i += 1;
+            }
+        }
+    }
+
     /// The backend is gone (its socket closed or reset). Every request it
-    /// owed a reply is answered with EIO, and later requests are answered
-    /// the same way without being forwarded.
+    /// owed a reply is answered with EIO, held ones included, and later
+    /// requests are answered the same way without being forwarded.
     pub fn handle_backend_gone(&mut self, _now: Instant) {
+        if self.backend_gone {
+            return;
+        }
         self.backend_gone = true;
+        while let Some(h) = self.held.pop() {
+            self.actions.push_back(Action::Free(h.slot));
+        }
+        if !self.times.is_empty() {
+            self.push_event(Event::TimesLost {
+                nodes: self.times.len(),
+            });
+        }
         // The answers are produced lazily by poll_action, one per call, so
         // that a full table needs no queue of its size.
+    }
+
+    /// The session is ending (signal, or the kernel side is gone). Sends
+    /// every pending time update, then the backend a DESTROY of the proxy's
+    /// own, since the kernel sends none for a `fuse` mount;
+    /// [`is_shutdown_complete`](Self::is_shutdown_complete) tells when it has
+    /// been answered.
+    pub fn handle_shutdown(&mut self, _now: Instant) {
+        if self.backend_gone || !self.is_initialized() || self.shutting_down {
+            return;
+        }
+        self.shutting_down = true;
+        self.flush_all();
+        self.send_destroy_when_idle();
+    }
+
+    fn send_destroy_when_idle(&mut self) {
+        if self.destroy_pending.is_some() || self.destroy_done || !self.times.is_empty() {
+            return;
+        }
+        let header = InHeader {
+            opcode: Opcode::Destroy.into(),
+            unique: self.next_injected,
+            ..InHeader::default()
+        };
+        self.destroy_pending = self.inject(header, &[], true);
+    }
+
+    /// Encodes and queues a request of the proxy's own (its unique is taken
+    /// from `header`, which must be `next_injected`); records it in flight
+    /// when a reply is expected.
+    fn inject(&mut self, header: InHeader, body: &[u8], expects_reply: bool) -> Option<Unique> {
+        debug_assert_eq!(header.unique, self.next_injected);
+        let unique = Unique(header.unique);
+        let mut bytes = [0u8; INLINE_MAX];
+        let len = encode::encode_request(&mut bytes, &header, &[body])?;
+        if expects_reply
+            && !self.inflight.insert(Entry {
+                unique,
+                opcode: Opcode::from(header.opcode),
+                node: NodeId(header.nodeid),
+                origin: Origin::Proxy,
+            })
+        {
+            return None;
+        }
+        self.next_injected += 2;
+        self.stats.injected += 1;
+        self.actions
+            .push_back(Action::Inject(Inline::new(bytes, len)));
+        Some(unique)
     }
 
     /// A request could not be handed to the backend (it can never fit the
@@ -304,56 +817,12 @@ impl Engine {
     pub fn handle_send_failure(&mut self, _now: Instant, unique: Unique) {
         if let Some(e) = self.inflight.remove(unique) {
             if e.origin == Origin::Kernel {
-                self.answer_error(unique, libc_eio());
+                self.answer_error(unique, EIO);
             } else if Some(unique) == self.destroy_pending {
                 self.destroy_pending = None;
                 self.destroy_done = true;
             }
         }
-    }
-
-    /// The session is ending (signal, or the kernel side is gone). Sends the
-    /// backend a DESTROY of the proxy's own, since the kernel sends none for
-    /// a `fuse` mount; [`is_shutdown_complete`](Self::is_shutdown_complete)
-    /// tells when it has been answered.
-    pub fn handle_shutdown(&mut self, _now: Instant) {
-        if self.backend_gone
-            || !self.is_initialized()
-            || self.destroy_pending.is_some()
-            || self.destroy_done
-        {
-            return;
-        }
-        if let Some(unique) = self.inject(Opcode::Destroy, NodeId(0), &[]) {
-            self.destroy_pending = Some(unique);
-        }
-    }
-
-    /// Encodes and queues a request of the proxy's own; records it in flight.
-    fn inject(&mut self, opcode: Opcode, node: NodeId, body: &[u8]) -> Option<Unique> {
-        let unique = Unique(self.next_injected);
-        let header = InHeader {
-            len: 0,
-            opcode: opcode.into(),
-            unique: unique.0,
-            nodeid: node.0,
-            ..InHeader::default()
-        };
-        let mut bytes = [0u8; INJECTED_MAX];
-        let len = encode::encode_request(&mut bytes, &header, &[body])?;
-        if !self.inflight.insert(Entry {
-            unique,
-            opcode,
-            node,
-            origin: Origin::Proxy,
-        }) {
-            return None;
-        }
-        self.next_injected += 2;
-        self.stats.injected += 1;
-        self.actions
-            .push_back(Action::Inject(Injected::new(bytes, len)));
-        Some(unique)
     }
 
     /// The next action to carry out, in order; `None` when there is nothing
@@ -365,11 +834,11 @@ impl Engine {
         }
         if self.backend_gone {
             while let Some(entry) = self.inflight.pop_any() {
-                if entry.origin == Origin::Kernel {
+                if entry.origin == Origin::Kernel && entry.opcode.needs_reply() {
                     self.stats.answered_with_error += 1;
                     return Some(Action::AnswerError {
                         unique: entry.unique,
-                        errno: libc_eio(),
+                        errno: EIO,
                     });
                 }
             }
@@ -400,19 +869,22 @@ impl Engine {
         }
         // The kernel would reject such a reply and leave its caller waiting
         // forever (fuse-notes: "header-level rejections"); answer it instead.
-        let answered = named
-            .map(Unique::without_int_bit)
-            .filter(|u| {
-                self.inflight
-                    .get(*u)
-                    .is_some_and(|e| e.origin == Origin::Kernel)
-            })
-            .inspect(|u| {
-                self.inflight.remove(*u);
-            });
-        if let Some(u) = answered {
-            self.answer_error(u, libc_eio());
-        }
+        let named = named.map(Unique::without_int_bit);
+        let answered = match named.and_then(|u| self.inflight.get(u).copied()) {
+            Some(e) if e.origin == Origin::Kernel => {
+                self.inflight.remove(e.unique);
+                self.answer_error(e.unique, EIO);
+                Some(e.unique)
+            }
+            Some(e) => {
+                // A garbled answer to one of our own: treat it as failed.
+                self.inflight.remove(e.unique);
+                let mut none = [0u8; 0];
+                self.injected_reply(e, -EIO, &mut none);
+                None
+            }
+            None => None,
+        };
         self.push_event(Event::BadReply {
             reason,
             unique: answered,
@@ -429,14 +901,15 @@ impl Engine {
     }
 }
 
-const OUT_HEADER: usize = 16;
-const EAGAIN: i32 = 11;
-
-fn libc_eio() -> i32 {
-    5
-}
-
-fn header_of(msg: &[u8]) -> Option<InHeader> {
-    use zerocopy::FromBytes;
-    InHeader::read_from_prefix(msg).ok().map(|(h, _)| h)
+/// Lays the times of `t` that are set over `attr`.
+fn set_times(attr: &mut fuseproxy_protocol::abi::Attr, t: &Times) {
+    if let Some((s, ns)) = t.atime {
+        (attr.atime, attr.atimensec) = (s as u64, ns);
+    }
+    if let Some((s, ns)) = t.mtime {
+        (attr.mtime, attr.mtimensec) = (s as u64, ns);
+    }
+    if let Some((s, ns)) = t.ctime {
+        (attr.ctime, attr.ctimensec) = (s as u64, ns);
+    }
 }

@@ -18,16 +18,18 @@
 #![deny(missing_docs)]
 
 mod action;
+pub mod attr_cache;
 mod engine;
 pub mod inflight;
 pub mod init_rule;
 mod instant;
 mod stats;
+pub mod times;
 
-pub use action::{Action, BadReplyReason, Event, Injected, SlotId, INJECTED_MAX};
-pub use engine::{Config, Engine};
+pub use action::{Action, BadReplyReason, Event, Inline, SlotId, INLINE_MAX};
+pub use engine::{Config, Engine, TimesMode};
 pub use instant::{Duration, Instant};
-pub use stats::{BadReplies, Stats};
+pub use stats::{BadReplies, Stats, TimesStats};
 
 #[cfg(test)]
 mod tests;

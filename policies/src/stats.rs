@@ -19,6 +19,26 @@ pub struct Stats {
     pub injected: u64,
     /// Bad replies dropped, by reason.
     pub bad: BadReplies,
+    /// Time-only SETATTR handling.
+    pub times: TimesStats,
+}
+
+/// What became of time-only SETATTRs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimesStats {
+    /// Answered by the proxy at once.
+    pub acked_locally: u64,
+    /// Of those, merged into a record already pending for the node.
+    pub coalesced: u64,
+    /// Forwarded and waited for as before: no cached attributes, a caller
+    /// the proxy may not vouch for, or a full table.
+    pub forwarded_sync: u64,
+    /// SETATTRs of the proxy's own sent to apply pending times.
+    pub flushes: u64,
+    /// Of those, answered with an error.
+    pub flush_errors: u64,
+    /// Requests held until a flush was answered.
+    pub held: u64,
 }
 
 /// Replies from the backend that never reached the kernel, by reason.

@@ -59,6 +59,15 @@ EXIT STATUS:
     1  the daemon died, or a run-time error (the last line says which)
     2  the command line is wrong";
 
+/// Time-only SETATTR handling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TimesArg {
+    /// Answer at once, apply asynchronously (the default).
+    Async,
+    /// Forward and wait, as without the proxy.
+    Forward,
+}
+
 /// Log verbosity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 pub enum LogLevel {
@@ -111,6 +120,30 @@ pub struct Cli {
     /// start. When it is full the proxy stops reading requests.
     #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     pub max_inflight: u32,
+
+    /// What to do with time-only SETATTRs (utimensat, and the kernel's time
+    /// flush at close and writeback). `async`: answer them at once from the
+    /// attributes the backend last reported, coalesce them per file, and
+    /// apply them to the backend within --times-max-delay, before any other
+    /// request on that file. `forward`: pass them on and wait, like any
+    /// other request.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = TimesArg::Async)]
+    pub times: TimesArg,
+
+    /// Longest time, in milliseconds, between acknowledging a time update and
+    /// sending it to the backend.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub times_max_delay: u64,
+
+    /// Files with acknowledged, unsent times at most; beyond it the oldest
+    /// are sent at once. The table is allocated at start.
+    #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..=4_194_304))]
+    pub times_max_pending: u32,
+
+    /// Files whose attributes are cached to answer time updates; allocated
+    /// at start. A file not in the cache has its time updates forwarded.
+    #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    pub attr_cache: u32,
 
     /// Where to mount: an existing directory (or file) that is not already a
     /// mount point.

@@ -12,7 +12,7 @@ use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
 use slog::{debug, error, info, warn, Logger};
 
-use fuseproxy_policies::{Action, Engine, Event, Injected, Instant, SlotId, Stats};
+use fuseproxy_policies::{Action, Engine, Event, Inline, Instant, SlotId, Stats};
 use fuseproxy_protocol::{encode, flags, Unique};
 
 use crate::alloc_count;
@@ -54,7 +54,7 @@ enum Phase {
 #[derive(Clone, Copy)]
 enum Pending {
     Slot(SlotId),
-    Injected(Injected),
+    Injected(Inline),
 }
 
 /// What the start-up line needs that only `main` knows.
@@ -269,9 +269,9 @@ impl Session {
             match device::read(dev.as_fd(), self.arena.buf_mut(slot)) {
                 Read::Message(n) => {
                     self.arena.set_len(slot, n);
-                    let now = self.now();
+                    let (now, wall) = (self.now(), wall_clock());
                     self.engine
-                        .handle_request(now, slot, self.arena.msg_mut(slot));
+                        .handle_request(now, wall, slot, self.arena.msg_mut(slot));
                     self.run_actions();
                     progress = true;
                 }
@@ -358,7 +358,7 @@ impl Session {
             return None;
         }
         let msg = match p {
-            Pending::Slot(s) => self.arena.msg(*s),
+            Pending::Slot(s) => request_bytes(self.arena.msg(*s)),
             Pending::Injected(i) => i.as_bytes(),
         };
         match channel::send(sock.as_fd(), msg) {
@@ -412,6 +412,7 @@ impl Session {
                 }
                 Action::Free(slot) => self.arena.release(slot),
                 Action::AnswerError { unique, errno } => self.answer_error(unique, errno),
+                Action::Answer(reply) => self.write_device(reply.as_bytes()),
             }
         }
         while let Some(ev) = self.engine.poll_event() {
@@ -428,14 +429,18 @@ impl Session {
     }
 
     fn answer_error(&mut self, unique: Unique, errno: i32) {
+        let mut buf = [0u8; 16];
+        if let Some(n) = encode::encode_error_reply(&mut buf, unique, errno) {
+            self.write_device(&buf[..n]);
+        }
+    }
+
+    fn write_device(&mut self, msg: &[u8]) {
         let Some(dev) = self.device.as_ref() else {
             return;
         };
-        let mut buf = [0u8; 16];
-        if let Some(n) = encode::encode_error_reply(&mut buf, unique, errno) {
-            let outcome = device::write(dev.as_fd(), &buf[..n]);
-            self.count_write(outcome);
-        }
+        let outcome = device::write(dev.as_fd(), msg);
+        self.count_write(outcome);
     }
 
     fn count_write(&mut self, outcome: Write) {
@@ -501,6 +506,28 @@ impl Session {
                     self.log,
                     "negotiated flags {f:#x}: {}",
                     flags::init_flag_names(f).collect::<Vec<_>>().join(" ")
+                );
+            }
+            Event::FlushFailed {
+                node,
+                error,
+                atime,
+                mtime,
+            } => {
+                // Its caller was answered long ago: the log is all there is.
+                error!(
+                    self.log,
+                    "applying times to node {} failed in the backend: {} (atime {}, mtime {})",
+                    node.0,
+                    nix::errno::Errno::from_raw(-error).desc(),
+                    show_time(atime),
+                    show_time(mtime)
+                );
+            }
+            Event::TimesLost { nodes } => {
+                error!(
+                    self.log,
+                    "the backend went away before applying the times of {nodes} nodes"
                 );
             }
             Event::InitFailed { errno } => {
@@ -709,7 +736,8 @@ impl Session {
             self.log,
             "stats: requests={} forwarded={} replies={} notifications={} answered_with_error={} \
              injected={} bad_replies={} inflight={} free_slots={}/{} stale_writes={} rejected_writes={} \
-             allocations={allocations}",
+             times_acked={} times_coalesced={} times_forwarded={} times_flushes={} times_flush_errors={} \
+             times_pending={} held={} allocations={allocations}",
             s.requests,
             s.forwarded,
             s.replies,
@@ -722,9 +750,41 @@ impl Session {
             self.arena.slots(),
             self.stale_writes,
             self.rejected_writes,
+            s.times.acked_locally,
+            s.times.coalesced,
+            s.times.forwarded_sync,
+            s.times.flushes,
+            s.times.flush_errors,
+            self.engine.pending_times(),
+            s.times.held,
         );
         self.alloc_mark = alloc_count::allocations();
     }
+}
+
+fn show_time(t: Option<(i64, u32)>) -> String {
+    match t {
+        Some((s, ns)) => format!("{s}.{ns:09}"),
+        None => "unchanged".into(),
+    }
+}
+
+/// CLOCK_REALTIME, to resolve UTIME_NOW as the backend would have.
+fn wall_clock() -> (i64, u32) {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (d.as_secs() as i64, d.subsec_nanos())
+}
+
+/// A request as its header says: the engine may have shortened it in place
+/// (BATCH_FORGET), and the header's `len` is authoritative once parsed.
+fn request_bytes(msg: &[u8]) -> &[u8] {
+    let len = msg
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .map_or(msg.len(), |b| u32::from_ne_bytes(b) as usize);
+    &msg[..len.min(msg.len())]
 }
 
 fn yes(b: bool) -> &'static str {

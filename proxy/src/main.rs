@@ -25,7 +25,7 @@ use std::os::fd::AsRawFd;
 use clap::Parser;
 use slog::{o, Drain, Logger};
 
-use fuseproxy_policies::{Config, Engine};
+use fuseproxy_policies::{Config, Duration, Engine, TimesMode};
 
 use crate::cli::{Cli, LogLevel};
 use crate::error::Error;
@@ -118,6 +118,17 @@ fn run(cli: &Cli, log: &Logger) -> Result<(), Error> {
     let engine = Engine::new(Config {
         max_inflight: cli.max_inflight as usize,
         max_message: arena::SLOT_SIZE,
+        times: match cli.times {
+            cli::TimesArg::Async => TimesMode::Async,
+            cli::TimesArg::Forward => TimesMode::Forward,
+        },
+        max_delay: Duration::from_millis(cli.times_max_delay),
+        max_pending: cli.times_max_pending as usize,
+        attr_cache: cli.attr_cache as usize,
+        // Each held request keeps its slot; two stay free for the traffic
+        // that releases them.
+        max_held: arena.slots().saturating_sub(2).max(1),
+        default_permissions: opts.default_permissions,
         ..Config::default()
     });
     let pinning = memory::pin();

@@ -22,6 +22,7 @@ impl Buf {
 }
 
 const T0: Instant = Instant::from_nanos(1_000);
+const WALL: (i64, u32) = (1_700_000_000, 0);
 
 fn request(buf: &mut Buf, opcode: Opcode, unique: u64, node: u64, body: &[u8]) -> usize {
     let h = InHeader {
@@ -69,7 +70,7 @@ fn getattr(e: &mut Engine, unique: u64, slot: u32) -> u64 {
         5,
         GetattrIn::default().as_bytes(),
     );
-    e.handle_request(T0, SlotId(slot), &mut b.0[..n]);
+    e.handle_request(T0, WALL, SlotId(slot), &mut b.0[..n]);
     assert!(matches!(drain(e)[..], [Action::ForwardRequest(SlotId(s))] if s == slot));
     unique
 }
@@ -110,7 +111,7 @@ fn init_offer_loses_device_only_flags_and_reply_is_clamped() {
     let mut b = Buf::new();
     let n = request(&mut b, Opcode::Init, 2, 0, init.as_bytes());
     assert_eq!(n, 104);
-    e.handle_request(T0, SlotId(0), &mut b.0[..n]);
+    e.handle_request(T0, WALL, SlotId(0), &mut b.0[..n]);
     assert!(matches!(drain(&mut e)[..], [Action::ForwardRequest(_)]));
     let sent = InitInView::parse(&b.0[40..n]).unwrap().flags();
     assert_eq!(
@@ -158,7 +159,7 @@ fn unknown_unique_and_forget_replies_are_dropped() {
     let mut e = engine();
     let mut b = Buf::new();
     let n = request(&mut b, Opcode::Forget, 4, 9, &1u64.to_ne_bytes());
-    e.handle_request(T0, SlotId(0), &mut b.0[..n]);
+    e.handle_request(T0, WALL, SlotId(0), &mut b.0[..n]);
     assert!(matches!(drain(&mut e)[..], [Action::ForwardRequest(_)]));
     assert_eq!(e.inflight(), 0, "FORGET expects no reply");
     let n = reply(&mut b, 4, &[]);
@@ -296,7 +297,7 @@ fn backend_gone_answers_every_waiting_request_and_later_ones() {
         1,
         GetattrIn::default().as_bytes(),
     );
-    e.handle_request(T0, SlotId(9), &mut b.0[..n]);
+    e.handle_request(T0, WALL, SlotId(9), &mut b.0[..n]);
     assert!(matches!(
         drain(&mut e)[..],
         [
@@ -327,7 +328,7 @@ fn shutdown_sends_destroy_of_our_own_and_waits_for_it() {
         }
         .as_bytes(),
     );
-    e.handle_request(T0, SlotId(0), &mut b.0[..n]);
+    e.handle_request(T0, WALL, SlotId(0), &mut b.0[..n]);
     drain(&mut e);
     let out = InitOut {
         major: 7,
