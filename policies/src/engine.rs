@@ -139,8 +139,9 @@ impl Engine {
             events: VecDeque::with_capacity(EVENT_QUEUE),
             stats: Stats::default(),
             attrs: AttrCache::with_capacity(if async_times { config.attr_cache } else { 1 }),
+            // Room for max_pending unsent records plus as many being flushed.
             times: TimesTable::with_capacity(if async_times {
-                config.max_pending + 1
+                2 * config.max_pending + 16
             } else {
                 1
             }),
@@ -694,6 +695,9 @@ impl Engine {
             ),
             None => (false, 0),
         };
+        // What waited on this flush goes first; times acknowledged after it
+        // arrived are sent next.
+        self.release_held();
         if urgent {
             self.flush_node(node);
         } else if forget > 0
@@ -713,7 +717,6 @@ impl Engine {
             };
             self.inject(header, ForgetIn { nlookup: forget }.as_bytes(), false);
         }
-        self.release_held();
         self.times.remove_if_idle(node);
         if self.shutting_down {
             self.send_destroy_when_idle();

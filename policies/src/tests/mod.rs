@@ -377,3 +377,653 @@ fn a_full_table_stops_reading() {
     drain(&mut e);
     assert!(e.can_accept_request());
 }
+
+// ---- time-only SETATTR ----------------------------------------------------
+
+mod times {
+    use super::*;
+    use fuseproxy_protocol::abi::{Attr, AttrOut, EntryOut, ReleaseIn, SetattrIn};
+    use fuseproxy_protocol::flags::*;
+    use zerocopy::FromBytes;
+
+    const FILE: u64 = 7;
+
+    /// An engine past INIT, with FILE's attributes cached by a LOOKUP.
+    fn session(config: Config) -> Engine {
+        let mut e = Engine::new(config);
+        let mut b = Buf::new();
+        let init = InitIn {
+            major: 7,
+            minor: 45,
+            ..InitIn::default()
+        };
+        let n = request(&mut b, Opcode::Init, 2, 0, init.as_bytes());
+        e.handle_request(T0, WALL, SlotId(0), &mut b.0[..n]);
+        drain(&mut e);
+        let out = InitOut {
+            major: 7,
+            minor: 31,
+            max_write: 131072,
+            ..InitOut::default()
+        };
+        let n = reply(&mut b, 2, out.as_bytes());
+        e.handle_reply(T0, SlotId(0), &mut b.0[..n], n);
+        drain(&mut e);
+        lookup(&mut e, 4, FILE, 1000);
+        events(&mut e);
+        e
+    }
+
+    fn config() -> Config {
+        Config {
+            max_inflight: 64,
+            max_pending: 16,
+            attr_cache: 64,
+            max_held: 8,
+            ..Config::default()
+        }
+    }
+
+    fn lookup(e: &mut Engine, unique: u64, node: u64, uid: u32) {
+        let mut b = Buf::new();
+        let n = request(&mut b, Opcode::Lookup, unique, 1, b"f\0");
+        e.handle_request(T0, WALL, SlotId(1), &mut b.0[..n]);
+        drain(e);
+        let entry = EntryOut {
+            nodeid: node,
+            attr_valid: 3600,
+            attr: Attr {
+                ino: node,
+                mode: 0o100644,
+                nlink: 1,
+                uid,
+                atime: 1,
+                mtime: 1,
+                ctime: 1,
+                ..Attr::default()
+            },
+            ..EntryOut::default()
+        };
+        let n = reply(&mut b, unique, entry.as_bytes());
+        e.handle_reply(T0, SlotId(1), &mut b.0[..n], n);
+        drain(e);
+    }
+
+    fn setattr(e: &mut Engine, now: Instant, unique: u64, uid: u32, arg: SetattrIn) -> Vec<Action> {
+        let mut b = Buf::new();
+        let h = InHeader {
+            opcode: Opcode::Setattr.into(),
+            unique,
+            nodeid: FILE,
+            uid,
+            ..InHeader::default()
+        };
+        let n = encode::encode_request(&mut b.0, &h, &[arg.as_bytes()]).unwrap();
+        e.handle_request(now, WALL, SlotId(2), &mut b.0[..n]);
+        std::iter::from_fn(|| e.poll_action(now)).collect()
+    }
+
+    fn times_arg(valid: u32, atime: u64, mtime: u64) -> SetattrIn {
+        SetattrIn {
+            valid,
+            atime,
+            mtime,
+            ctime: 50,
+            ..SetattrIn::default()
+        }
+    }
+
+    /// The attributes in a local answer.
+    fn answered(acts: &[Action]) -> Attr {
+        let [Action::Answer(r), Action::Free(_)] = acts else {
+            panic!("not answered locally: {acts:?}")
+        };
+        AttrOut::read_from_bytes(&r.as_bytes()[16..]).unwrap().attr
+    }
+
+    /// The SETATTR of the proxy's own in `acts`, as (unique, arg).
+    fn flushes(acts: &[Action]) -> Vec<(u64, SetattrIn)> {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::Inject(r) => {
+                    let h = InHeader::read_from_prefix(r.as_bytes()).unwrap().0;
+                    (h.opcode == u32::from(Opcode::Setattr)).then(|| {
+                        (
+                            h.unique,
+                            SetattrIn::read_from_bytes(&r.as_bytes()[40..]).unwrap(),
+                        )
+                    })
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn answer_flush(e: &mut Engine, unique: u64, error: i32) -> Vec<Action> {
+        let mut b = Buf::new();
+        let n = if error == 0 {
+            reply(&mut b, unique, AttrOut::default().as_bytes())
+        } else {
+            raw_reply(&mut b, 16, error, unique, 16)
+        };
+        e.handle_reply(T0, SlotId(30), &mut b.0[..n], n);
+        drain(e)
+    }
+
+    #[test]
+    fn a_time_only_setattr_is_answered_from_the_cache() {
+        let mut e = session(config());
+        let acts = setattr(
+            &mut e,
+            T0,
+            10,
+            0,
+            times_arg(FATTR_ATIME | FATTR_MTIME | FATTR_CTIME, 100, 200),
+        );
+        let a = answered(&acts);
+        assert_eq!(
+            (a.ino, a.mode, a.atime, a.mtime, a.ctime),
+            (FILE, 0o100644, 100, 200, 50)
+        );
+        assert_eq!(e.pending_times(), 1);
+        assert_eq!(e.stats().times.acked_locally, 1);
+        assert_eq!(e.inflight(), 0, "nothing went to the backend");
+    }
+
+    #[test]
+    fn updates_with_different_fields_merge_and_the_latest_value_wins() {
+        let mut e = session(config());
+        setattr(&mut e, T0, 10, 0, times_arg(FATTR_ATIME, 100, 0));
+        // UTIME_NOW resolves to the proxy's wall clock at receipt.
+        let a = answered(&setattr(
+            &mut e,
+            T0,
+            12,
+            0,
+            times_arg(FATTR_MTIME | FATTR_MTIME_NOW, 0, 0),
+        ));
+        assert_eq!((a.atime, a.mtime), (100, WALL.0 as u64));
+        let a = answered(&setattr(&mut e, T0, 14, 0, times_arg(FATTR_ATIME, 300, 0)));
+        assert_eq!((a.atime, a.mtime), (300, WALL.0 as u64));
+        assert_eq!(e.stats().times.coalesced, 2);
+        // One flush with the union of fields, the latest value of each.
+        e.handle_timeout(T0 + crate::Duration::from_millis(1000));
+        let f = flushes(&drain(&mut e));
+        assert_eq!(f.len(), 1);
+        let arg = f[0].1;
+        assert_eq!(arg.valid, FATTR_ATIME | FATTR_MTIME);
+        assert_eq!((arg.atime, arg.mtime), (300, WALL.0 as u64));
+        assert!(f[0].0 >= INJECTED_UNIQUE_BASE);
+    }
+
+    #[test]
+    fn nothing_is_flushed_before_max_delay() {
+        let mut e = session(config());
+        setattr(&mut e, T0, 10, 0, times_arg(FATTR_MTIME, 0, 5));
+        let due = e.poll_timeout().unwrap();
+        assert_eq!(due, T0 + crate::Duration::from_millis(1000));
+        e.handle_timeout(T0 + crate::Duration::from_millis(999));
+        assert!(drain(&mut e).is_empty());
+        e.handle_timeout(due);
+        assert_eq!(flushes(&drain(&mut e)).len(), 1);
+        assert_eq!(e.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_chmod_after_a_pending_update_reaches_the_backend_after_the_flush() {
+        let mut e = session(config());
+        setattr(&mut e, T0, 10, 0, times_arg(FATTR_MTIME, 0, 5));
+        let acts = setattr(
+            &mut e,
+            T0,
+            12,
+            0,
+            SetattrIn {
+                valid: FATTR_MODE,
+                mode: 0o600,
+                ..SetattrIn::default()
+            },
+        );
+        let f = flushes(&acts);
+        assert_eq!(f.len(), 1, "the flush goes first: {acts:?}");
+        assert!(
+            !acts.iter().any(|a| matches!(a, Action::ForwardRequest(_))),
+            "chmod held: {acts:?}"
+        );
+        let after = answer_flush(&mut e, f[0].0, 0);
+        assert!(
+            after
+                .iter()
+                .any(|a| matches!(a, Action::ForwardRequest(SlotId(2)))),
+            "{after:?}"
+        );
+    }
+
+    #[test]
+    fn a_release_is_held_until_the_flush_reply() {
+        let mut e = session(config());
+        setattr(
+            &mut e,
+            T0,
+            10,
+            0,
+            times_arg(FATTR_MTIME | FATTR_FH | FATTR_CTIME, 0, 5),
+        );
+        let mut b = Buf::new();
+        let n = request(
+            &mut b,
+            Opcode::Release,
+            12,
+            FILE,
+            ReleaseIn::default().as_bytes(),
+        );
+        e.handle_request(T0, WALL, SlotId(5), &mut b.0[..n]);
+        let acts = drain(&mut e);
+        let f = flushes(&acts);
+        assert_eq!(f.len(), 1);
+        assert_eq!(acts.len(), 1, "only the flush: {acts:?}");
+        // A GETATTR meanwhile is not held, and its reply shows the times.
+        let n = request(
+            &mut b,
+            Opcode::Getattr,
+            14,
+            FILE,
+            GetattrIn::default().as_bytes(),
+        );
+        e.handle_request(T0, WALL, SlotId(6), &mut b.0[..n]);
+        assert!(matches!(
+            drain(&mut e)[..],
+            [Action::ForwardRequest(SlotId(6))]
+        ));
+        let stale = AttrOut {
+            attr: Attr {
+                ino: FILE,
+                mtime: 1,
+                ..Attr::default()
+            },
+            ..AttrOut::default()
+        };
+        let n = reply(&mut b, 14, stale.as_bytes());
+        e.handle_reply(T0, SlotId(6), &mut b.0[..n], n);
+        drain(&mut e);
+        assert_eq!(
+            AttrOut::read_from_bytes(&b.0[16..n]).unwrap().attr.mtime,
+            5,
+            "overlaid"
+        );
+        let after = answer_flush(&mut e, f[0].0, 0);
+        assert!(
+            after
+                .iter()
+                .any(|a| matches!(a, Action::ForwardRequest(SlotId(5)))),
+            "{after:?}"
+        );
+    }
+
+    #[test]
+    fn an_error_reply_to_a_flush_is_counted_and_reported() {
+        let mut e = session(config());
+        setattr(
+            &mut e,
+            T0,
+            10,
+            0,
+            times_arg(FATTR_ATIME | FATTR_MTIME, 7, 8),
+        );
+        e.handle_timeout(T0 + crate::Duration::from_millis(1000));
+        let f = flushes(&drain(&mut e));
+        events(&mut e);
+        answer_flush(&mut e, f[0].0, -13);
+        assert_eq!(e.stats().times.flush_errors, 1);
+        let ev = events(&mut e);
+        assert!(
+            ev.iter().any(|x| matches!(x, Event::FlushFailed { node, error: -13, atime: Some((7, 0)), mtime: Some((8, 0)) } if node.0 == FILE)),
+            "{ev:?}"
+        );
+    }
+
+    #[test]
+    fn without_cached_attributes_or_permission_it_is_forwarded() {
+        let mut e = session(config());
+        let mut b = Buf::new();
+        let h = InHeader {
+            opcode: Opcode::Setattr.into(),
+            unique: 10,
+            nodeid: 99,
+            ..InHeader::default()
+        };
+        let n = encode::encode_request(&mut b.0, &h, &[times_arg(FATTR_MTIME, 0, 5).as_bytes()])
+            .unwrap();
+        e.handle_request(T0, WALL, SlotId(2), &mut b.0[..n]);
+        assert!(
+            matches!(drain(&mut e)[..], [Action::ForwardRequest(_)]),
+            "unknown node"
+        );
+        // FILE belongs to uid 1000: uid 2000 is not vouched for (no
+        // default_permissions), uid 1000 and root are.
+        assert!(matches!(
+            setattr(&mut e, T0, 12, 2000, times_arg(FATTR_MTIME, 0, 5))[..],
+            [Action::ForwardRequest(_)]
+        ));
+        answered(&setattr(&mut e, T0, 14, 1000, times_arg(FATTR_MTIME, 0, 5)));
+        let mut e = session(Config {
+            default_permissions: true,
+            ..config()
+        });
+        answered(&setattr(&mut e, T0, 12, 2000, times_arg(FATTR_MTIME, 0, 5)));
+    }
+
+    #[test]
+    fn forward_mode_never_answers_locally() {
+        let mut e = session(Config {
+            times: crate::TimesMode::Forward,
+            ..config()
+        });
+        assert!(matches!(
+            setattr(&mut e, T0, 10, 0, times_arg(FATTR_MTIME, 0, 5))[..],
+            [Action::ForwardRequest(_)]
+        ));
+    }
+
+    #[test]
+    fn max_pending_flushes_the_oldest_first() {
+        let mut e = session(Config {
+            max_pending: 2,
+            ..config()
+        });
+        for (i, node) in [20u64, 21, 22].iter().enumerate() {
+            lookup(&mut e, 100 + 2 * i as u64, *node, 0);
+            let mut b = Buf::new();
+            let h = InHeader {
+                opcode: Opcode::Setattr.into(),
+                unique: 200 + 2 * i as u64,
+                nodeid: *node,
+                ..InHeader::default()
+            };
+            let n =
+                encode::encode_request(&mut b.0, &h, &[times_arg(FATTR_MTIME, 0, 5).as_bytes()])
+                    .unwrap();
+            e.handle_request(T0, WALL, SlotId(2), &mut b.0[..n]);
+            let acts = drain(&mut e);
+            let injected: Vec<u64> = acts
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Inject(r) => {
+                        Some(InHeader::read_from_prefix(r.as_bytes()).unwrap().0.nodeid)
+                    }
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(injected, if i == 2 { vec![20] } else { vec![] });
+        }
+    }
+
+    #[test]
+    fn forget_waits_for_the_flush_and_shutdown_flushes_before_destroy() {
+        let mut e = session(config());
+        setattr(&mut e, T0, 10, 0, times_arg(FATTR_MTIME, 0, 5));
+        let mut b = Buf::new();
+        let n = request(&mut b, Opcode::Forget, 12, FILE, &1u64.to_ne_bytes());
+        e.handle_request(T0, WALL, SlotId(3), &mut b.0[..n]);
+        let acts = drain(&mut e);
+        let f = flushes(&acts);
+        assert_eq!(f.len(), 1);
+        assert!(
+            acts.iter().any(|a| matches!(a, Action::Free(SlotId(3)))),
+            "the FORGET is not sent now"
+        );
+        let after = answer_flush(&mut e, f[0].0, 0);
+        let forgets: Vec<(u64, u64)> = after
+            .iter()
+            .filter_map(|a| match a {
+                Action::Inject(r) => {
+                    let h = InHeader::read_from_prefix(r.as_bytes()).unwrap().0;
+                    (h.opcode == u32::from(Opcode::Forget)).then(|| {
+                        (
+                            h.nodeid,
+                            u64::read_from_bytes(&r.as_bytes()[40..48]).unwrap(),
+                        )
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            forgets,
+            vec![(FILE, 1)],
+            "the FORGET follows the flush: {after:?}"
+        );
+
+        // Shutdown: pending times first, DESTROY only after their reply.
+        lookup(&mut e, 20, 8, 0);
+        let h = InHeader {
+            opcode: Opcode::Setattr.into(),
+            unique: 22,
+            nodeid: 8,
+            ..InHeader::default()
+        };
+        let n = encode::encode_request(&mut b.0, &h, &[times_arg(FATTR_MTIME, 0, 9).as_bytes()])
+            .unwrap();
+        e.handle_request(T0, WALL, SlotId(2), &mut b.0[..n]);
+        drain(&mut e);
+        e.handle_shutdown(T0);
+        let acts = drain(&mut e);
+        let f = flushes(&acts);
+        assert_eq!((f.len(), acts.len()), (1, 1), "{acts:?}");
+        assert!(!e.is_shutdown_complete());
+        let after = answer_flush(&mut e, f[0].0, 0);
+        let destroy = after.iter().find_map(|a| match a {
+            Action::Inject(r) => Some(InHeader::read_from_prefix(r.as_bytes()).unwrap().0),
+            _ => None,
+        });
+        assert_eq!(destroy.map(|h| h.opcode), Some(u32::from(Opcode::Destroy)));
+    }
+
+    #[test]
+    fn rename_into_a_directory_with_pending_times_waits_for_its_flush() {
+        let mut e = session(config());
+        setattr(&mut e, T0, 10, 0, times_arg(FATTR_MTIME, 0, 5));
+        let mut b = Buf::new();
+        let arg = fuseproxy_protocol::abi::RenameIn { newdir: FILE };
+        let body: Vec<u8> = [arg.as_bytes(), b"a\0", b"b\0"].concat();
+        let n = request(&mut b, Opcode::Rename, 12, 1, &body);
+        e.handle_request(T0, WALL, SlotId(4), &mut b.0[..n]);
+        let acts = drain(&mut e);
+        assert_eq!(flushes(&acts).len(), 1);
+        assert!(!acts.iter().any(|a| matches!(a, Action::ForwardRequest(_))));
+    }
+
+    /// Random sequences of time updates, other requests on the same nodes
+    /// and clock advances, against a backend that answers in random order:
+    /// every acknowledged update reaches the backend, for each node in the
+    /// order acknowledged, and no request on a node overtakes its times.
+    #[test]
+    fn every_acknowledged_update_reaches_the_backend_in_order() {
+        use std::collections::HashMap;
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for _round in 0..200 {
+            let mut e = session(Config {
+                max_pending: 3,
+                ..config()
+            });
+            for node in 20..25u64 {
+                lookup(&mut e, 1000 + node * 2, node, 0);
+            }
+            let mut now = T0;
+            let mut unique = 10u64;
+            let mut acked: HashMap<u64, Vec<u64>> = HashMap::new(); // node -> mtimes acked
+            let mut applied: HashMap<u64, Vec<u64>> = HashMap::new(); // node -> mtimes flushed
+            let mut backend: Vec<(u64, u64, Option<u64>)> = Vec::new(); // (unique, node, mtime if flush)
+                                                                        // slot -> (unique, node, mtime if a SETATTR) of requests not yet sent
+            let mut held_slots: HashMap<u32, (u64, u64, Option<u64>)> = HashMap::new();
+            let mut slot_of: HashMap<u32, (u64, u64, Option<u64>)> = HashMap::new();
+            // slot -> the last mtime acknowledged on its node before it arrived
+            let mut needs: HashMap<u32, u64> = HashMap::new();
+            let mut next_slot = 100u32;
+            for step in 0..60 {
+                let node = 20 + next() % 5;
+                let mut b = Buf::new();
+                match next() % 5 {
+                    0 | 1 => {
+                        let m = step as u64 + 1;
+                        let h = InHeader {
+                            opcode: Opcode::Setattr.into(),
+                            unique,
+                            nodeid: node,
+                            ..InHeader::default()
+                        };
+                        let n = encode::encode_request(
+                            &mut b.0,
+                            &h,
+                            &[times_arg(FATTR_MTIME, 0, m).as_bytes()],
+                        )
+                        .unwrap();
+                        e.handle_request(now, WALL, SlotId(next_slot), &mut b.0[..n]);
+                        // Answered locally, or forwarded when the table is full.
+                        acked.entry(node).or_default().push(m);
+                        slot_of.insert(next_slot, (unique, node, Some(m)));
+                    }
+                    2 => {
+                        if let Some(m) = acked.get(&node).and_then(|v| v.last()) {
+                            needs.insert(next_slot, *m);
+                        }
+                        let h = InHeader {
+                            opcode: Opcode::Read.into(),
+                            unique,
+                            nodeid: node,
+                            ..InHeader::default()
+                        };
+                        let n = encode::encode_request(
+                            &mut b.0,
+                            &h,
+                            &[fuseproxy_protocol::abi::ReadIn::default().as_bytes()],
+                        )
+                        .unwrap();
+                        e.handle_request(now, WALL, SlotId(next_slot), &mut b.0[..n]);
+                        slot_of.insert(next_slot, (unique, node, None));
+                    }
+                    3 => now = now + crate::Duration::from_millis(400),
+                    _ => {
+                        // The backend answers one request, any of them.
+                        if !backend.is_empty() {
+                            let i = (next() as usize) % backend.len();
+                            let (u, n, m) = backend.remove(i);
+                            if let Some(m) = m {
+                                applied.entry(n).or_default().push(m);
+                            }
+                            let len = if m.is_some() {
+                                reply(&mut b, u, AttrOut::default().as_bytes())
+                            } else {
+                                reply(&mut b, u, b"data")
+                            };
+                            e.handle_reply(now, SlotId(999), &mut b.0[..len], len);
+                        }
+                    }
+                }
+                unique += 2;
+                next_slot += 1;
+                e.handle_timeout(now);
+                while let Some(a) = e.poll_action(now) {
+                    match a {
+                        Action::Inject(r) => {
+                            let h = InHeader::read_from_prefix(r.as_bytes()).unwrap().0;
+                            if h.opcode == u32::from(Opcode::Setattr) {
+                                let arg = SetattrIn::read_from_bytes(&r.as_bytes()[40..]).unwrap();
+                                // Never two flushes of one node in flight.
+                                assert!(!backend
+                                    .iter()
+                                    .any(|(_, n, m)| *n == h.nodeid && m.is_some()));
+                                backend.push((h.unique, h.nodeid, Some(arg.mtime)));
+                            }
+                        }
+                        Action::ForwardRequest(s) => {
+                            if let Some((u, n, m)) =
+                                slot_of.remove(&s.0).or_else(|| held_slots.remove(&s.0))
+                            {
+                                // A request reaches the backend only after the
+                                // updates acknowledged before it are applied.
+                                if let Some(need) = needs.get(&s.0) {
+                                    let done = applied
+                                        .get(&n)
+                                        .and_then(|v| v.last())
+                                        .copied()
+                                        .unwrap_or(0);
+                                    assert!(done >= *need, "request on node {n} overtook mtime {need} (applied {done})");
+                                }
+                                backend.push((u, n, m));
+                            }
+                        }
+                        Action::Free(s) => {
+                            slot_of.remove(&s.0);
+                        }
+                        _ => {}
+                    }
+                }
+                for (s, v) in slot_of.drain() {
+                    held_slots.insert(s, v);
+                }
+            }
+            // Drain: answer everything, advance time, shut down.
+            now = now + crate::Duration::from_millis(5000);
+            e.handle_shutdown(now);
+            for _ in 0..1000 {
+                e.handle_timeout(now);
+                while let Some(a) = e.poll_action(now) {
+                    if let Action::ForwardRequest(s) = a {
+                        if let Some((u, n, m)) = held_slots.remove(&s.0) {
+                            backend.push((u, n, m));
+                        }
+                    }
+                    if let Action::Inject(r) = a {
+                        let h = InHeader::read_from_prefix(r.as_bytes()).unwrap().0;
+                        if h.opcode == u32::from(Opcode::Setattr) {
+                            let arg = SetattrIn::read_from_bytes(&r.as_bytes()[40..]).unwrap();
+                            backend.push((h.unique, h.nodeid, Some(arg.mtime)));
+                        } else {
+                            backend.push((h.unique, h.nodeid, None));
+                        }
+                    }
+                }
+                let Some((u, n, m)) = backend.pop() else {
+                    break;
+                };
+                if let Some(m) = m {
+                    applied.entry(n).or_default().push(m);
+                }
+                let mut b = Buf::new();
+                let len = if m.is_some() {
+                    reply(&mut b, u, AttrOut::default().as_bytes())
+                } else {
+                    reply(&mut b, u, &[])
+                };
+                e.handle_reply(now, SlotId(999), &mut b.0[..len], len);
+            }
+            assert!(e.is_shutdown_complete());
+            assert_eq!(
+                e.stats().times.forwarded_sync,
+                0,
+                "every update was acknowledged locally"
+            );
+            for (node, ms) in &acked {
+                // Coalescing may skip intermediate values, never the last one,
+                // and what is applied only ever moves forward.
+                let got = applied.get(node).cloned().unwrap_or_default();
+                assert_eq!(
+                    got.last(),
+                    ms.last(),
+                    "node {node}: acked {ms:?}, applied {got:?}"
+                );
+                assert!(
+                    got.windows(2).all(|w| w[0] < w[1]),
+                    "node {node}: out of order {got:?}"
+                );
+            }
+        }
+    }
+}
