@@ -865,13 +865,13 @@ mod times {
             let mut slot_of: HashMap<u32, (u64, u64, Option<u64>)> = HashMap::new();
             // slot -> the last mtime acknowledged on its node before it arrived
             let mut needs: HashMap<u32, u64> = HashMap::new();
-            let mut next_slot = 100u32;
-            for step in 0..60 {
+            for step in 0..60u32 {
+                let next_slot = 100 + step;
                 let node = 20 + next() % 5;
                 let mut b = Buf::new();
                 match next() % 5 {
                     0 | 1 => {
-                        let m = step as u64 + 1;
+                        let m = u64::from(step) + 1;
                         let h = InHeader {
                             opcode: Opcode::Setattr.into(),
                             unique,
@@ -927,7 +927,6 @@ mod times {
                     }
                 }
                 unique += 2;
-                next_slot += 1;
                 e.handle_timeout(now);
                 while let Some(a) = e.poll_action(now) {
                     match a {
