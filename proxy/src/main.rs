@@ -43,23 +43,45 @@ fn main() {
                 let _ = e.print();
                 std::process::exit(0);
             }
-            // One line, not clap's usage block: the first line of its message.
-            let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("bad command line");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("fuseproxy: {first} (see fuseproxy --help)");
+            let hint = if e.kind() == ErrorKind::UnknownArgument {
+                "; write MOUNTPOINT -- BACKEND_COMMAND..."
+            } else {
+                ""
+            };
+            let msg = one_line(&e.render().to_string());
+            eprintln!("fuseproxy: {msg}{hint} (see fuseproxy --help)");
             std::process::exit(2);
         }
     };
     let log = logger(cli.level());
     match run(&cli, &log) {
         Ok(()) => std::process::exit(0),
+        Err(e @ Error::Usage(_)) => {
+            eprintln!("fuseproxy: {e}");
+            std::process::exit(e.exit_code());
+        }
         Err(e) => {
             slog::crit!(log, "{e}");
             drop(log);
             std::process::exit(e.exit_code());
         }
     }
+}
+
+/// clap's message in one line: its first paragraph, without the usage block
+/// ("the following required arguments were not provided:" is followed by the
+/// arguments on the next lines).
+fn one_line(text: &str) -> String {
+    let para: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let joined = para.join(" ");
+    joined
+        .strip_prefix("error: ")
+        .unwrap_or(&joined)
+        .to_string()
 }
 
 fn logger(level: LogLevel) -> Logger {

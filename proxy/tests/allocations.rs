@@ -1,0 +1,163 @@
+//! The forwarding path never allocates, measured: fuseproxy counts its heap
+//! allocations (a counting global allocator) and its SIGUSR1 stats line
+//! reports those made since the previous dump. Over passthrough_ll with
+//! `cache=never` (entry and attribute timeouts 0, direct I/O), every stat
+//! is a LOOKUP and a GETATTR and every pread/pwrite a READ/WRITE that
+//! crosses the proxy. After a warm-up, a window of 10,000 stats plus 64 KiB
+//! reads and writes must show `requests=` grown by at least 10,000 and
+//! `allocations=0`, with time updates answered locally and flushed in it.
+//!
+//! Proxy mode is forced (`raw_proxy_args`): there is nothing to count in a
+//! direct mount.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+use common::tree::pattern;
+use common::{sys, wait_until, Mode, Mount, MountBuilder, Signal};
+use std::os::unix::fs::MetadataExt;
+
+const FILES: usize = 100;
+const CHUNK: usize = 64 * 1024;
+const DATA_LEN: usize = 16 * CHUNK;
+
+fn stats_lines(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("stats: requests="))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn stat_field(line: &str, key: &str) -> u64 {
+    let pat = format!(" {key}=");
+    let at = line
+        .find(&pat)
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"));
+    line[at + pat.len()..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap_or_else(|_| panic!("bad {key}= in {line:?}"))
+}
+
+/// SIGUSR1, then the new stats line (bounded wait).
+fn dump_stats(m: &mut Mount) -> String {
+    let before = stats_lines(&m.proxy_log()).len();
+    m.send_signal(Signal::SIGUSR1)
+        .expect("SIGUSR1 to the proxy");
+    assert!(
+        wait_until(Duration::from_secs(5), || stats_lines(&m.proxy_log()).len()
+            > before),
+        "no stats line within 5 s of SIGUSR1"
+    );
+    stats_lines(&m.proxy_log()).pop().unwrap()
+}
+
+/// `n` stats of the files, each fourth preceded by a utimensat of it (a
+/// time-only SETATTR the proxy answers itself and flushes later), `io`
+/// 64 KiB preads and pwrites of `data` (chunk `k` gets pattern `seed + k`),
+/// each checked.
+fn workload(m: &Mount, data: &fs::File, n: usize, io: usize, seed: u64) {
+    for i in 0..n {
+        let path = m.path(format!("f{}", i % FILES));
+        let mtime = seed as i64 * 100_000 + i as i64;
+        if i % 4 == 0 {
+            sys::utimensat(&path, sys::ts(mtime, 0), sys::ts(mtime, 0), 0).expect("utimensat");
+        }
+        let md = fs::metadata(&path).expect("stat");
+        assert_eq!(md.len(), (i % FILES) as u64);
+        if i % 4 == 0 {
+            assert_eq!(md.mtime(), mtime, "stat shows the time just set");
+        }
+    }
+    for k in 0..io {
+        let off = ((k % (DATA_LEN / CHUNK)) * CHUNK) as u64;
+        let want = pattern(seed + k as u64, CHUNK);
+        assert_eq!(data.write_at(&want, off).expect("pwrite"), CHUNK);
+        let mut got = vec![0u8; CHUNK];
+        assert_eq!(data.read_at(&mut got, off).expect("pread"), CHUNK);
+        assert!(got == want, "chunk {k} at {off} read back wrong");
+    }
+}
+
+#[test]
+fn forwarding_does_not_allocate() {
+    let pll = common::passthrough_ll().to_str().unwrap();
+    let mut m = MountBuilder::new(Mode::Proxy, Vec::<&str>::new())
+        .raw_proxy_args([
+            "{mnt}",
+            "--",
+            pll,
+            "-f",
+            "-o",
+            "source={backing},cache=never",
+            "{mnt}",
+        ])
+        .mount();
+    for i in 0..FILES {
+        fs::write(m.backing_path(format!("f{i}")), vec![b'x'; i]).unwrap();
+    }
+    fs::write(m.backing_path("data"), vec![0u8; DATA_LEN]).unwrap();
+    let data = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("data"))
+        .unwrap();
+
+    workload(&m, &data, 1_000, 20, 1);
+    let first = dump_stats(&mut m);
+    // The counter is live: start-up and the first log lines allocated.
+    assert!(
+        stat_field(&first, "allocations") > 0,
+        "the allocation counter counts nothing: {first}"
+    );
+
+    const IO: usize = 200;
+    let t0 = Instant::now();
+    workload(&m, &data, 10_000, IO, 1_000);
+    let took = t0.elapsed();
+    // Past --times-max-delay (1 s): the pending times are flushed by the
+    // proxy's timer inside the window too.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let second = dump_stats(&mut m);
+    eprintln!("window of {took:?}:\n  before: {first}\n  after:  {second}");
+    let requests = stat_field(&second, "requests") - stat_field(&first, "requests");
+    let replies = stat_field(&second, "replies") - stat_field(&first, "replies");
+    assert!(
+        requests >= 10_000,
+        "only {requests} requests crossed the proxy in the window"
+    );
+    assert!(replies >= 10_000, "only {replies} replies in the window");
+    assert_eq!(stat_field(&second, "bad_replies"), 0, "{second}");
+    // Time updates flowed through the engine in the window: answered
+    // locally and applied by flushes of the proxy's own.
+    let acked = stat_field(&second, "times_acked") - stat_field(&first, "times_acked");
+    let flushes = stat_field(&second, "times_flushes") - stat_field(&first, "times_flushes");
+    assert!(
+        acked >= 2_500,
+        "only {acked} time updates answered locally: {second}"
+    );
+    assert!(flushes > 0, "no time update was flushed: {second}");
+    assert_eq!(
+        stat_field(&second, "allocations"),
+        0,
+        "the proxy allocated while forwarding {requests} requests: {second}"
+    );
+    drop(data);
+    // The writes reached the backing file (direct I/O: no cache between).
+    let backing = fs::read(m.backing_path("data")).unwrap();
+    let chunks = DATA_LEN / CHUNK;
+    for c in 0..chunks {
+        let last = (0..IO).rev().find(|k| k % chunks == c).unwrap();
+        let want = pattern(1_000 + last as u64, CHUNK);
+        assert!(
+            backing[c * CHUNK..(c + 1) * CHUNK] == want[..],
+            "backing chunk {c} is not write #{last}"
+        );
+    }
+}
