@@ -12,50 +12,19 @@
 
 mod common;
 
+use common::stats::{dump_stats, stat_field};
+
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use common::tree::pattern;
-use common::{sys, wait_until, Mode, Mount, MountBuilder, Signal};
+use common::{sys, Mode, Mount, MountBuilder};
 use std::os::unix::fs::MetadataExt;
 
 const FILES: usize = 100;
 const CHUNK: usize = 64 * 1024;
 const DATA_LEN: usize = 16 * CHUNK;
-
-fn stats_lines(log: &str) -> Vec<String> {
-    log.lines()
-        .filter(|l| l.contains("stats: requests="))
-        .map(str::to_owned)
-        .collect()
-}
-
-fn stat_field(line: &str, key: &str) -> u64 {
-    let pat = format!(" {key}=");
-    let at = line
-        .find(&pat)
-        .unwrap_or_else(|| panic!("no {key}= in {line:?}"));
-    line[at + pat.len()..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .unwrap_or_else(|_| panic!("bad {key}= in {line:?}"))
-}
-
-/// SIGUSR1, then the new stats line (bounded wait).
-fn dump_stats(m: &mut Mount) -> String {
-    let before = stats_lines(&m.proxy_log()).len();
-    m.send_signal(Signal::SIGUSR1)
-        .expect("SIGUSR1 to the proxy");
-    assert!(
-        wait_until(Duration::from_secs(5), || stats_lines(&m.proxy_log()).len()
-            > before),
-        "no stats line within 5 s of SIGUSR1"
-    );
-    stats_lines(&m.proxy_log()).pop().unwrap()
-}
 
 /// `n` stats of the files, each fourth preceded by a utimensat of it (a
 /// time-only SETATTR the proxy answers itself and flushes later), `io`

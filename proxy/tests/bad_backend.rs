@@ -21,6 +21,8 @@
 
 mod common;
 
+use common::stats::{dump_stats, stat_field, stats_lines};
+
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -59,39 +61,6 @@ fn assert_usable(m: &mut Mount) {
     assert!(md.is_file(), "good: {md:?}");
     assert_eq!(md.len(), 4);
     assert_eq!(md.permissions().mode() & 0o7777, 0o644);
-}
-
-fn stats_lines(log: &str) -> Vec<String> {
-    log.lines()
-        .filter(|l| l.contains("stats: requests="))
-        .map(str::to_owned)
-        .collect()
-}
-
-fn stat_field(line: &str, key: &str) -> u64 {
-    let pat = format!(" {key}=");
-    let at = line
-        .find(&pat)
-        .unwrap_or_else(|| panic!("no {key}= in {line:?}"));
-    line[at + pat.len()..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .unwrap_or_else(|_| panic!("bad {key}= in {line:?}"))
-}
-
-/// SIGUSR1, then the new stats line (bounded wait).
-fn dump_stats(m: &mut Mount) -> String {
-    let before = stats_lines(&m.proxy_log()).len();
-    m.send_signal(Signal::SIGUSR1)
-        .expect("SIGUSR1 to the proxy");
-    assert!(
-        wait_until(Duration::from_secs(5), || stats_lines(&m.proxy_log()).len()
-            > before),
-        "no stats line within 5 s of SIGUSR1"
-    );
-    stats_lines(&m.proxy_log()).pop().unwrap()
 }
 
 /// The uniques the script says it sent garbage for, in order.

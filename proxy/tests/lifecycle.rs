@@ -16,6 +16,8 @@
 
 mod common;
 
+use common::stats::{dump_stats, stat_field};
+
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -125,41 +127,6 @@ fn last_line(log: &str) -> &str {
         .rev()
         .find(|l| !l.trim().is_empty())
         .unwrap_or("")
-}
-
-/// Lines of the `stats:` dumps so far.
-fn stats_lines(log: &str) -> Vec<String> {
-    log.lines()
-        .filter(|l| l.contains("stats: requests="))
-        .map(str::to_owned)
-        .collect()
-}
-
-/// `key=N` from a stats line.
-fn stat_field(line: &str, key: &str) -> u64 {
-    let pat = format!(" {key}=");
-    let at = line
-        .find(&pat)
-        .unwrap_or_else(|| panic!("no {key}= in {line:?}"));
-    line[at + pat.len()..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .unwrap_or_else(|_| panic!("bad {key}= in {line:?}"))
-}
-
-/// SIGUSR1, then the new stats line (bounded wait).
-fn dump_stats(m: &mut Mount) -> String {
-    let before = stats_lines(&m.proxy_log()).len();
-    m.send_signal(Signal::SIGUSR1)
-        .expect("SIGUSR1 to the proxy");
-    assert!(
-        wait_until(Duration::from_secs(5), || stats_lines(&m.proxy_log()).len()
-            > before),
-        "no stats line within 5 s of SIGUSR1"
-    );
-    stats_lines(&m.proxy_log()).pop().unwrap()
 }
 
 fn errno_name(e: i32) -> String {
