@@ -9,10 +9,12 @@ apt-get update -q
 # libfuse's passthrough_ll example, built by the tests from the package's
 # examples; squashfuse + squashfs-tools: the read-only backend and its image
 # tool; attr: getfattr/setfattr; util-linux: setpriv (tests as an
-# unprivileged user); python3: the deliberately bad backend of the tests.
+# unprivileged user); python3: the deliberately bad backend of the tests;
+# bindfs, fio, tar: the benchmark harness (stacked configuration, I/O jobs).
 apt-get install -y -q --no-install-recommends \
     fuse3 libfuse3-dev gcc libc6-dev pkg-config \
-    squashfuse squashfs-tools attr util-linux python3 ca-certificates
+    squashfuse squashfs-tools attr util-linux python3 ca-certificates \
+    bindfs fio tar
 
 if ! command -v cargo >/dev/null 2>&1; then
     # A Rust toolchain is expected (rustup's); Debian's is the fallback.

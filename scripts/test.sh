@@ -7,4 +7,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+cargo build --workspace
+# The benchmark's smoke mode: seconds, only to prove it still runs end to end
+# (it measures the debug proxy built above).
+cargo run -p fuseproxy-bench -- --smoke --no-save
 cargo test --workspace

@@ -23,6 +23,14 @@ pub struct Cached {
     pub attr_valid: u64,
     /// `attr_valid_nsec` from that reply.
     pub attr_valid_nsec: u32,
+    /// The backend may have changed mtime/ctime since (a WRITE, an
+    /// O_TRUNC open, an unlink): only an update that sets both can be
+    /// answered from here.
+    pub times_unknown: bool,
+    /// Size or link count were adjusted by the proxy (WRITE, UNLINK) rather
+    /// than reported: an answer built on them tells the kernel not to keep
+    /// them (`attr_valid` 0), so its next `stat` asks the backend.
+    pub derived: bool,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -100,6 +108,11 @@ impl AttrCache {
             stamp,
             value,
         };
+    }
+
+    /// Forgets everything.
+    pub fn clear(&mut self) {
+        self.slots.fill(Slot::default());
     }
 
     /// Forgets `node` (FORGET: the kernel no longer knows it).

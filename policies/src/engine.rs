@@ -15,6 +15,7 @@ use crate::action::{Action, BadReplyReason, Event, Inline, SlotId, INLINE_MAX};
 use crate::attr_cache::{AttrCache, Cached};
 use crate::inflight::{Entry, Inflight, Origin, INJECTED_UNIQUE_BASE};
 use crate::init_rule::{limits_for, DEVICE_ONLY_FLAGS};
+use crate::names::{self, Known, Names};
 use crate::times::{is_time_only, Times, TimesTable, Timespec};
 use crate::{Duration, Instant, Stats};
 
@@ -78,6 +79,11 @@ const EVENT_QUEUE: usize = 64;
 const OUT_HEADER: usize = 16;
 const IN_HEADER: usize = 40;
 const EIO: i32 = 5;
+const ENOENT: i32 = 2;
+/// open(2)'s O_TRUNC, as the kernel passes it in `fuse_open_in.flags`.
+const O_TRUNC: u32 = 0o1000;
+/// renameat2(2)'s RENAME_EXCHANGE.
+const RENAME_EXCHANGE: u32 = 2;
 const EAGAIN: i32 = 11;
 
 /// A request waiting for flushes before it may go to the backend.
@@ -112,7 +118,8 @@ pub struct Engine {
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
     stats: Stats,
-    attrs: AttrCache,
+    pub(crate) attrs: AttrCache,
+    names: Names,
     times: TimesTable,
     /// INVARIANT: capacity `config.max_held`, never exceeded.
     held: Vec<Held>,
@@ -139,6 +146,7 @@ impl Engine {
             events: VecDeque::with_capacity(EVENT_QUEUE),
             stats: Stats::default(),
             attrs: AttrCache::with_capacity(if async_times { config.attr_cache } else { 1 }),
+            names: Names::with_capacity(if async_times { config.attr_cache } else { 1 }),
             // Room for max_pending unsent records plus as many being flushed.
             times: TimesTable::with_capacity(if async_times {
                 2 * config.max_pending + 16
@@ -252,6 +260,7 @@ impl Engine {
         }
 
         let mut deps = [(NodeId(0), 0u32); 2];
+        let mut aux = [0u64; 4];
         let mut ndeps = 0;
         let mut all = false;
         if self.async_times() {
@@ -304,6 +313,7 @@ impl Engine {
             if all {
                 self.flush_all();
             }
+            aux = self.note_request(&req);
         } else if let Operation::Forget(_) = req.operation() {
             self.attrs.remove(node);
         }
@@ -317,6 +327,7 @@ impl Engine {
                 opcode,
                 node,
                 origin: Origin::Kernel,
+                aux,
             })
         {
             // Only when the proxy ignored can_accept_request().
@@ -358,6 +369,11 @@ impl Engine {
         if !self.config.default_permissions && caller != 0 && caller != cached.attr.uid {
             return false;
         }
+        // After a write the backend's mtime/ctime are its own clock's: only
+        // an update that replaces both leaves nothing unknown in the answer.
+        if cached.times_unknown && (t.mtime.is_none() || t.ctime.is_none()) {
+            return false;
+        }
         let Some(coalesced) = self.times.acknowledge(now, node, t) else {
             return false;
         };
@@ -370,10 +386,24 @@ impl Engine {
         if t.ctime.is_none() {
             (attr.ctime, attr.ctimensec) = (wall.0 as u64, wall.1);
         }
-        self.attrs.insert(node, Cached { attr, ..cached });
+        self.attrs.insert(
+            node,
+            Cached {
+                attr,
+                times_unknown: false,
+                ..cached
+            },
+        );
+        // Attributes the proxy adjusted itself are good enough for this
+        // answer, not for the kernel to keep: it asks again on its next stat.
+        let (attr_valid, attr_valid_nsec) = if cached.derived {
+            (0, 0)
+        } else {
+            (cached.attr_valid, cached.attr_valid_nsec)
+        };
         let out = AttrOut {
-            attr_valid: cached.attr_valid,
-            attr_valid_nsec: cached.attr_valid_nsec,
+            attr_valid,
+            attr_valid_nsec,
             dummy: 0,
             attr,
         };
@@ -551,16 +581,160 @@ impl Engine {
         }
         if entry.opcode == Opcode::Init {
             self.negotiate(msg, error);
-        } else if error == 0 && self.async_times() {
-            self.observe_attrs(entry.opcode, entry.node, msg);
+        } else if self.async_times() {
+            self.observe_reply(&entry, error, msg);
         }
         self.stats.replies += 1;
         self.actions.push_back(Action::DeliverReply(slot));
     }
 
+    /// What a forwarded request may change of the attributes the cache
+    /// holds, noted before it goes; the reply confirms it
+    /// ([`observe_reply`](Self::observe_reply)). Returns the entry's `aux`.
+    fn note_request(&mut self, req: &Request<'_>) -> [u64; 4] {
+        let node = req.nodeid();
+        let dir_changed = |e: &mut Self, dir: NodeId| e.attrs.remove(dir);
+        match req.operation() {
+            Operation::Write { arg, .. } => [arg.offset, 0, 0, 0],
+            Operation::Open(arg) => [u64::from(arg.flags & O_TRUNC != 0), 0, 0, 0],
+            Operation::Lookup { name } => [names::key(node.0, name), 0, 0, 0],
+            Operation::Create { name, .. }
+            | Operation::Mknod { name, .. }
+            | Operation::Mkdir { name, .. }
+            | Operation::Link { name, .. } => {
+                dir_changed(self, node);
+                [names::key(node.0, name), 0, 0, 0]
+            }
+            Operation::Symlink { name, .. } => {
+                dir_changed(self, node);
+                [names::key(node.0, name), 0, 0, 0]
+            }
+            Operation::Unlink { name } => {
+                dir_changed(self, node);
+                let k = names::key(node.0, name);
+                [k, 0, 0, 0]
+            }
+            Operation::Rmdir { name } => {
+                dir_changed(self, node);
+                let k = names::key(node.0, name);
+                if let Known::Node(child) = self.names.get(k) {
+                    self.attrs.remove(NodeId(child));
+                }
+                self.names.remove(k);
+                [0; 4]
+            }
+            Operation::Rename { arg, old, new } => {
+                dir_changed(self, node);
+                dir_changed(self, NodeId(arg.newdir));
+                [names::key(node.0, old), names::key(arg.newdir, new), 0, 0]
+            }
+            Operation::Rename2 { arg, old, new } => {
+                dir_changed(self, node);
+                dir_changed(self, NodeId(arg.newdir));
+                let (ko, kn) = (names::key(node.0, old), names::key(arg.newdir, new));
+                if arg.flags & RENAME_EXCHANGE != 0 {
+                    // Both names stay, naming each other's node: forget both.
+                    for k in [ko, kn] {
+                        if let Known::Node(n) = self.names.get(k) {
+                            self.attrs.remove(NodeId(n));
+                        }
+                        self.names.remove(k);
+                    }
+                    return [0; 4];
+                }
+                [ko, kn, 0, 0]
+            }
+            Operation::Fallocate(_) => {
+                self.attrs.remove(node);
+                [0; 4]
+            }
+            Operation::CopyFileRange(arg) | Operation::CopyFileRange64(arg) => {
+                self.attrs.remove(NodeId(arg.nodeid_out));
+                [0; 4]
+            }
+            Operation::Setxattr(_) | Operation::Removexattr { .. } => {
+                if let Some(c) = self.attrs.get_mut(node) {
+                    c.times_unknown = true;
+                }
+                [0; 4]
+            }
+            _ => [0; 4],
+        }
+    }
+
+    /// Keeps the cache true to what a reply says or implies.
+    fn observe_reply(&mut self, entry: &Entry, error: i32, msg: &mut [u8]) {
+        let [a0, a1, ..] = entry.aux;
+        match entry.opcode {
+            Opcode::Lookup if error == -ENOENT => self.names.insert(a0, 0),
+            Opcode::Write if error == 0 => {
+                let written = msg
+                    .get(OUT_HEADER..OUT_HEADER + 4)
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(0, u32::from_ne_bytes);
+                if let Some(c) = self.attrs.get_mut(entry.node) {
+                    c.attr.size = c.attr.size.max(a0.saturating_add(u64::from(written)));
+                    c.times_unknown = true;
+                    c.derived = true;
+                }
+            }
+            Opcode::Open if error == 0 && a0 != 0 => {
+                if let Some(c) = self.attrs.get_mut(entry.node) {
+                    c.attr.size = 0;
+                    c.times_unknown = true;
+                    c.derived = true;
+                }
+            }
+            Opcode::Unlink if error == 0 => {
+                self.unlinked(a0);
+                self.names.insert(a0, 0);
+            }
+            Opcode::Rename | Opcode::Rename2 if error == 0 => {
+                let moved = self.names.get(a0);
+                if let Known::Node(n) = moved {
+                    if let Some(c) = self.attrs.get_mut(NodeId(n)) {
+                        c.times_unknown = true;
+                    }
+                }
+                // Whatever the new name named loses a link.
+                self.unlinked(a1);
+                self.names.insert(a0, 0);
+                match moved {
+                    Known::Node(n) => self.names.insert(a1, n),
+                    _ => self.names.remove(a1),
+                }
+            }
+            _ => {}
+        }
+        if error == 0 {
+            self.observe_attrs(entry.opcode, entry.node, entry.aux[0], msg);
+        }
+    }
+
+    /// The node `key` named lost that name: one link fewer. When the name is
+    /// not known, any cached node might have been it, so nothing cached can
+    /// be trusted for its link count.
+    fn unlinked(&mut self, key: u64) {
+        match self.names.get(key) {
+            Known::Node(n) => {
+                if let Some(c) = self.attrs.get_mut(NodeId(n)) {
+                    c.attr.nlink = c.attr.nlink.saturating_sub(1);
+                    c.times_unknown = true;
+                    c.derived = true;
+                }
+            }
+            Known::Absent => {}
+            Known::Unknown => {
+                self.stats.times.cache_clears += 1;
+                self.attrs.clear()
+            }
+        }
+    }
+
     /// Caches the attributes a reply carries, with pending times laid over
     /// them (in the reply too, so that `stat` shows what the caller set).
-    fn observe_attrs(&mut self, opcode: Opcode, node: NodeId, msg: &mut [u8]) {
+    /// `name_key` is the entry's name for replies that create or find one.
+    fn observe_attrs(&mut self, opcode: Opcode, node: NodeId, name_key: u64, msg: &mut [u8]) {
         let body = &mut msg[OUT_HEADER..];
         match opcode {
             Opcode::Getattr | Opcode::Setattr => {
@@ -580,6 +754,7 @@ impl Engine {
             | Opcode::Symlink
             | Opcode::Link => {
                 if let Ok((e, _)) = EntryOut::mut_from_prefix(body) {
+                    self.names.insert(name_key, e.nodeid);
                     self.entry_attrs(e);
                 }
             }
@@ -589,10 +764,18 @@ impl Engine {
                     let Ok((d, _)) = Direntplus::mut_from_prefix(&mut body[at..]) else {
                         break;
                     };
+                    let namelen = d.dirent.namelen as usize;
                     let rec = fuseproxy_protocol::abi::fuse_rec_align(
-                        FUSE_NAME_OFFSET_DIRENTPLUS + d.dirent.namelen as usize,
+                        FUSE_NAME_OFFSET_DIRENTPLUS + namelen,
                     );
                     self.entry_attrs(&mut d.entry_out);
+                    let start = at + FUSE_NAME_OFFSET_DIRENTPLUS;
+                    let nodeid = d.entry_out.nodeid;
+                    if let Some(name) = body.get(start..start + namelen) {
+                        if nodeid != 0 && name != b"." && name != b".." {
+                            self.names.insert(names::key(node.0, name), nodeid);
+                        }
+                    }
                     at += rec;
                 }
             }
@@ -627,6 +810,8 @@ impl Engine {
                 attr: *attr,
                 attr_valid: valid,
                 attr_valid_nsec: nsec,
+                times_unknown: false,
+                derived: false,
             },
         );
     }
@@ -804,6 +989,7 @@ impl Engine {
                 opcode: Opcode::from(header.opcode),
                 node: NodeId(header.nodeid),
                 origin: Origin::Proxy,
+                aux: [0; 4],
             })
         {
             return None;

@@ -38,6 +38,10 @@ pub struct Entry {
     pub node: NodeId,
     /// Who waits for the reply.
     pub origin: Origin,
+    /// What the engine needs from the request to interpret the reply (the
+    /// offset of a WRITE, the victims of an UNLINK or RENAME); see
+    /// `Engine::note_request`.
+    pub aux: [u64; 4],
 }
 
 /// The table; see the module doc.
@@ -162,6 +166,7 @@ mod tests {
             opcode: Opcode::Getattr,
             node: NodeId(1),
             origin: Origin::Kernel,
+            aux: [0; 4],
         }
     }
 

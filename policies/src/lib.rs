@@ -23,6 +23,7 @@ mod engine;
 pub mod inflight;
 pub mod init_rule;
 mod instant;
+pub mod names;
 mod stats;
 pub mod times;
 

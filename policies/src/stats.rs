@@ -39,6 +39,9 @@ pub struct TimesStats {
     pub flush_errors: u64,
     /// Requests held until a flush was answered.
     pub held: u64,
+    /// Times the attribute cache was emptied because a removed name was not
+    /// known (its node, whose link count changed, could be any).
+    pub cache_clears: u64,
 }
 
 /// Replies from the backend that never reached the kernel, by reason.

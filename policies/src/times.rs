@@ -233,7 +233,9 @@ impl TimesTable {
     }
 
     fn home(&self, node: NodeId) -> usize {
-        (node.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20) as usize & self.mask()
+        (node.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - self.index.len().trailing_zeros()))
+            as usize
+            & self.mask()
     }
 
     fn find(&self, node: NodeId) -> Option<(usize, u32)> {

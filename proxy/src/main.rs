@@ -174,6 +174,7 @@ fn run(cli: &Cli, log: &Logger) -> Result<(), Error> {
         event_loop::Startup {
             options: opts.to_string(),
             pinning,
+            spin: std::time::Duration::from_micros(cli.spin_us),
         },
     )?;
     session.run()

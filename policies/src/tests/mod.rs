@@ -1026,3 +1026,114 @@ mod times {
         }
     }
 }
+
+mod names_track {
+    use super::*;
+    use fuseproxy_protocol::abi::{Attr, EntryOut, LinkIn, RenameIn};
+
+    fn entry(node: u64, nlink: u32) -> EntryOut {
+        EntryOut {
+            nodeid: node,
+            attr_valid: 3600,
+            attr: Attr {
+                ino: node,
+                mode: 0o100644,
+                nlink,
+                ..Attr::default()
+            },
+            ..EntryOut::default()
+        }
+    }
+
+    fn roundtrip(
+        e: &mut Engine,
+        op: Opcode,
+        unique: u64,
+        node: u64,
+        body: &[u8],
+        reply_body: Option<&[u8]>,
+        error: i32,
+    ) {
+        let mut b = Buf::new();
+        let n = request(&mut b, op, unique, node, body);
+        e.handle_request(T0, WALL, SlotId(1), &mut b.0[..n]);
+        drain(e);
+        let n = match reply_body {
+            Some(r) => reply(&mut b, unique, r),
+            None => raw_reply(&mut b, 16, error, unique, 16),
+        };
+        e.handle_reply(T0, SlotId(1), &mut b.0[..n], n);
+        drain(e);
+    }
+
+    #[test]
+    fn link_rename_unlink_keep_the_link_count_true() {
+        let mut e = Engine::new(Config {
+            max_inflight: 64,
+            max_pending: 16,
+            attr_cache: 64,
+            max_held: 8,
+            ..Config::default()
+        });
+        let mut b = Buf::new();
+        let n = request(
+            &mut b,
+            Opcode::Init,
+            2,
+            0,
+            InitIn {
+                major: 7,
+                minor: 45,
+                ..InitIn::default()
+            }
+            .as_bytes(),
+        );
+        e.handle_request(T0, WALL, SlotId(0), &mut b.0[..n]);
+        drain(&mut e);
+        let n = reply(
+            &mut b,
+            2,
+            InitOut {
+                major: 7,
+                minor: 31,
+                ..InitOut::default()
+            }
+            .as_bytes(),
+        );
+        e.handle_reply(T0, SlotId(0), &mut b.0[..n], n);
+        drain(&mut e);
+        roundtrip(
+            &mut e,
+            Opcode::Lookup,
+            4,
+            1,
+            b"f\0",
+            Some(entry(7, 1).as_bytes()),
+            0,
+        );
+        roundtrip(&mut e, Opcode::Lookup, 6, 1, b"h\0", None, -2);
+        let link: Vec<u8> = [LinkIn { oldnodeid: 7 }.as_bytes(), b"h\0"].concat();
+        roundtrip(
+            &mut e,
+            Opcode::Link,
+            8,
+            1,
+            &link,
+            Some(entry(7, 2).as_bytes()),
+            0,
+        );
+        roundtrip(&mut e, Opcode::Lookup, 10, 1, b"g\0", None, -2);
+        let ren: Vec<u8> = [RenameIn { newdir: 1 }.as_bytes(), b"f\0", b"g\0"].concat();
+        roundtrip(&mut e, Opcode::Rename, 12, 1, &ren, Some(&[]), 0);
+        roundtrip(&mut e, Opcode::Unlink, 14, 1, b"g\0", Some(&[]), 0);
+        assert_eq!(e.stats().times.cache_clears, 0);
+        assert_eq!(
+            e.attrs
+                .get(fuseproxy_protocol::NodeId(7))
+                .unwrap()
+                .attr
+                .nlink,
+            1
+        );
+    }
+}
