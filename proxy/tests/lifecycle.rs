@@ -60,20 +60,6 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Whether every thread of `pid` is stopped (state T): SIGSTOP is delivered
-/// asynchronously, and a backend thread may still serve a request or two.
-fn all_threads_stopped(pid: i32) -> bool {
-    let Ok(rd) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    rd.flatten().all(|t| {
-        fs::read_to_string(t.path().join("stat"))
-            .ok()
-            .and_then(|s| s[s.rfind(')')? + 2..].chars().next())
-            == Some('T')
-    })
-}
-
 /// `fuseproxy {mnt} -- passthrough_ll [-f] -o source={backing} EXTRA... {mnt}`.
 fn proxy_over_passthrough(foreground: bool, extra: &[&str]) -> MountBuilder {
     let pll = common::passthrough_ll().to_str().expect("UTF-8 path");
@@ -187,7 +173,9 @@ fn backend_killed_with_requests_in_flight() {
     common::send_signal(backend.pid, Signal::SIGSTOP).expect("SIGSTOP the backend");
     let _killer = KillOnDrop(backend);
     assert!(
-        wait_until(Duration::from_secs(5), || all_threads_stopped(backend.pid)),
+        wait_until(Duration::from_secs(5), || common::all_threads_stopped(
+            backend.pid
+        )),
         "the backend's threads did not all stop within 5 s"
     );
 

@@ -123,20 +123,6 @@ impl Drop for ContOnDrop {
     }
 }
 
-/// Whether every thread of `pid` is stopped (state T): SIGSTOP is delivered
-/// asynchronously.
-fn all_threads_stopped(pid: i32) -> bool {
-    let Ok(rd) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    rd.flatten().all(|t| {
-        fs::read_to_string(t.path().join("stat"))
-            .ok()
-            .and_then(|s| s[s.rfind(')')? + 2..].chars().next())
-            == Some('T')
-    })
-}
-
 /// The stats line once nothing waits for the backend (bounded wait), so
 /// that every request forwarded so far is in the backend's debug log.
 fn quiet_stats(m: &mut Mount) -> String {
@@ -898,7 +884,9 @@ fn stopped_backend_run(forward: bool) {
     common::send_signal(backend.pid, Signal::SIGSTOP).expect("SIGSTOP the backend");
     let cont = ContOnDrop(backend);
     assert!(
-        wait_until(Duration::from_secs(5), || all_threads_stopped(backend.pid)),
+        wait_until(Duration::from_secs(5), || common::all_threads_stopped(
+            backend.pid
+        )),
         "the backend's threads did not all stop within 5 s"
     );
 
@@ -929,7 +917,7 @@ fn stopped_backend_run(forward: bool) {
             n == 0 && rx.try_recv().is_err() && !worker.is_finished(),
             "{label}: {n} of {FILES} utimensat calls returned while the backend was stopped"
         );
-        assert!(all_threads_stopped(backend.pid));
+        assert!(common::all_threads_stopped(backend.pid));
         let resumed = Instant::now();
         drop(cont);
         let (took, errors) = rx
@@ -984,7 +972,7 @@ fn stopped_backend_run(forward: bool) {
             "{label}: backing files changed while the backend was stopped"
         );
         assert!(
-            all_threads_stopped(backend.pid),
+            common::all_threads_stopped(backend.pid),
             "{label}: the backend ran while it should have been stopped"
         );
         let after = dump_stats(&mut m);
@@ -1016,7 +1004,7 @@ fn stopped_backend_run(forward: bool) {
         });
         check_new_times("through the mount, flushes in flight", &stats)
             .unwrap_or_else(|e| panic!("{label}: {e}"));
-        assert!(all_threads_stopped(backend.pid));
+        assert!(common::all_threads_stopped(backend.pid));
         eprintln!("{label}, flushes sent to the stopped backend: {sent}");
         let resumed = Instant::now();
         drop(cont);

@@ -389,7 +389,7 @@ mod times {
     const FILE: u64 = 7;
 
     /// An engine past INIT, with FILE's attributes cached by a LOOKUP.
-    fn session(config: Config) -> Engine {
+    pub(super) fn session(config: Config) -> Engine {
         let mut e = Engine::new(config);
         let mut b = Buf::new();
         let init = InitIn {
@@ -414,7 +414,7 @@ mod times {
         e
     }
 
-    fn config() -> Config {
+    pub(super) fn config() -> Config {
         Config {
             max_inflight: 64,
             max_pending: 16,
@@ -1068,40 +1068,8 @@ mod names_track {
 
     #[test]
     fn link_rename_unlink_keep_the_link_count_true() {
-        let mut e = Engine::new(Config {
-            max_inflight: 64,
-            max_pending: 16,
-            attr_cache: 64,
-            max_held: 8,
-            ..Config::default()
-        });
-        let mut b = Buf::new();
-        let n = request(
-            &mut b,
-            Opcode::Init,
-            2,
-            0,
-            InitIn {
-                major: 7,
-                minor: 45,
-                ..InitIn::default()
-            }
-            .as_bytes(),
-        );
-        e.handle_request(T0, WALL, SlotId(0), &mut b.0[..n]);
-        drain(&mut e);
-        let n = reply(
-            &mut b,
-            2,
-            InitOut {
-                major: 7,
-                minor: 31,
-                ..InitOut::default()
-            }
-            .as_bytes(),
-        );
-        e.handle_reply(T0, SlotId(0), &mut b.0[..n], n);
-        drain(&mut e);
+        // Past INIT, node 7 known as "f" in the root; its link count is 1.
+        let mut e = super::times::session(super::times::config());
         roundtrip(
             &mut e,
             Opcode::Lookup,

@@ -847,3 +847,17 @@ where
 {
     run_bounded(Command::new(proxy_bin()).args(args), timeout)
 }
+
+/// Whether every thread of `pid` is stopped (state T): SIGSTOP is delivered
+/// asynchronously, and a backend thread may still serve a request or two.
+pub fn all_threads_stopped(pid: i32) -> bool {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    rd.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|s| s[s.rfind(')')? + 2..].chars().next())
+            == Some('T')
+    })
+}
