@@ -35,7 +35,7 @@ done
 grep " $work/mnt " /proc/mounts
 
 m="$work/mnt"
-run() { echo "\$ $*"; "$@"; }
+run() { printf '$'; printf ' %q' "$@"; echo; "$@"; }
 run sh -c "echo 'hello through the proxy' > $m/hello.txt"
 run cat "$m/hello.txt"
 run mkdir "$m/dir"

@@ -4,14 +4,14 @@
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -q
+apt-get -o DPkg::Lock::Timeout=300 update -q
 # fuse3: the fuse filesystem's user tools; libfuse3-dev + gcc + pkg-config:
 # libfuse's passthrough_ll example, built by the tests from the package's
 # examples; squashfuse + squashfs-tools: the read-only backend and its image
 # tool; attr: getfattr/setfattr; util-linux: setpriv (tests as an
 # unprivileged user); python3: the deliberately bad backend of the tests;
 # bindfs, fio, tar: the benchmark harness (stacked configuration, I/O jobs).
-apt-get install -y -q --no-install-recommends \
+apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends \
     fuse3 libfuse3-dev gcc libc6-dev pkg-config \
     squashfuse squashfs-tools attr util-linux python3 ca-certificates \
     bindfs fio tar

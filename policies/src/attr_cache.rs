@@ -24,7 +24,7 @@ pub struct Cached {
     /// `attr_valid_nsec` from that reply.
     pub attr_valid_nsec: u32,
     /// The backend may have changed mtime/ctime since (a WRITE, an
-    /// O_TRUNC open, an unlink): only an update that sets both can be
+    /// O_TRUNC open, an unlink): only an update that sets mtime can be
     /// answered from here.
     pub times_unknown: bool,
     /// Size or link count were adjusted by the proxy (WRITE, UNLINK) rather

@@ -369,9 +369,11 @@ impl Engine {
         if !self.config.default_permissions && caller != 0 && caller != cached.attr.uid {
             return false;
         }
-        // After a write the backend's mtime/ctime are its own clock's: only
-        // an update that replaces both leaves nothing unknown in the answer.
-        if cached.times_unknown && (t.mtime.is_none() || t.ctime.is_none()) {
+        // After a write the backend's mtime is its own clock's: only an
+        // update that sets mtime leaves nothing unknown in the answer (ctime
+        // is the kernel's when it sends one, and "now" otherwise, as the
+        // backend will make it).
+        if cached.times_unknown && t.mtime.is_none() {
             return false;
         }
         let Some(coalesced) = self.times.acknowledge(now, node, t) else {

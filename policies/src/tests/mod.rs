@@ -1105,3 +1105,74 @@ mod names_track {
         );
     }
 }
+
+mod after_write {
+    use super::times::{config, session};
+    use super::*;
+    use fuseproxy_protocol::abi::{AttrOut, SetattrIn, WriteIn, WriteOut};
+    use fuseproxy_protocol::flags::*;
+    use zerocopy::FromBytes;
+
+    fn setattr(e: &mut Engine, unique: u64, valid: u32) -> Vec<Action> {
+        let mut b = Buf::new();
+        let arg = SetattrIn {
+            valid,
+            atime: 11,
+            mtime: 12,
+            ..SetattrIn::default()
+        };
+        let n = request(&mut b, Opcode::Setattr, unique, 7, arg.as_bytes());
+        e.handle_request(T0, WALL, SlotId(2), &mut b.0[..n]);
+        drain(e)
+    }
+
+    #[test]
+    fn a_write_grows_the_cached_size_and_unknown_mtime_forwards_atime_only_updates() {
+        let mut e = session(config());
+        let mut b = Buf::new();
+        let body: Vec<u8> = [
+            WriteIn {
+                offset: 4000,
+                size: 100,
+                ..WriteIn::default()
+            }
+            .as_bytes(),
+            &[0u8; 100],
+        ]
+        .concat();
+        let n = request(&mut b, Opcode::Write, 20, 7, &body);
+        e.handle_request(T0, WALL, SlotId(1), &mut b.0[..n]);
+        drain(&mut e);
+        let n = reply(
+            &mut b,
+            20,
+            WriteOut {
+                size: 100,
+                padding: 0,
+            }
+            .as_bytes(),
+        );
+        e.handle_reply(T0, SlotId(1), &mut b.0[..n], n);
+        drain(&mut e);
+        // atime alone: the backend's new mtime is unknown here.
+        assert!(matches!(
+            setattr(&mut e, 22, FATTR_ATIME)[..],
+            [Action::ForwardRequest(_)]
+        ));
+        // Explicit atime and mtime (no CTIME: a mount without writeback).
+        let acts = setattr(&mut e, 24, FATTR_ATIME | FATTR_MTIME | FATTR_FH);
+        let [Action::Answer(r), Action::Free(_)] = &acts[..] else {
+            panic!("{acts:?}")
+        };
+        let out = AttrOut::read_from_bytes(&r.as_bytes()[16..]).unwrap();
+        assert_eq!(out.attr.size, 4100, "the size the write left");
+        assert_eq!(
+            (out.attr.atime, out.attr.mtime, out.attr.ctime),
+            (11, 12, WALL.0 as u64)
+        );
+        assert_eq!(
+            out.attr_valid, 0,
+            "adjusted attributes are not for the kernel to keep"
+        );
+    }
+}
