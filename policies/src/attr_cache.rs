@@ -38,6 +38,8 @@ struct Slot {
     /// 0 = empty (node 0 is never a real node).
     node: u64,
     stamp: u64,
+    /// The cache's epoch when stored; an older one reads as empty.
+    epoch: u64,
     value: Cached,
 }
 
@@ -46,6 +48,8 @@ pub struct AttrCache {
     /// INVARIANT: `slots.len()` is a power of two times `WAYS`.
     slots: Vec<Slot>,
     clock: u64,
+    /// Bumped by [`clear`](Self::clear): O(1) however large the cache.
+    epoch: u64,
 }
 
 impl AttrCache {
@@ -55,6 +59,7 @@ impl AttrCache {
         AttrCache {
             slots: vec![Slot::default(); sets * WAYS],
             clock: 0,
+            epoch: 1,
         }
     }
 
@@ -67,18 +72,19 @@ impl AttrCache {
 
     /// The cached attributes of `node`.
     pub fn get(&self, node: NodeId) -> Option<&Cached> {
+        let epoch = self.epoch;
         self.slots[self.set(node)]
             .iter()
-            .find(|s| s.node == node.0 && node.0 != 0)
+            .find(|s| s.node == node.0 && node.0 != 0 && s.epoch == epoch)
             .map(|s| &s.value)
     }
 
     /// The cached attributes of `node`, to update in place.
     pub fn get_mut(&mut self, node: NodeId) -> Option<&mut Cached> {
-        let r = self.set(node);
+        let (r, epoch) = (self.set(node), self.epoch);
         self.slots[r]
             .iter_mut()
-            .find(|s| s.node == node.0 && node.0 != 0)
+            .find(|s| s.node == node.0 && node.0 != 0 && s.epoch == epoch)
             .map(|s| &mut s.value)
     }
 
@@ -91,10 +97,11 @@ impl AttrCache {
         let stamp = self.clock;
         let r = self.set(node);
         let set = &mut self.slots[r];
+        let epoch = self.epoch;
         let i = set
             .iter()
             .position(|s| s.node == node.0)
-            .or_else(|| set.iter().position(|s| s.node == 0))
+            .or_else(|| set.iter().position(|s| s.node == 0 || s.epoch != epoch))
             .unwrap_or_else(|| {
                 let (i, _) = set
                     .iter()
@@ -106,13 +113,14 @@ impl AttrCache {
         set[i] = Slot {
             node: node.0,
             stamp,
+            epoch,
             value,
         };
     }
 
-    /// Forgets everything.
+    /// Forgets everything, in O(1): entries of an older epoch read as empty.
     pub fn clear(&mut self) {
-        self.slots.fill(Slot::default());
+        self.epoch += 1;
     }
 
     /// Forgets `node` (FORGET: the kernel no longer knows it).
@@ -149,6 +157,11 @@ mod tests {
         assert!(c.get(NodeId(7)).is_none());
         c.insert(NodeId(0), cached(1));
         assert!(c.get(NodeId(0)).is_none());
+        c.insert(NodeId(8), cached(80));
+        c.clear();
+        assert!(c.get(NodeId(8)).is_none());
+        c.insert(NodeId(9), cached(90));
+        assert_eq!(c.get(NodeId(9)).unwrap().attr.ino, 90);
     }
 
     #[test]
