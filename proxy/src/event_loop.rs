@@ -470,9 +470,9 @@ impl Session {
                 self.rejected_writes += 1;
                 debug!(self.log, "the kernel rejected a reply: {}", e.desc());
             }
-            Write::Gone => {
-                self.device_readable = true;
-            }
+            // The next read of the device reports ENODEV and ends the
+            // session through the one path that handles it.
+            Write::Gone => self.device_readable = true,
         }
     }
 
