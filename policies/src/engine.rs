@@ -302,7 +302,12 @@ impl Engine {
             }
             // Every request on a node with outstanding times sees them
             // applied first; GETATTR instead gets them overlaid on its reply.
-            if opcode != Opcode::Getattr {
+            if opcode == Opcode::Getattr {
+                if let Some(e) = self.times.get_mut(node) {
+                    e.readers += 1;
+                    aux[0] = 1;
+                }
+            } else {
                 for n in [Some(node), second].into_iter().flatten() {
                     if let Some(gen) = self.barrier(n) {
                         deps[ndeps] = (n, gen);
@@ -313,7 +318,9 @@ impl Engine {
             if all {
                 self.flush_all();
             }
-            aux = self.note_request(&req);
+            if opcode != Opcode::Getattr {
+                aux = self.note_request(&req);
+            }
         } else if let Operation::Forget(_) = req.operation() {
             self.attrs.remove(node);
         }
@@ -710,6 +717,18 @@ impl Engine {
         }
         if error == 0 {
             self.observe_attrs(entry.opcode, entry.node, entry.aux[0], msg);
+        }
+        if entry.opcode == Opcode::Getattr && a0 == 1 {
+            if let Some(e) = self.times.get_mut(entry.node) {
+                e.readers = e.readers.saturating_sub(1);
+            }
+            self.times.remove_if_idle(entry.node);
+            if self.times.is_empty() {
+                self.release_held();
+                if self.shutting_down {
+                    self.send_destroy_when_idle();
+                }
+            }
         }
     }
 

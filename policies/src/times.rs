@@ -135,6 +135,13 @@ pub struct NodeTimes {
     /// FORGET counts the kernel sent while times were outstanding, to be
     /// passed on once they are applied.
     pub deferred_forget: u64,
+    /// GETATTRs sent to the backend while this state existed and not yet
+    /// answered: the backend may answer them with times from before a
+    /// flush, so the state (and `applied`) stays to overlay their replies.
+    pub readers: u32,
+    /// What the backend has applied since the state was made, for the
+    /// replies of those readers.
+    pub applied: Option<Times>,
     prev: u32,
     next: u32,
     in_list: bool,
@@ -151,6 +158,8 @@ impl NodeTimes {
             done_gen: 0,
             urgent: false,
             deferred_forget: 0,
+            readers: 0,
+            applied: None,
             prev: NIL,
             next: NIL,
             in_list: false,
@@ -169,7 +178,10 @@ impl NodeTimes {
     /// The newest times the kernel has been told, field by field: pending
     /// over flushing. What `stat` must show until the backend has them.
     pub fn overlay(&self) -> Times {
-        let mut t = self.flushing.map(|(_, t, _)| t).unwrap_or_default();
+        let mut t = self.applied.unwrap_or_default();
+        if let Some((_, f, _)) = &self.flushing {
+            t.merge(f);
+        }
         if let Some(p) = &self.pending {
             t.merge(p);
         }
@@ -178,7 +190,10 @@ impl NodeTimes {
 
     /// Nothing outstanding: the state can go.
     pub fn is_idle(&self) -> bool {
-        self.pending.is_none() && self.flushing.is_none() && self.deferred_forget == 0
+        self.pending.is_none()
+            && self.flushing.is_none()
+            && self.deferred_forget == 0
+            && self.readers == 0
     }
 }
 
@@ -345,6 +360,10 @@ impl TimesTable {
         let e = self.get_mut(node)?;
         let (_, t, g) = e.flushing.take()?;
         e.done_gen = g;
+        match &mut e.applied {
+            Some(a) => a.merge(&t),
+            None => e.applied = Some(t),
+        }
         Some((t, g))
     }
 

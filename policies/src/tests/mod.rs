@@ -661,6 +661,51 @@ mod times {
     }
 
     #[test]
+    fn a_getattr_answered_after_the_flush_still_shows_the_times() {
+        let mut e = session(config());
+        setattr(&mut e, T0, 10, 0, times_arg(FATTR_MTIME, 0, 5));
+        let mut b = Buf::new();
+        let n = request(
+            &mut b,
+            Opcode::Getattr,
+            12,
+            FILE,
+            GetattrIn::default().as_bytes(),
+        );
+        e.handle_request(T0, WALL, SlotId(6), &mut b.0[..n]);
+        drain(&mut e);
+        e.handle_timeout(T0 + crate::Duration::from_millis(1000));
+        let f = flushes(&drain(&mut e));
+        answer_flush(&mut e, f[0].0, 0);
+        // The backend read the times before it applied the flush.
+        let stale = AttrOut {
+            attr: Attr {
+                ino: FILE,
+                mtime: 1,
+                ..Attr::default()
+            },
+            ..AttrOut::default()
+        };
+        let n = reply(&mut b, 12, stale.as_bytes());
+        e.handle_reply(T0, SlotId(6), &mut b.0[..n], n);
+        drain(&mut e);
+        assert_eq!(AttrOut::read_from_bytes(&b.0[16..n]).unwrap().attr.mtime, 5);
+        // Nothing outstanding any more: a later reply is the backend's own.
+        let n = request(
+            &mut b,
+            Opcode::Getattr,
+            14,
+            FILE,
+            GetattrIn::default().as_bytes(),
+        );
+        e.handle_request(T0, WALL, SlotId(6), &mut b.0[..n]);
+        drain(&mut e);
+        let n = reply(&mut b, 14, stale.as_bytes());
+        e.handle_reply(T0, SlotId(6), &mut b.0[..n], n);
+        assert_eq!(AttrOut::read_from_bytes(&b.0[16..n]).unwrap().attr.mtime, 1);
+    }
+
+    #[test]
     fn an_error_reply_to_a_flush_is_counted_and_reported() {
         let mut e = session(config());
         setattr(
