@@ -11,6 +11,8 @@
 
 mod common;
 
+use common::tree::collect;
+
 use std::fmt::Debug;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -579,23 +581,6 @@ fn workload(root: &Path) -> Vec<String> {
         rec.r(&format!("final utimensat {}", rel.display()), r);
     }
     rec.0
-}
-
-/// All relative paths under `root`, sorted, depth first.
-fn collect(root: &Path, rel: &Path, out: &mut Vec<std::path::PathBuf>) {
-    let mut names: Vec<_> = fs::read_dir(root.join(rel))
-        .expect("read_dir")
-        .map(|e| e.expect("entry").file_name())
-        .collect();
-    names.sort();
-    for n in names {
-        let r = rel.join(n);
-        let is_dir = fs::symlink_metadata(root.join(&r)).expect("lstat").is_dir();
-        out.push(r.clone());
-        if is_dir {
-            collect(root, &r, out);
-        }
-    }
 }
 
 /// The stat fields a mount must pass through unchanged from the backing

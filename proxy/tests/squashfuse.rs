@@ -11,6 +11,8 @@
 
 mod common;
 
+use common::tree::collect;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -92,22 +94,6 @@ fn make_source(src: &Path) {
             libc::AT_SYMLINK_NOFOLLOW,
         )
         .unwrap_or_else(|e| panic!("utimensat {}: {e}", rel.display()));
-    }
-}
-
-fn collect(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
-    let mut names: Vec<_> = fs::read_dir(root.join(rel))
-        .expect("read_dir")
-        .map(|e| e.expect("entry").file_name())
-        .collect();
-    names.sort();
-    for n in names {
-        let r = rel.join(n);
-        let is_dir = fs::symlink_metadata(root.join(&r)).expect("lstat").is_dir();
-        out.push(r.clone());
-        if is_dir {
-            collect(root, &r, out);
-        }
     }
 }
 

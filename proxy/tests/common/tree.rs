@@ -192,3 +192,20 @@ pub fn assert_same<T: PartialEq + fmt::Debug>(what: &str, left: &[T], right: &[T
     }
     panic!("{msg}");
 }
+
+/// All relative paths under `root`, sorted, depth first.
+pub fn collect(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
+    let mut names: Vec<_> = fs::read_dir(root.join(rel))
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    names.sort();
+    for n in names {
+        let r = rel.join(n);
+        let is_dir = fs::symlink_metadata(root.join(&r)).expect("lstat").is_dir();
+        out.push(r.clone());
+        if is_dir {
+            collect(root, &r, out);
+        }
+    }
+}
