@@ -277,21 +277,13 @@ impl Engine {
                 Operation::Forget(arg) => {
                     let n = arg.nlookup;
                     self.attrs.remove(node);
-                    if self.defer_forget(node, n) {
-                        self.actions.push_back(Action::Free(slot));
-                    } else {
-                        self.actions.push_back(Action::ForwardRequest(slot));
-                    }
-                    self.stats.forwarded += 1;
+                    let deferred = self.defer_forget(node, n);
+                    self.forward_unless(deferred, slot);
                     return;
                 }
                 Operation::BatchForget { .. } => {
-                    if self.filter_batch_forget(msg) == 0 {
-                        self.actions.push_back(Action::Free(slot));
-                    } else {
-                        self.actions.push_back(Action::ForwardRequest(slot));
-                    }
-                    self.stats.forwarded += 1;
+                    let all_deferred = self.filter_batch_forget(msg) == 0;
+                    self.forward_unless(all_deferred, slot);
                     return;
                 }
                 Operation::Rename { arg, .. } => second = Some(NodeId(arg.newdir)),
@@ -314,15 +306,11 @@ impl Engine {
                         ndeps += 1;
                     }
                 }
+                aux = self.note_request(&req);
             }
             if all {
                 self.flush_all();
             }
-            if opcode != Opcode::Getattr {
-                aux = self.note_request(&req);
-            }
-        } else if let Operation::Forget(_) = req.operation() {
-            self.attrs.remove(node);
         }
 
         if opcode == Opcode::Init {
@@ -352,6 +340,17 @@ impl Engine {
                 all,
             });
         } else {
+            self.actions.push_back(Action::ForwardRequest(slot));
+        }
+    }
+
+    /// FORGET and BATCH_FORGET, which expect no reply: forwarded now, or
+    /// (all of it deferred behind flushes) never in this form.
+    fn forward_unless(&mut self, deferred: bool, slot: SlotId) {
+        if deferred {
+            self.actions.push_back(Action::Free(slot));
+        } else {
+            self.stats.forwarded += 1;
             self.actions.push_back(Action::ForwardRequest(slot));
         }
     }

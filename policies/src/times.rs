@@ -277,10 +277,11 @@ impl TimesTable {
         self.find(node).map(|(_, s)| &mut self.slab[s as usize])
     }
 
-    /// The state of `node`, created if needed; `None` when the table is full.
-    pub fn entry(&mut self, node: NodeId) -> Option<&mut NodeTimes> {
+    /// The slab index of `node`'s state, created if needed; `None` when the
+    /// table is full.
+    fn slot_or_insert(&mut self, node: NodeId) -> Option<u32> {
         if let Some((_, s)) = self.find(node) {
-            return Some(&mut self.slab[s as usize]);
+            return Some(s);
         }
         let s = self.free.pop()?;
         self.slab[s as usize] = NodeTimes::new(node);
@@ -289,7 +290,7 @@ impl TimesTable {
             i = (i + 1) & self.mask();
         }
         self.index[i] = s;
-        Some(&mut self.slab[s as usize])
+        Some(s)
     }
 
     /// Drops `node`'s state if it is idle.
@@ -319,13 +320,7 @@ impl TimesTable {
     /// was merged into an existing pending record (coalesced), `Some(false)`
     /// for a new record, `None` when the table is full.
     pub fn acknowledge(&mut self, now: Instant, node: NodeId, t: &Times) -> Option<bool> {
-        let (_, s) = match self.find(node) {
-            Some(f) => f,
-            None => {
-                self.entry(node)?;
-                self.find(node)?
-            }
-        };
+        let s = self.slot_or_insert(node)?;
         let e = &mut self.slab[s as usize];
         if let Some(p) = &mut e.pending {
             p.merge(t);
@@ -385,16 +380,6 @@ impl TimesTable {
             let e = &self.slab[self.head as usize];
             (e.node, e.pending_since)
         })
-    }
-
-    /// Nodes with a pending record, scheduled or not (for a full flush).
-    pub fn pending_nodes(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.index
-            .iter()
-            .filter(|s| **s != NIL)
-            .map(|s| &self.slab[*s as usize])
-            .filter(|e| e.pending.is_some())
-            .map(|e| e.node)
     }
 
     fn push_back(&mut self, s: u32) {

@@ -13,7 +13,7 @@ use nix::sys::signalfd::SignalFd;
 use slog::{debug, error, info, warn, Logger};
 
 use fuseproxy_policies::{Action, Engine, Event, Inline, Instant, SlotId, Stats};
-use fuseproxy_protocol::{encode, flags, Unique};
+use fuseproxy_protocol::{encode, flags, Request, Unique};
 
 use crate::alloc_count;
 use crate::arena::Arena;
@@ -101,8 +101,6 @@ pub struct Session {
     rejected_writes: u64,
     /// The allocation counter at the end of the previous stats dump.
     alloc_mark: u64,
-    /// How long to keep polling without sleeping after traffic.
-    spin: Duration,
 }
 
 impl Session {
@@ -133,7 +131,6 @@ impl Session {
         )?;
         reg(signals.as_raw_fd(), SIGNALS, Interest::READABLE)?;
         let pending = VecDeque::with_capacity(arena.slots() + 64);
-        let spin = startup.spin;
         Ok(Session {
             log,
             poll,
@@ -159,7 +156,6 @@ impl Session {
             stale_writes: 0,
             rejected_writes: 0,
             alloc_mark: alloc_count::allocations(),
-            spin,
         })
     }
 
@@ -199,7 +195,7 @@ impl Session {
             }
             self.handle_deadlines();
             if self.pump() {
-                spin_until = std::time::Instant::now() + self.spin;
+                spin_until = std::time::Instant::now() + self.startup.spin;
             }
             if let Some(end) = self.finished() {
                 return self.finish(end);
@@ -366,6 +362,10 @@ impl Session {
                 }
             }
         }
+        if progress {
+            // A send that failed may have queued answers.
+            self.run_actions();
+        }
         progress
     }
 
@@ -390,12 +390,12 @@ impl Session {
                     "a {}-byte message does not fit the backend's socket",
                     msg.len()
                 );
-                let unique = request_unique(msg);
+                let unique = Request::parse(msg).map(|r| r.unique());
                 let now = self.now();
-                if let Some(u) = unique {
+                if let Ok(u) = unique {
+                    // Its EIO is queued; the caller's run_actions writes it.
                     self.engine.handle_send_failure(now, u);
                 }
-                self.run_actions();
                 None
             }
             Send::Closed(e) => {
@@ -417,11 +417,8 @@ impl Session {
 
     /// Carries out the engine's actions, then logs its events.
     fn run_actions(&mut self) {
-        loop {
-            let now = self.now();
-            let Some(action) = self.engine.poll_action(now) else {
-                break;
-            };
+        let now = self.now();
+        while let Some(action) = self.engine.poll_action(now) {
             match action {
                 Action::ForwardRequest(slot) => self.forward(Pending::Slot(slot)),
                 Action::Inject(req) => self.forward(Pending::Injected(req)),
@@ -827,11 +824,4 @@ fn bad_summary(s: &Stats) -> String {
         b.error_with_body,
         b.oversized
     )
-}
-
-/// The unique of a request in `msg`, if it has a whole header.
-fn request_unique(msg: &[u8]) -> Option<Unique> {
-    // fuse_in_header: len u32, opcode u32, unique u64.
-    let b: [u8; 8] = msg.get(8..16)?.try_into().ok()?;
-    Some(Unique(u64::from_ne_bytes(b)))
 }
