@@ -721,13 +721,7 @@ impl Engine {
             if let Some(e) = self.times.get_mut(entry.node) {
                 e.readers = e.readers.saturating_sub(1);
             }
-            self.times.remove_if_idle(entry.node);
-            if self.times.is_empty() {
-                self.release_held();
-                if self.shutting_down {
-                    self.send_destroy_when_idle();
-                }
-            }
+            self.settle(entry.node);
         }
     }
 
@@ -922,9 +916,19 @@ impl Engine {
             };
             self.inject(header, ForgetIn { nlookup: forget }.as_bytes(), false);
         }
+        self.settle(node);
+    }
+
+    /// `node` may have nothing outstanding any more: drop its state, and
+    /// when no node has any, release what waits for all of them (a held
+    /// DESTROY) and send our own DESTROY if shutting down.
+    fn settle(&mut self, node: NodeId) {
         self.times.remove_if_idle(node);
-        if self.shutting_down {
-            self.send_destroy_when_idle();
+        if self.times.is_empty() {
+            self.release_held();
+            if self.shutting_down {
+                self.send_destroy_when_idle();
+            }
         }
     }
 

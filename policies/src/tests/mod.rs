@@ -706,6 +706,29 @@ mod times {
     }
 
     #[test]
+    fn the_kernels_destroy_waits_for_every_flush() {
+        let mut e = session(config());
+        setattr(&mut e, T0, 10, 0, times_arg(FATTR_MTIME, 0, 5));
+        let mut b = Buf::new();
+        let n = request(&mut b, Opcode::Destroy, 12, 0, &[]);
+        e.handle_request(T0, WALL, SlotId(7), &mut b.0[..n]);
+        let acts = drain(&mut e);
+        let f = flushes(&acts);
+        assert_eq!(
+            (f.len(), acts.len()),
+            (1, 1),
+            "held behind the flush: {acts:?}"
+        );
+        let after = answer_flush(&mut e, f[0].0, 0);
+        assert!(
+            after
+                .iter()
+                .any(|a| matches!(a, Action::ForwardRequest(SlotId(7)))),
+            "DESTROY released once nothing is outstanding: {after:?}"
+        );
+    }
+
+    #[test]
     fn an_error_reply_to_a_flush_is_counted_and_reported() {
         let mut e = session(config());
         setattr(
