@@ -601,29 +601,23 @@ impl Engine {
     /// ([`observe_reply`](Self::observe_reply)). Returns the entry's `aux`.
     fn note_request(&mut self, req: &Request<'_>) -> [u64; 4] {
         let node = req.nodeid();
-        let dir_changed = |e: &mut Self, dir: NodeId| e.attrs.remove(dir);
         match req.operation() {
             Operation::Write { arg, .. } => [arg.offset, 0, 0, 0],
             Operation::Open(arg) => [u64::from(arg.flags & O_TRUNC != 0), 0, 0, 0],
             Operation::Lookup { name } => [names::key(node.0, name), 0, 0, 0],
+            // The directory changes (size, times, link count): its cached
+            // attributes go; the entry's key identifies the reply's node.
             Operation::Create { name, .. }
             | Operation::Mknod { name, .. }
             | Operation::Mkdir { name, .. }
-            | Operation::Link { name, .. } => {
-                dir_changed(self, node);
+            | Operation::Link { name, .. }
+            | Operation::Symlink { name, .. }
+            | Operation::Unlink { name, .. } => {
+                self.attrs.remove(node);
                 [names::key(node.0, name), 0, 0, 0]
-            }
-            Operation::Symlink { name, .. } => {
-                dir_changed(self, node);
-                [names::key(node.0, name), 0, 0, 0]
-            }
-            Operation::Unlink { name } => {
-                dir_changed(self, node);
-                let k = names::key(node.0, name);
-                [k, 0, 0, 0]
             }
             Operation::Rmdir { name } => {
-                dir_changed(self, node);
+                self.attrs.remove(node);
                 let k = names::key(node.0, name);
                 if let Known::Node(child) = self.names.get(k) {
                     self.attrs.remove(NodeId(child));
@@ -632,13 +626,13 @@ impl Engine {
                 [0; 4]
             }
             Operation::Rename { arg, old, new } => {
-                dir_changed(self, node);
-                dir_changed(self, NodeId(arg.newdir));
+                self.attrs.remove(node);
+                self.attrs.remove(NodeId(arg.newdir));
                 [names::key(node.0, old), names::key(arg.newdir, new), 0, 0]
             }
             Operation::Rename2 { arg, old, new } => {
-                dir_changed(self, node);
-                dir_changed(self, NodeId(arg.newdir));
+                self.attrs.remove(node);
+                self.attrs.remove(NodeId(arg.newdir));
                 let (ko, kn) = (names::key(node.0, old), names::key(arg.newdir, new));
                 if arg.flags & RENAME_EXCHANGE != 0 {
                     // Both names stay, naming each other's node: forget both.

@@ -45,6 +45,13 @@ fn raw_reply(buf: &mut Buf, len: u32, error: i32, unique: u64, actual: usize) ->
     actual
 }
 
+/// Encodes a request and hands it to the engine in `slot`.
+fn submit(e: &mut Engine, op: Opcode, unique: u64, node: u64, body: &[u8], slot: SlotId) {
+    let mut b = Buf::new();
+    let n = request(&mut b, op, unique, node, body);
+    e.handle_request(T0, WALL, slot, &mut b.0[..n]);
+}
+
 fn drain(e: &mut Engine) -> Vec<Action> {
     std::iter::from_fn(|| e.poll_action(T0)).collect()
 }
@@ -610,27 +617,27 @@ mod times {
             times_arg(FATTR_MTIME | FATTR_FH | FATTR_CTIME, 0, 5),
         );
         let mut b = Buf::new();
-        let n = request(
-            &mut b,
+        submit(
+            &mut e,
             Opcode::Release,
             12,
             FILE,
             ReleaseIn::default().as_bytes(),
+            SlotId(5),
         );
-        e.handle_request(T0, WALL, SlotId(5), &mut b.0[..n]);
         let acts = drain(&mut e);
         let f = flushes(&acts);
         assert_eq!(f.len(), 1);
         assert_eq!(acts.len(), 1, "only the flush: {acts:?}");
         // A GETATTR meanwhile is not held, and its reply shows the times.
-        let n = request(
-            &mut b,
+        submit(
+            &mut e,
             Opcode::Getattr,
             14,
             FILE,
             GetattrIn::default().as_bytes(),
+            SlotId(6),
         );
-        e.handle_request(T0, WALL, SlotId(6), &mut b.0[..n]);
         assert!(matches!(
             drain(&mut e)[..],
             [Action::ForwardRequest(SlotId(6))]
@@ -665,14 +672,14 @@ mod times {
         let mut e = session(config());
         setattr(&mut e, T0, 10, 0, times_arg(FATTR_MTIME, 0, 5));
         let mut b = Buf::new();
-        let n = request(
-            &mut b,
+        submit(
+            &mut e,
             Opcode::Getattr,
             12,
             FILE,
             GetattrIn::default().as_bytes(),
+            SlotId(6),
         );
-        e.handle_request(T0, WALL, SlotId(6), &mut b.0[..n]);
         drain(&mut e);
         e.handle_timeout(T0 + crate::Duration::from_millis(1000));
         let f = flushes(&drain(&mut e));
@@ -691,14 +698,14 @@ mod times {
         drain(&mut e);
         assert_eq!(AttrOut::read_from_bytes(&b.0[16..n]).unwrap().attr.mtime, 5);
         // Nothing outstanding any more: a later reply is the backend's own.
-        let n = request(
-            &mut b,
+        submit(
+            &mut e,
             Opcode::Getattr,
             14,
             FILE,
             GetattrIn::default().as_bytes(),
+            SlotId(6),
         );
-        e.handle_request(T0, WALL, SlotId(6), &mut b.0[..n]);
         drain(&mut e);
         let n = reply(&mut b, 14, stale.as_bytes());
         e.handle_reply(T0, SlotId(6), &mut b.0[..n], n);
