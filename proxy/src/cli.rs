@@ -144,13 +144,16 @@ pub struct Cli {
     pub times_max_delay: u64,
 
     /// Files with acknowledged, unsent times at most; beyond it the oldest
-    /// are sent at once. The table is allocated at start.
-    #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..=4_194_304))]
+    /// are sent at once. The table is allocated and locked at start, about
+    /// 1 KiB per file.
+    #[arg(long, value_name = "N", default_value_t = 8_192, value_parser = clap::value_parser!(u32).range(1..=4_194_304))]
     pub times_max_pending: u32,
 
     /// Files whose attributes are cached to answer time updates; allocated
-    /// at start. A file not in the cache has its time updates forwarded.
-    #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    /// and locked at start, about 160 bytes per file. A file not in the
+    /// cache (the least recently used go first) has its time updates
+    /// forwarded.
+    #[arg(long, value_name = "N", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     pub attr_cache: u32,
 
     /// Where to mount: an existing directory (or file) that is not already a
