@@ -10,6 +10,7 @@
 //! report is the median over the rounds and the ratio to direct.
 #![deny(unsafe_code)]
 
+mod handoff;
 mod mounts;
 mod procs;
 mod report;
@@ -489,6 +490,12 @@ fn run(cli: &Cli) -> Res<i32> {
         machine["cpu_model"].as_str().unwrap_or("?"),
         machine["kernel"].as_str().unwrap_or("?"),
         duration.as_secs_f64()
+    );
+    let us = |v: &serde_json::Value| v.as_f64().map_or("?".into(), |x| format!("{x:.1} µs"));
+    println!(
+        "hand-off between two processes (the floor of each FUSE round trip; the proxy adds two): {} on one CPU, {} across CPUs",
+        us(&machine["handoff_us"]["same_cpu"]),
+        us(&machine["handoff_us"]["cross_cpu"]),
     );
     println!("medians over the rounds; ratio = median / direct's median; layer = fuseproxy (proxy) or bindfs (stacked)");
     print!("{}", report::table(&rows));

@@ -367,7 +367,12 @@ pub fn machine(proxy: &Path) -> Value {
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    let (same_cpu, cross_cpu) = crate::handoff::probe();
+    let halt_poll = read("/sys/module/haltpoll/parameters/guest_halt_poll_ns");
     json!({
+        "handoff_us": { "same_cpu": same_cpu, "cross_cpu": cross_cpu },
+        "cpuidle_driver": read("/sys/devices/system/cpu/cpuidle/current_driver").trim(),
+        "guest_halt_poll_ns": halt_poll.trim().parse::<u64>().ok(),
         "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "kernel": read("/proc/sys/kernel/osrelease").trim(),
         "cpu_model": cpu_model,
