@@ -146,7 +146,12 @@ impl Engine {
             events: VecDeque::with_capacity(EVENT_QUEUE),
             stats: Stats::default(),
             attrs: AttrCache::with_capacity(if async_times { config.attr_cache } else { 1 }),
-            names: Names::with_capacity(if async_times { config.attr_cache } else { 1 }),
+            // Twice the attribute cache: a lost name costs the whole cache.
+            names: Names::with_capacity(if async_times {
+                config.attr_cache.saturating_mul(2)
+            } else {
+                1
+            }),
             // Room for max_pending unsent records plus as many being flushed.
             times: TimesTable::with_capacity(if async_times {
                 2 * config.max_pending + 16

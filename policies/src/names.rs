@@ -7,11 +7,15 @@
 //! negative ones (the name is known to be absent).
 //!
 //! Keys are a 64-bit hash of (directory, name), so nothing is allocated per
-//! name. Fixed capacity, 4-way set-associative, the oldest entry of a full
-//! set evicted: a name that is not found is "unknown", and the engine then
-//! assumes the worst.
+//! name. Fixed capacity, 8-way set-associative; a full set gives up a
+//! negative entry first (losing one costs nothing: an UNLINK of a name that
+//! was absent fails), then its oldest. A name that is not found is
+//! "unknown", and the engine then assumes the worst (it forgets every
+//! cached attribute), so the table is kept roomier than the attribute cache
+//! and its sets wide: with 4 ways, a few thousand names in one directory
+//! already overflowed a set now and then.
 
-const WAYS: usize = 4;
+const WAYS: usize = 8;
 
 /// A (directory, name) pair as a key.
 pub fn key(parent: u64, name: &[u8]) -> u64 {
@@ -86,6 +90,7 @@ impl Names {
             .iter()
             .position(|s| s.key == key)
             .or_else(|| set.iter().position(|s| s.key == 0))
+            .or_else(|| set.iter().position(|s| s.node == 0))
             .unwrap_or_else(|| {
                 set.iter()
                     .enumerate()
@@ -118,6 +123,27 @@ mod tests {
             .filter(|i| n.get(key(1, format!("g{i}").as_bytes())) == Known::Node(i + 10))
             .count();
         assert!(found > 990, "only {found} of 1000 names kept");
+    }
+
+    #[test]
+    fn a_full_set_gives_up_negative_entries_first() {
+        // One set: 8 slots.
+        let mut n = Names::with_capacity(WAYS);
+        let k = |i: u64| key(1, format!("n{i}").as_bytes());
+        for i in 0..4 {
+            n.insert(k(i), 100 + i);
+            n.insert(k(50 + i), 0);
+        }
+        for i in 4..8 {
+            n.insert(k(i), 100 + i);
+        }
+        for i in 0..8 {
+            assert_eq!(n.get(k(i)), Known::Node(100 + i), "name {i}");
+        }
+        // Then the oldest positive goes.
+        n.insert(k(8), 108);
+        assert_eq!(n.get(k(0)), Known::Unknown);
+        assert_eq!(n.get(k(8)), Known::Node(108));
     }
 
     #[test]
