@@ -123,6 +123,11 @@ pub struct Engine {
     times: TimesTable,
     /// INVARIANT: capacity `config.max_held`, never exceeded.
     held: Vec<Held>,
+    /// LOOKUPs of unknown names and READDIRPLUSes in flight that were sent
+    /// while times were outstanding (see `note_readers`).
+    listings: u32,
+    /// Idle states kept for those; INVARIANT: capacity that of `times`.
+    kept: Vec<NodeId>,
     /// Protocol minor of the session, once INIT is answered (0 before).
     minor: u32,
     backend_gone: bool,
@@ -137,6 +142,12 @@ impl Engine {
     /// An engine with its tables allocated for `config`.
     pub fn new(config: Config) -> Self {
         let async_times = config.times == TimesMode::Async;
+        // Room for max_pending unsent records plus as many being flushed.
+        let times_capacity = if async_times {
+            2 * config.max_pending + 16
+        } else {
+            1
+        };
         Engine {
             config,
             inflight: Inflight::with_capacity(
@@ -152,13 +163,10 @@ impl Engine {
             } else {
                 1
             }),
-            // Room for max_pending unsent records plus as many being flushed.
-            times: TimesTable::with_capacity(if async_times {
-                2 * config.max_pending + 16
-            } else {
-                1
-            }),
+            times: TimesTable::with_capacity(times_capacity),
             held: Vec::with_capacity(config.max_held.max(1)),
+            listings: 0,
+            kept: Vec::with_capacity(times_capacity),
             minor: 0,
             backend_gone: false,
             next_injected: INJECTED_UNIQUE_BASE,
@@ -259,9 +267,10 @@ impl Engine {
         if unique.is_resend() {
             // The kernel re-sends a request under its old unique with bit 63
             // set; the old entry will never be answered under its old name.
-            self.inflight.remove(Unique(
-                unique.0 & !fuseproxy_protocol::ids::FUSE_UNIQUE_RESEND,
-            ));
+            let old = Unique(unique.0 & !fuseproxy_protocol::ids::FUSE_UNIQUE_RESEND);
+            if let Some(entry) = self.inflight.remove(old) {
+                self.readers_done(&entry);
+            }
         }
 
         let mut deps = [(NodeId(0), 0u32); 2];
@@ -312,6 +321,7 @@ impl Engine {
                     }
                 }
                 aux = self.note_request(&req);
+                self.note_readers(opcode, &mut aux);
             }
             if all {
                 self.flush_all();
@@ -716,11 +726,70 @@ impl Engine {
         if error == 0 {
             self.observe_attrs(entry.opcode, entry.node, entry.aux[0], msg);
         }
-        if entry.opcode == Opcode::Getattr && a0 == 1 {
-            if let Some(e) = self.times.get_mut(entry.node) {
+        self.readers_done(entry);
+    }
+
+    /// LOOKUP and READDIRPLUS answer with the attributes of nodes other than
+    /// the one they name. Sent while times are outstanding, the backend may
+    /// read those attributes before it applies a flush and answer after the
+    /// flush's reply, when the node's state would be gone; so, as GETATTR
+    /// does for its node, they keep the states their replies may need. The
+    /// kernel itself discards attributes from a request that started before
+    /// an update it saw complete, so only requests sent while some state
+    /// exists need this. A LOOKUP of a known name counts on that node
+    /// (`aux[1]`); one of an unknown name, and a READDIRPLUS, keep every
+    /// state that goes idle until no such request is left (`aux[2]` = 1).
+    fn note_readers(&mut self, opcode: Opcode, aux: &mut [u64; 4]) {
+        if self.times.is_empty() {
+            return;
+        }
+        match opcode {
+            Opcode::Lookup => match self.names.get(aux[0]) {
+                Known::Node(n) => {
+                    if let Some(e) = self.times.get_mut(NodeId(n)) {
+                        e.readers += 1;
+                        aux[1] = n;
+                    }
+                }
+                Known::Absent => {}
+                Known::Unknown => {
+                    self.listings += 1;
+                    aux[2] = 1;
+                }
+            },
+            Opcode::Readdirplus => {
+                self.listings += 1;
+                aux[2] = 1;
+            }
+            _ => {}
+        }
+    }
+
+    /// The request of `entry` is over (answered, failed, or replaced): the
+    /// states it kept may go.
+    fn readers_done(&mut self, entry: &Entry) {
+        let reader = match entry.opcode {
+            Opcode::Getattr if entry.aux[0] == 1 => Some(entry.node),
+            Opcode::Lookup if entry.aux[1] != 0 => Some(NodeId(entry.aux[1])),
+            _ => None,
+        };
+        if let Some(node) = reader {
+            if let Some(e) = self.times.get_mut(node) {
                 e.readers = e.readers.saturating_sub(1);
             }
-            self.settle(entry.node);
+            self.settle(node);
+        }
+        let listing = matches!(entry.opcode, Opcode::Lookup | Opcode::Readdirplus);
+        if listing && entry.aux[2] == 1 {
+            self.listings = self.listings.saturating_sub(1);
+            if self.listings == 0 {
+                while let Some(node) = self.kept.pop() {
+                    if let Some(e) = self.times.get_mut(node) {
+                        e.kept = false;
+                    }
+                    self.settle(node);
+                }
+            }
         }
     }
 
@@ -922,6 +991,22 @@ impl Engine {
     /// when no node has any, release what waits for all of them (a held
     /// DESTROY) and send our own DESTROY if shutting down.
     fn settle(&mut self, node: NodeId) {
+        if self.listings > 0 {
+            // A listing in flight may still carry this node's old times.
+            // INVARIANT: a node is in `kept` at most once (its `kept` flag),
+            // and `kept` holds live states only, so it never outgrows the
+            // table it was sized for.
+            if let Some(e) = self.times.get_mut(node) {
+                if e.is_idle() && !e.kept && self.kept.len() < self.kept.capacity() {
+                    e.kept = true;
+                    self.kept.push(node);
+                    return;
+                }
+                if e.kept {
+                    return;
+                }
+            }
+        }
         self.times.remove_if_idle(node);
         if self.times.is_empty() {
             self.release_held();
@@ -1028,6 +1113,7 @@ impl Engine {
     /// channel). It is answered with EIO if the kernel waits for it.
     pub fn handle_send_failure(&mut self, _now: Instant, unique: Unique) {
         if let Some(e) = self.inflight.remove(unique) {
+            self.readers_done(&e);
             if e.origin == Origin::Kernel {
                 self.answer_error(unique, EIO);
             } else if Some(unique) == self.destroy_pending {
@@ -1085,6 +1171,7 @@ impl Engine {
         let answered = match named.and_then(|u| self.inflight.get(u).copied()) {
             Some(e) if e.origin == Origin::Kernel => {
                 self.inflight.remove(e.unique);
+                self.readers_done(&e);
                 self.answer_error(e.unique, EIO);
                 Some(e.unique)
             }

@@ -135,13 +135,16 @@ pub struct NodeTimes {
     /// FORGET counts the kernel sent while times were outstanding, to be
     /// passed on once they are applied.
     pub deferred_forget: u64,
-    /// GETATTRs sent to the backend while this state existed and not yet
-    /// answered: the backend may answer them with times from before a
-    /// flush, so the state (and `applied`) stays to overlay their replies.
+    /// GETATTRs of this node, and LOOKUPs of a name known to be it, sent to
+    /// the backend while this state existed and not yet answered: the
+    /// backend may answer them with times from before a flush, so the state
+    /// (and `applied`) stays to overlay their replies.
     pub readers: u32,
     /// What the backend has applied since the state was made, for the
     /// replies of those readers.
     pub applied: Option<Times>,
+    /// Idle, but kept for a listing in flight (the engine's `kept` list).
+    pub kept: bool,
     prev: u32,
     next: u32,
     in_list: bool,
@@ -160,6 +163,7 @@ impl NodeTimes {
             deferred_forget: 0,
             readers: 0,
             applied: None,
+            kept: false,
             prev: NIL,
             next: NIL,
             in_list: false,

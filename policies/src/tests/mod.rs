@@ -389,7 +389,9 @@ fn a_full_table_stops_reading() {
 
 mod times {
     use super::*;
-    use fuseproxy_protocol::abi::{Attr, AttrOut, EntryOut, ReleaseIn, SetattrIn};
+    use fuseproxy_protocol::abi::{
+        Attr, AttrOut, Dirent, Direntplus, EntryOut, ReadIn, ReleaseIn, SetattrIn,
+    };
     use fuseproxy_protocol::flags::*;
     use zerocopy::FromBytes;
 
@@ -710,6 +712,137 @@ mod times {
         let n = reply(&mut b, 14, stale.as_bytes());
         e.handle_reply(T0, SlotId(6), &mut b.0[..n], n);
         assert_eq!(AttrOut::read_from_bytes(&b.0[16..n]).unwrap().attr.mtime, 1);
+    }
+
+    /// FILE's entry as the backend reads it before applying a flush.
+    fn stale_entry() -> EntryOut {
+        EntryOut {
+            nodeid: FILE,
+            attr: Attr {
+                ino: FILE,
+                mode: 0o100644,
+                nlink: 1,
+                mtime: 1,
+                ..Attr::default()
+            },
+            ..EntryOut::default()
+        }
+    }
+
+    /// A READDIRPLUS reply with FILE's entry, named "f", read stale.
+    fn listing(b: &mut Buf, unique: u64) -> usize {
+        let name = b"f";
+        let mut body = Direntplus {
+            entry_out: stale_entry(),
+            dirent: Dirent {
+                ino: FILE,
+                off: 1,
+                namelen: name.len() as u32,
+                r#type: 8,
+            },
+        }
+        .as_bytes()
+        .to_vec();
+        body.extend_from_slice(name);
+        body.resize(body.len().next_multiple_of(8), 0);
+        reply(b, unique, &body)
+    }
+
+    /// Sends `op` on directory 1 while FILE's mtime 5 is pending, flushes
+    /// and answers the flush, then answers `op` with what `answer` writes (a
+    /// stale mtime 1 for FILE); returns FILE's mtime in the delivered reply,
+    /// and that of a second answer to the same request sent once nothing is
+    /// outstanding.
+    fn stale_reader(op: Opcode, body: &[u8], answer: fn(&mut Buf, u64) -> usize) -> (u64, u64) {
+        let mut e = session(config());
+        setattr(&mut e, T0, 10, 0, times_arg(FATTR_MTIME, 0, 5));
+        submit(&mut e, op, 12, 1, body, SlotId(6));
+        assert!(matches!(
+            drain(&mut e)[..],
+            [Action::ForwardRequest(SlotId(6))]
+        ));
+        e.handle_timeout(T0 + crate::Duration::from_millis(1000));
+        let f = flushes(&drain(&mut e));
+        assert_eq!(f.len(), 1);
+        answer_flush(&mut e, f[0].0, 0);
+        let mtime_in = |e: &mut Engine, unique| {
+            let mut b = Buf::new();
+            let n = answer(&mut b, unique);
+            e.handle_reply(T0, SlotId(6), &mut b.0[..n], n);
+            assert!(matches!(drain(e)[..], [Action::DeliverReply(SlotId(6))]));
+            // The entry's attr starts at the same offset in both replies.
+            EntryOut::read_from_prefix(&b.0[16..n])
+                .unwrap()
+                .0
+                .attr
+                .mtime
+        };
+        let first = mtime_in(&mut e, 12);
+        // The state went with the last reader: the same request now gets
+        // the backend's answer as it is.
+        submit(&mut e, op, 14, 1, body, SlotId(6));
+        drain(&mut e);
+        let second = mtime_in(&mut e, 14);
+        (first, second)
+    }
+
+    #[test]
+    fn a_lookup_answered_after_the_flush_still_shows_the_times() {
+        let (during, after) = stale_reader(Opcode::Lookup, b"f\0", |b, u| {
+            reply(b, u, stale_entry().as_bytes())
+        });
+        assert_eq!((during, after), (5, 1));
+    }
+
+    #[test]
+    fn a_lookup_of_an_unknown_name_keeps_the_times_too() {
+        // "g" is another name (a hard link) the proxy has not seen.
+        let (during, after) = stale_reader(Opcode::Lookup, b"g\0", |b, u| {
+            reply(b, u, stale_entry().as_bytes())
+        });
+        assert_eq!((during, after), (5, 1));
+    }
+
+    #[test]
+    fn a_readdirplus_answered_after_the_flush_still_shows_the_times() {
+        let arg = ReadIn {
+            size: 4096,
+            ..ReadIn::default()
+        };
+        let (during, after) = stale_reader(Opcode::Readdirplus, arg.as_bytes(), listing);
+        assert_eq!((during, after), (5, 1));
+    }
+
+    #[test]
+    fn a_failed_listing_lets_kept_states_go() {
+        let mut e = session(config());
+        setattr(&mut e, T0, 10, 0, times_arg(FATTR_MTIME, 0, 5));
+        let arg = ReadIn::default();
+        submit(
+            &mut e,
+            Opcode::Readdirplus,
+            12,
+            1,
+            arg.as_bytes(),
+            SlotId(6),
+        );
+        drain(&mut e);
+        e.handle_timeout(T0 + crate::Duration::from_millis(1000));
+        let f = flushes(&drain(&mut e));
+        answer_flush(&mut e, f[0].0, 0);
+        // Kept for the listing: a DESTROY still waits.
+        let mut b = Buf::new();
+        let n = request(&mut b, Opcode::Destroy, 16, 0, &[]);
+        e.handle_request(T0, WALL, SlotId(7), &mut b.0[..n]);
+        assert!(drain(&mut e).is_empty());
+        let n = raw_reply(&mut b, 16, -5, 12, 16);
+        e.handle_reply(T0, SlotId(6), &mut b.0[..n], n);
+        let acts = drain(&mut e);
+        assert!(
+            acts.iter()
+                .any(|a| matches!(a, Action::ForwardRequest(SlotId(7)))),
+            "DESTROY released once the listing failed: {acts:?}"
+        );
     }
 
     #[test]
