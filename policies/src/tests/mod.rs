@@ -1041,8 +1041,10 @@ mod times {
         assert!(!acts.iter().any(|a| matches!(a, Action::ForwardRequest(_))));
     }
 
-    /// Random sequences of time updates, other requests on the same nodes
-    /// and clock advances, against a backend that answers in random order:
+    /// Random sequences of time updates, other requests on the same nodes,
+    /// directory listings and clock advances, against a backend that
+    /// answers in random order (and the session then shuts down, which
+    /// needs every state released):
     /// every acknowledged update reaches the backend, for each node in the
     /// order acknowledged, and no request on a node overtakes its times.
     #[test]
@@ -1077,7 +1079,7 @@ mod times {
                 let next_slot = 100 + step;
                 let node = 20 + next() % 5;
                 let mut b = Buf::new();
-                match next() % 5 {
+                match next() % 6 {
                     0 | 1 => {
                         let m = u64::from(step) + 1;
                         let h = InHeader {
@@ -1117,6 +1119,24 @@ mod times {
                         slot_of.insert(next_slot, (unique, node, None));
                     }
                     3 => now = now + crate::Duration::from_millis(400),
+                    4 => {
+                        // A listing of the directory, which keeps idle
+                        // states while it is in flight.
+                        let h = InHeader {
+                            opcode: Opcode::Readdirplus.into(),
+                            unique,
+                            nodeid: 1,
+                            ..InHeader::default()
+                        };
+                        let n = encode::encode_request(
+                            &mut b.0,
+                            &h,
+                            &[fuseproxy_protocol::abi::ReadIn::default().as_bytes()],
+                        )
+                        .unwrap();
+                        e.handle_request(now, WALL, SlotId(next_slot), &mut b.0[..n]);
+                        slot_of.insert(next_slot, (unique, 1, None));
+                    }
                     _ => {
                         // The backend answers one request, any of them.
                         if !backend.is_empty() {
