@@ -63,7 +63,7 @@ impl Default for Config {
             clear_init_flags: DEVICE_ONLY_FLAGS,
             times: TimesMode::Async,
             max_delay: Duration::from_millis(1000),
-            max_pending: 8_192,
+            max_pending: 65_536,
             attr_cache: 16_384,
             max_held: 64,
             default_permissions: false,
