@@ -157,6 +157,26 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     pub attr_cache: u32,
 
+    /// Record the session to FILE: every request and reply on both sides,
+    /// with its time, in fuseproxy's capture format (fixtures/FORMAT.md;
+    /// read it with `fuseproxy-capture decode FILE`). Kept in a buffer of
+    /// --record-size bytes and written when the session ends, so recording
+    /// never makes the proxy wait for a disk.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+
+    /// Bytes of the recording buffer, allocated and locked at start
+    /// (suffixes K, M, G). When it is full the rest of the session is not
+    /// recorded; the file says how many records that lost.
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size, requires = "record")]
+    pub record_size: usize,
+
+    /// Keep at most this many bytes of each recorded message (never less
+    /// than its FUSE header): data of READ and WRITE takes the most room.
+    /// [default: whole messages]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, requires = "record")]
+    pub record_snaplen: Option<usize>,
+
     /// Where to mount: an existing directory (or file) that is not already a
     /// mount point.
     #[arg(value_name = "MOUNTPOINT")]

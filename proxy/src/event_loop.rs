@@ -24,6 +24,7 @@ use crate::error::Error;
 use crate::memory::Pinning;
 use crate::mount::unmount_in_background;
 use crate::mount::Mount;
+use crate::recorder::{self, Recorder};
 
 const DEVICE: Token = Token(0);
 const BACKEND: Token = Token(1);
@@ -101,6 +102,8 @@ pub struct Session {
     rejected_writes: u64,
     /// The allocation counter at the end of the previous stats dump.
     alloc_mark: u64,
+    /// `--record`: the session's messages, written at the end.
+    recorder: Option<Recorder>,
 }
 
 impl Session {
@@ -115,6 +118,7 @@ impl Session {
         arena: Arena,
         mount: Mount,
         backend: Backend,
+        recorder: Option<Recorder>,
         startup: Startup,
     ) -> Result<Session, Error> {
         let poll = Poll::new().map_err(|e| Error::Setup(format!("epoll: {e}")))?;
@@ -156,6 +160,7 @@ impl Session {
             stale_writes: 0,
             rejected_writes: 0,
             alloc_mark: alloc_count::allocations(),
+            recorder,
         })
     }
 
@@ -284,6 +289,9 @@ impl Session {
             match device::read(dev.as_fd(), self.arena.buf_mut(slot)) {
                 Read::Message(n) => {
                     self.arena.set_len(slot, n);
+                    if let Some(r) = self.recorder.as_mut() {
+                        r.request_from_kernel(self.arena.msg(slot));
+                    }
                     let (now, wall) = (self.now(), wall_clock());
                     self.engine
                         .handle_request(now, wall, slot, self.arena.msg_mut(slot));
@@ -324,6 +332,9 @@ impl Session {
             match channel::recv(sock.as_fd(), self.arena.buf_mut(slot)) {
                 Recv::Message { len, real_len } => {
                     self.arena.set_len(slot, len);
+                    if let Some(r) = self.recorder.as_mut() {
+                        r.reply_from_backend(self.arena.msg(slot));
+                    }
                     let now = self.now();
                     self.engine
                         .handle_reply(now, slot, self.arena.msg_mut(slot), real_len);
@@ -420,15 +431,36 @@ impl Session {
         let now = self.now();
         while let Some(action) = self.engine.poll_action(now) {
             match action {
-                Action::ForwardRequest(slot) => self.forward(Pending::Slot(slot)),
-                Action::Inject(req) => self.forward(Pending::Injected(req)),
+                Action::ForwardRequest(slot) => {
+                    if let Some(r) = self.recorder.as_mut() {
+                        let msg = request_bytes(self.arena.msg(slot));
+                        if recorder::may_be_rewritten(msg) {
+                            r.request_to_backend(msg, false);
+                        }
+                    }
+                    self.forward(Pending::Slot(slot))
+                }
+                Action::Inject(req) => {
+                    if let Some(r) = self.recorder.as_mut() {
+                        r.request_to_backend(req.as_bytes(), true);
+                    }
+                    self.forward(Pending::Injected(req))
+                }
                 Action::DeliverReply(slot) => {
+                    if let Some(r) = self.recorder.as_mut() {
+                        r.reply_to_kernel(self.arena.msg(slot), false);
+                    }
                     self.write_device_slot(slot);
                     self.arena.release(slot);
                 }
                 Action::Free(slot) => self.arena.release(slot),
                 Action::AnswerError { unique, errno } => self.answer_error(unique, errno),
-                Action::Answer(reply) => self.write_device(reply.as_bytes()),
+                Action::Answer(reply) => {
+                    if let Some(r) = self.recorder.as_mut() {
+                        r.reply_to_kernel(reply.as_bytes(), true);
+                    }
+                    self.write_device(reply.as_bytes())
+                }
             }
         }
         while let Some(ev) = self.engine.poll_event() {
@@ -447,6 +479,9 @@ impl Session {
     fn answer_error(&mut self, unique: Unique, errno: i32) {
         let mut buf = [0u8; 16];
         if let Some(n) = encode::encode_error_reply(&mut buf, unique, errno) {
+            if let Some(r) = self.recorder.as_mut() {
+                r.reply_to_kernel(&buf[..n], true);
+            }
             self.write_device(&buf[..n]);
         }
     }
@@ -742,6 +777,26 @@ impl Session {
         }
         self.report_bad_replies();
         self.log_stats();
+        if let Some(r) = self.recorder.take() {
+            let path = r.path().display().to_string();
+            match r.finish() {
+                Ok(w) if w.dropped > 0 => warn!(
+                    self.log,
+                    "recorded {} messages to {path} ({} bytes); {} more did not fit --record-size",
+                    w.records,
+                    w.bytes,
+                    w.dropped
+                ),
+                Ok(w) => info!(
+                    self.log,
+                    "recorded {} messages to {path} ({} bytes)", w.records, w.bytes
+                ),
+                Err(e) => {
+                    error!(self.log, "{e}");
+                    return result.and(Err(e));
+                }
+            }
+        }
         result
     }
 

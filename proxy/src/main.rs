@@ -18,6 +18,7 @@ mod event_loop;
 mod memory;
 mod mount;
 mod mount_options;
+mod recorder;
 mod signals;
 
 use std::os::fd::AsRawFd;
@@ -153,6 +154,28 @@ fn run(cli: &Cli, log: &Logger) -> Result<(), Error> {
         default_permissions: opts.default_permissions,
         ..Config::default()
     });
+    // Before pinning, so that its buffer is locked with the rest.
+    let recorder = match &cli.record {
+        Some(path) => {
+            let mut note = format!(
+                "fuseproxy {} on {}; backend: {}; mount options: {opts}",
+                env!("CARGO_PKG_VERSION"),
+                canonical.display(),
+                backend_args.join(" "),
+            );
+            if note.len() > 4096 {
+                let cut = (0..=4096).rev().find(|&i| note.is_char_boundary(i));
+                note.truncate(cut.unwrap_or(0));
+            }
+            Some(recorder::Recorder::create(
+                path,
+                cli.record_size,
+                cli.record_snaplen,
+                &note,
+            )?)
+        }
+        None => None,
+    };
     let pinning = memory::pin();
 
     let device = mount::open_device()?;
@@ -171,6 +194,7 @@ fn run(cli: &Cli, log: &Logger) -> Result<(), Error> {
         arena,
         mount,
         backend,
+        recorder,
         event_loop::Startup {
             options: opts.to_string(),
             pinning,

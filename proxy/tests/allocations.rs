@@ -55,17 +55,31 @@ fn workload(m: &Mount, data: &fs::File, n: usize, io: usize, seed: u64) {
 
 #[test]
 fn forwarding_does_not_allocate() {
+    no_allocations(&[]);
+}
+
+/// Recording copies every message into its buffer, and drops the rest once
+/// it is full: neither may allocate. 8 MiB fills within the window.
+#[test]
+fn recording_does_not_allocate() {
+    no_allocations(&["--record", "{dir}/session.fcap", "--record-size", "8M"]);
+}
+
+/// The window described in the module doc, with `extra` fuseproxy options.
+fn no_allocations(extra: &[&str]) {
     let pll = common::passthrough_ll().to_str().unwrap();
+    let mut args = extra.to_vec();
+    args.extend_from_slice(&[
+        "{mnt}",
+        "--",
+        pll,
+        "-f",
+        "-o",
+        "source={backing},cache=never",
+        "{mnt}",
+    ]);
     let mut m = MountBuilder::new(Mode::Proxy, Vec::<&str>::new())
-        .raw_proxy_args([
-            "{mnt}",
-            "--",
-            pll,
-            "-f",
-            "-o",
-            "source={backing},cache=never",
-            "{mnt}",
-        ])
+        .raw_proxy_args(args)
         .mount();
     for i in 0..FILES {
         fs::write(m.backing_path(format!("f{i}")), vec![b'x'; i]).unwrap();

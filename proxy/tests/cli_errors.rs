@@ -149,6 +149,38 @@ fn bad_option_values() {
 }
 
 #[test]
+fn bad_recording_options() {
+    usage_error(
+        &[
+            "--record",
+            "{dir}/absent/s.fcap",
+            "{mnt}",
+            "--",
+            "/bin/true",
+            "{mnt}",
+        ],
+        &["--record", "absent/s.fcap", "No such file"],
+    );
+    usage_error(
+        &["--record-size", "1M", "{mnt}", "--", "/bin/true", "{mnt}"],
+        &["--record"],
+    );
+    usage_error(
+        &[
+            "--record",
+            "{dir}/s.fcap",
+            "--record-size",
+            "16",
+            "{mnt}",
+            "--",
+            "/bin/true",
+            "{mnt}",
+        ],
+        &["--record-size", "16"],
+    );
+}
+
+#[test]
 fn unknown_mount_option() {
     usage_error(
         &["-o", "no_such_option", "{mnt}", "--", "/bin/true", "{mnt}"],
