@@ -447,20 +447,12 @@ impl Session {
                     self.forward(Pending::Injected(req))
                 }
                 Action::DeliverReply(slot) => {
-                    if let Some(r) = self.recorder.as_mut() {
-                        r.reply_to_kernel(self.arena.msg(slot), false);
-                    }
                     self.write_device_slot(slot);
                     self.arena.release(slot);
                 }
                 Action::Free(slot) => self.arena.release(slot),
                 Action::AnswerError { unique, errno } => self.answer_error(unique, errno),
-                Action::Answer(reply) => {
-                    if let Some(r) = self.recorder.as_mut() {
-                        r.reply_to_kernel(reply.as_bytes(), true);
-                    }
-                    self.write_device(reply.as_bytes())
-                }
+                Action::Answer(reply) => self.write_device(reply.as_bytes()),
             }
         }
         while let Some(ev) = self.engine.poll_event() {
@@ -472,6 +464,9 @@ impl Session {
         let Some(dev) = self.device.as_ref() else {
             return;
         };
+        if let Some(r) = self.recorder.as_mut() {
+            r.reply_to_kernel(self.arena.msg(slot), false);
+        }
         let outcome = device::write(dev.as_fd(), self.arena.msg(slot));
         self.count_write(outcome);
     }
@@ -479,17 +474,18 @@ impl Session {
     fn answer_error(&mut self, unique: Unique, errno: i32) {
         let mut buf = [0u8; 16];
         if let Some(n) = encode::encode_error_reply(&mut buf, unique, errno) {
-            if let Some(r) = self.recorder.as_mut() {
-                r.reply_to_kernel(&buf[..n], true);
-            }
             self.write_device(&buf[..n]);
         }
     }
 
+    /// Writes a reply the proxy made itself.
     fn write_device(&mut self, msg: &[u8]) {
         let Some(dev) = self.device.as_ref() else {
             return;
         };
+        if let Some(r) = self.recorder.as_mut() {
+            r.reply_to_kernel(msg, true);
+        }
         let outcome = device::write(dev.as_fd(), msg);
         self.count_write(outcome);
     }
