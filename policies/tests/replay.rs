@@ -1,0 +1,249 @@
+//! A real session, replayed through the engine: the requests the kernel
+//! sent and the replies the backend gave, as `fuseproxy --record` caught
+//! them (`fixtures/captures/passthrough_ll.fcap`), go into a fresh engine
+//! at their recorded times, and what the engine does must be what the
+//! proxy did then, message for message and in the same order: each reply
+//! written to the kernel (relayed, overlaid, or the proxy's own local
+//! answer) and each request of the proxy's own sent to the backend (the
+//! rewritten INIT, the time flush, DESTROY).
+//!
+//! Only the wall clock is not in a capture: a local answer's ctime (and a
+//! `*_NOW` time) is the proxy's clock at the time, so those fields are left
+//! out of the comparison.
+
+use std::collections::{HashMap, VecDeque};
+
+use fuseproxy_fixtures::{Direction, Kind, Reader};
+use fuseproxy_policies::{Action, Config, Engine, Instant, SlotId};
+use fuseproxy_protocol::abi::InHeader;
+use fuseproxy_protocol::{encode, Opcode};
+use zerocopy::{FromBytes, IntoBytes};
+
+/// A message as the engine gets it: 8-aligned, as an arena slot is.
+struct Msg {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl Msg {
+    fn new(bytes: &[u8]) -> Msg {
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        words.as_mut_bytes()[..bytes.len()].copy_from_slice(bytes);
+        Msg {
+            words,
+            len: bytes.len(),
+        }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.words.as_mut_bytes()[..self.len]
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.words.as_bytes()[..self.len]
+    }
+}
+
+/// What the engine did that a capture records.
+#[derive(Debug, PartialEq, Eq)]
+struct Out {
+    kind: Kind,
+    synthesized: bool,
+    bytes: Vec<u8>,
+}
+
+/// The engine with the proxy's configuration at the recording (defaults,
+/// a 32 MiB arena), and the messages its slots hold.
+struct Replay {
+    engine: Engine,
+    slots: HashMap<u32, Msg>,
+    next_slot: u32,
+    outs: VecDeque<Out>,
+    /// Opcode of each kernel request, by unique, to know what a reply answers.
+    opcodes: HashMap<u64, Opcode>,
+}
+
+impl Replay {
+    fn new() -> Replay {
+        Replay {
+            engine: Engine::new(Config {
+                max_held: 29,
+                ..Config::default()
+            }),
+            slots: HashMap::new(),
+            next_slot: 0,
+            outs: VecDeque::new(),
+            opcodes: HashMap::new(),
+        }
+    }
+
+    fn slot(&mut self, bytes: &[u8]) -> SlotId {
+        self.next_slot += 1;
+        self.slots.insert(self.next_slot, Msg::new(bytes));
+        SlotId(self.next_slot)
+    }
+
+    fn run_actions(&mut self, now: Instant) {
+        while let Some(a) = self.engine.poll_action(now) {
+            let out = |kind, synthesized, bytes: &[u8]| Out {
+                kind,
+                synthesized,
+                bytes: bytes.to_vec(),
+            };
+            match a {
+                Action::ForwardRequest(s) => {
+                    let m = self.slots.remove(&s.0).expect("a live slot");
+                    let h = InHeader::read_from_prefix(m.bytes()).unwrap().0;
+                    // The proxy records a forwarded request again only if
+                    // the engine may have rewritten it.
+                    if matches!(Opcode::from(h.opcode), Opcode::Init | Opcode::BatchForget) {
+                        let len = h.len as usize;
+                        self.outs
+                            .push_back(out(Kind::RequestToBackend, false, &m.bytes()[..len]));
+                    }
+                }
+                Action::Inject(r) => {
+                    self.outs
+                        .push_back(out(Kind::RequestToBackend, true, r.as_bytes()))
+                }
+                Action::DeliverReply(s) => {
+                    let m = self.slots.remove(&s.0).expect("a live slot");
+                    self.outs
+                        .push_back(out(Kind::ReplyToKernel, false, m.bytes()));
+                }
+                Action::Answer(r) => {
+                    self.outs
+                        .push_back(out(Kind::ReplyToKernel, true, r.as_bytes()))
+                }
+                Action::AnswerError { unique, errno } => {
+                    let mut buf = [0u8; 16];
+                    let n = encode::encode_error_reply(&mut buf, unique, errno).unwrap();
+                    self.outs
+                        .push_back(out(Kind::ReplyToKernel, true, &buf[..n]));
+                }
+                Action::Free(s) => {
+                    self.slots.remove(&s.0);
+                }
+            }
+        }
+        while self.engine.poll_event().is_some() {}
+    }
+}
+
+/// `a` and `b`, two replies to the kernel, are the same but for what the
+/// wall clock made: the ctime in a SETATTR answered locally.
+fn same_reply(a: &[u8], b: &[u8], answers: Option<Opcode>) -> bool {
+    if a == b {
+        return true;
+    }
+    if answers != Some(Opcode::Setattr) || a.len() != b.len() || a.len() < CTIMENSEC.end {
+        return false;
+    }
+    let strip = |m: &[u8]| {
+        let mut m = m.to_vec();
+        m[CTIME].fill(0);
+        m[CTIMENSEC].fill(0);
+        m
+    };
+    strip(a) == strip(b)
+}
+
+/// Where `fuse_attr_out.attr.ctime` and `.ctimensec` sit in a reply: after
+/// the 16-byte `fuse_out_header` and the 16 bytes of validity.
+const CTIME: std::ops::Range<usize> = 16 + 16 + 40..16 + 16 + 48;
+const CTIMENSEC: std::ops::Range<usize> = 16 + 16 + 56..16 + 16 + 60;
+
+#[test]
+fn a_recorded_session_replays_to_the_same_messages() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fixtures/captures/passthrough_ll.fcap"
+    );
+    let file = std::fs::read(path).unwrap();
+    let mut reader = Reader::new(&file).unwrap();
+    let created = reader.header().created_unix_ns;
+    let mut r = Replay::new();
+    let (mut fed, mut compared, mut local) = (0, 0, 0);
+    while let Some(rec) = reader.next().unwrap() {
+        let now = Instant::from_nanos(rec.time_ns);
+        let ns = created + rec.time_ns;
+        let wall = ((ns / 1_000_000_000) as i64, (ns % 1_000_000_000) as u32);
+        match (rec.kind, rec.direction) {
+            (Kind::RequestFromKernel, Direction::FromKernel) => {
+                // The proxy checks its deadlines before it reads.
+                r.engine.handle_timeout(now);
+                r.run_actions(now);
+                let h = InHeader::read_from_prefix(rec.bytes).unwrap().0;
+                r.opcodes.insert(h.unique, Opcode::from(h.opcode));
+                let s = r.slot(rec.bytes);
+                let mut m = r.slots.remove(&s.0).unwrap();
+                r.engine.handle_request(now, wall, s, m.bytes_mut());
+                r.slots.insert(s.0, m);
+                r.run_actions(now);
+                fed += 1;
+            }
+            (Kind::ReplyFromBackend | Kind::Notification, Direction::FromBackend) => {
+                let s = r.slot(rec.bytes);
+                let mut m = r.slots.remove(&s.0).unwrap();
+                r.engine
+                    .handle_reply(now, s, m.bytes_mut(), rec.bytes.len());
+                r.slots.insert(s.0, m);
+                r.run_actions(now);
+                fed += 1;
+            }
+            (kind @ (Kind::ReplyToKernel | Kind::Notification | Kind::RequestToBackend), _) => {
+                if r.outs.is_empty() {
+                    // What the proxy did on its own: a deadline, or the
+                    // end of the session (its DESTROY).
+                    r.engine.handle_timeout(now);
+                    r.run_actions(now);
+                }
+                if r.outs.is_empty() {
+                    r.engine.handle_shutdown(now);
+                    r.run_actions(now);
+                }
+                let got = r.outs.pop_front().unwrap_or_else(|| {
+                    panic!(
+                        "the proxy sent {kind:?} at {} ns; the engine nothing",
+                        rec.time_ns
+                    )
+                });
+                let want_kind = if kind == Kind::Notification {
+                    Kind::ReplyToKernel
+                } else {
+                    kind
+                };
+                let unique = u64::from_ne_bytes(rec.bytes[8..16].try_into().unwrap());
+                let answers = r.opcodes.get(&unique).copied();
+                assert_eq!(
+                    (got.kind, got.synthesized),
+                    (want_kind, rec.is_synthesized()),
+                    "record at offset {}",
+                    rec.offset
+                );
+                let same = if kind == Kind::RequestToBackend {
+                    got.bytes == rec.bytes
+                } else {
+                    same_reply(&got.bytes, rec.bytes, answers)
+                };
+                assert!(
+                    same,
+                    "record at offset {} ({kind:?}, unique {unique:#x}):\n  recorded {:?}\n  replayed {:?}",
+                    rec.offset, rec.bytes, got.bytes
+                );
+                if rec.is_synthesized() && kind == Kind::ReplyToKernel {
+                    local += 1;
+                }
+                compared += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(r.outs.is_empty(), "the engine did more: {:?}", r.outs);
+    assert_eq!(r.engine.inflight(), 0);
+    eprintln!("replayed {fed} inputs, {compared} outputs compared, {local} local answers");
+    assert!(
+        compared >= 40 && local >= 1,
+        "{compared} compared, {local} local"
+    );
+}
