@@ -38,7 +38,16 @@ const CALL_BOUND: Duration = Duration::from_secs(5);
 
 fn mount_bad(mode: &str) -> Mount {
     MountBuilder::new(Mode::Proxy, Vec::<&str>::new())
-        .raw_proxy_args(["{mnt}", "--", "python3", SCRIPT, mode, "{mnt}"])
+        .raw_proxy_args([
+            "--record",
+            "{dir}/session.fcap",
+            "{mnt}",
+            "--",
+            "python3",
+            SCRIPT,
+            mode,
+            "{mnt}",
+        ])
         .mount()
 }
 
@@ -165,6 +174,41 @@ fn garbage_case(mode: &str, reason: &str, names_the_request: bool) {
     assert_eq!(stat_field(&stats, "inflight"), 0, "{stats}");
 
     assert_clean_exit(&mut m, 2);
+    assert_recorded(&m, if names_the_request { 2 } else { 0 });
+}
+
+/// The capture (`--record`) holds the session whole, the garbage as it came
+/// (`B<`), and the proxy's `eio` EIO answers marked as its own (`K<`).
+fn assert_recorded(m: &Mount, eio: usize) {
+    use fuseproxy_fixtures::{Direction, End, Kind, Reader};
+    let file = fs::read(m.dir().join("session.fcap")).expect("the capture");
+    let mut r = Reader::new(&file).expect("a capture");
+    let (mut from_backend, mut own_eio) = (0, 0);
+    while let Some(rec) = r.next().expect("no corrupt record") {
+        match (rec.kind, rec.direction) {
+            (Kind::ReplyFromBackend, Direction::FromBackend) => from_backend += 1,
+            (Kind::ReplyToKernel, Direction::ToKernel) if rec.is_synthesized() => {
+                let error = i32::from_ne_bytes(rec.bytes[4..8].try_into().unwrap());
+                if error == -libc::EIO {
+                    own_eio += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        matches!(r.end(), Some(End::Complete { dropped: 0, .. })),
+        "{:?}",
+        r.end()
+    );
+    assert!(
+        from_backend >= 4,
+        "only {from_backend} replies from the backend recorded"
+    );
+    assert_eq!(
+        own_eio, eio,
+        "EIO answers of the proxy's own in the capture"
+    );
 }
 
 #[test]
@@ -179,6 +223,7 @@ fn correct_backend_control() {
     assert_eq!(stat_field(&stats, "bad_replies"), 0, "{stats}");
     assert!(!m.proxy_log().contains("bad reply"));
     assert_clean_exit(&mut m, 0);
+    assert_recorded(&m, 0);
 }
 
 #[test]
