@@ -2,12 +2,13 @@
 # The main job on the default backend: fuseproxy wrapping libfuse3's
 # passthrough_ll example over a temporary directory. Does its own set-up
 # (packages, the Rust build, the example's build), shows a few operations
-# through the mount, the proxy's counters, and a clean unmount. Run as root.
+# through the mount, the proxy's counters, a clean unmount, and a summary
+# of the session's recording (--record). Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh >/dev/null
-cargo build --release -p fuseproxy
+cargo build --release -p fuseproxy -p fuseproxy-fixtures
 work=$(mktemp -d /tmp/fuseproxy-demo.XXXXXX)
 proxy_pid=
 cleanup() {
@@ -24,8 +25,8 @@ mkdir -p "$work/data" "$work/mnt" "$work/bin"
 ex=/usr/share/doc/libfuse3-dev/examples
 gcc -O2 -o "$work/bin/passthrough_ll" "$ex/passthrough_ll.c" $(pkg-config fuse3 --cflags --libs)
 
-echo "== fuseproxy $work/mnt -- passthrough_ll -f -o source=$work/data $work/mnt"
-./target/release/fuseproxy "$work/mnt" -- \
+echo "== fuseproxy --record $work/session.fcap $work/mnt -- passthrough_ll -f -o source=$work/data $work/mnt"
+./target/release/fuseproxy --record "$work/session.fcap" "$work/mnt" -- \
     "$work/bin/passthrough_ll" -f -o "source=$work/data" "$work/mnt" 2> "$work/proxy.log" &
 proxy_pid=$!
 for _ in $(seq 100); do
@@ -57,4 +58,8 @@ echo "proxy exited with status $status"
 grep -q " $m " /proc/mounts && echo "mount still present!" || echo "mount removed"
 echo "== proxy log"
 cat "$work/proxy.log"
+echo "== the recording: fuseproxy-capture stats $work/session.fcap"
+./target/release/fuseproxy-capture stats "$work/session.fcap"
+echo "-- and its first lines (fuseproxy-capture decode):"
+./target/release/fuseproxy-capture decode "$work/session.fcap" | sed -n '3,10p' | cut -c1-160
 exit "$status"
