@@ -787,10 +787,10 @@ impl Session {
                     self.log,
                     "recorded {} messages to {path} ({} bytes)", w.records, w.bytes
                 ),
-                Err(e) => {
-                    error!(self.log, "{e}");
-                    return result.and(Err(e));
-                }
+                // The session's own failure, if any, is the last line;
+                // this one is logged before it.
+                Err(e) if result.is_err() => error!(self.log, "{e}"),
+                Err(e) => return Err(e),
             }
         }
         result
