@@ -196,3 +196,66 @@ fn a_full_buffer_keeps_a_prefix_and_counts_the_rest() {
     );
     assert_eq!(kinds[0], Kind::RequestFromKernel);
 }
+
+/// Lazily unmounts a path on drop, whatever the test did.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn a_capture_that_cannot_be_written_fails_the_run_and_says_why() {
+    common::require_root_and_fuse();
+    // A 64 KiB tmpfs: the file is created at start, the session written at
+    // the end does not fit.
+    let dir = tempfile::Builder::new()
+        .prefix("fuseproxy-test.")
+        .tempdir()
+        .unwrap();
+    let small = dir.path().join("small");
+    fs::create_dir(&small).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &small,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=64k"),
+    )
+    .expect("mount a tmpfs");
+    let _unmount = Unmount(small.clone());
+    let capture = small.join("session.fcap");
+
+    let pll = common::passthrough_ll().to_str().unwrap().to_owned();
+    let cap = capture.to_str().unwrap().to_owned();
+    let mut m = MountBuilder::new(Mode::Proxy, Vec::<&str>::new())
+        .raw_proxy_args([
+            "--record",
+            &cap,
+            "{mnt}",
+            "--",
+            &pll,
+            "-f",
+            "-o",
+            "source={backing}",
+            "{mnt}",
+        ])
+        .mount();
+    fs::write(m.path("big"), vec![7u8; 256 * 1024]).unwrap();
+    assert!(m.umount().is_some_and(|s| s.success()));
+    let st = m
+        .wait_exit(Duration::from_secs(20))
+        .expect("the proxy did not exit after umount");
+    let log = m.proxy_log();
+    assert_eq!(st.code(), Some(1), "{st}\n{log}");
+    let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+    assert!(
+        last.contains("writing --record")
+            && last.contains("session.fcap")
+            && last.contains("No space"),
+        "last line: {last}"
+    );
+    assert!(!m.is_mounted());
+}
