@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
@@ -31,14 +31,6 @@ fn run(args: &[&str]) -> (Mount, ExitStatus) {
         .wait_exit(EXIT_BOUND)
         .unwrap_or_else(|| panic!("fuseproxy {args:?} still runs after {EXIT_BOUND:?}"));
     (m, st)
-}
-
-/// Entries of /proc/self/mountinfo on `path`.
-fn mounts_on(path: &Path) -> usize {
-    mount_table()
-        .iter()
-        .filter(|e| e.mount_point == path)
-        .count()
 }
 
 /// Entries of /proc/self/mountinfo on or under the test's directory.
@@ -196,20 +188,6 @@ fn mountpoint_does_not_exist() {
     );
 }
 
-/// Lazily unmounts everything on a path on drop.
-struct Unmount(PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        for _ in 0..8 {
-            if mounts_on(&self.0) == 0 {
-                break;
-            }
-            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-}
-
 #[test]
 fn mountpoint_already_mounted() {
     common::require_root_and_fuse();
@@ -218,16 +196,7 @@ fn mountpoint_already_mounted() {
         .tempdir()
         .unwrap();
     let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    nix::mount::mount(
-        Some("tmpfs"),
-        &mnt,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        Some("size=1m"),
-    )
-    .expect("mount a tmpfs");
-    let _unmount = Unmount(mnt.clone());
+    let _tmpfs = common::Tmpfs::mount(&mnt, "1m");
     let m = mnt.to_str().unwrap();
     let (st, out, err) =
         common::run_proxy([m, "--", "/bin/true", m], EXIT_BOUND).expect("fuseproxy did not exit");

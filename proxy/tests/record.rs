@@ -197,15 +197,6 @@ fn a_full_buffer_keeps_a_prefix_and_counts_the_rest() {
     assert_eq!(kinds[0], Kind::RequestFromKernel);
 }
 
-/// Lazily unmounts a path on drop, whatever the test did.
-struct Unmount(std::path::PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
 #[test]
 fn a_capture_that_cannot_be_written_fails_the_run_and_says_why() {
     common::require_root_and_fuse();
@@ -216,16 +207,7 @@ fn a_capture_that_cannot_be_written_fails_the_run_and_says_why() {
         .tempdir()
         .unwrap();
     let small = dir.path().join("small");
-    fs::create_dir(&small).unwrap();
-    nix::mount::mount(
-        Some("tmpfs"),
-        &small,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        Some("size=64k"),
-    )
-    .expect("mount a tmpfs");
-    let _unmount = Unmount(small.clone());
+    let _tmpfs = common::Tmpfs::mount(&small, "64k");
     let capture = small.join("session.fcap");
 
     let pll = common::passthrough_ll().to_str().unwrap().to_owned();

@@ -47,9 +47,22 @@ fn raw_reply(buf: &mut Buf, len: u32, error: i32, unique: u64, actual: usize) ->
 
 /// Encodes a request and hands it to the engine in `slot`.
 fn submit(e: &mut Engine, op: Opcode, unique: u64, node: u64, body: &[u8], slot: SlotId) {
+    submit_at(e, T0, op, unique, node, body, slot);
+}
+
+/// [`submit`] at `now`.
+fn submit_at(
+    e: &mut Engine,
+    now: Instant,
+    op: Opcode,
+    unique: u64,
+    node: u64,
+    body: &[u8],
+    slot: SlotId,
+) {
     let mut b = Buf::new();
     let n = request(&mut b, op, unique, node, body);
-    e.handle_request(T0, WALL, slot, &mut b.0[..n]);
+    e.handle_request(now, WALL, slot, &mut b.0[..n]);
 }
 
 fn drain(e: &mut Engine) -> Vec<Action> {
@@ -1103,38 +1116,34 @@ mod times {
                         if let Some(m) = acked.get(&node).and_then(|v| v.last()) {
                             needs.insert(next_slot, *m);
                         }
-                        let h = InHeader {
-                            opcode: Opcode::Read.into(),
+                        let arg = fuseproxy_protocol::abi::ReadIn::default();
+                        let slot = SlotId(next_slot);
+                        submit_at(
+                            &mut e,
+                            now,
+                            Opcode::Read,
                             unique,
-                            nodeid: node,
-                            ..InHeader::default()
-                        };
-                        let n = encode::encode_request(
-                            &mut b.0,
-                            &h,
-                            &[fuseproxy_protocol::abi::ReadIn::default().as_bytes()],
-                        )
-                        .unwrap();
-                        e.handle_request(now, WALL, SlotId(next_slot), &mut b.0[..n]);
+                            node,
+                            arg.as_bytes(),
+                            slot,
+                        );
                         slot_of.insert(next_slot, (unique, node, None));
                     }
                     3 => now = now + crate::Duration::from_millis(400),
                     4 => {
                         // A listing of the directory, which keeps idle
                         // states while it is in flight.
-                        let h = InHeader {
-                            opcode: Opcode::Readdirplus.into(),
+                        let arg = fuseproxy_protocol::abi::ReadIn::default();
+                        let slot = SlotId(next_slot);
+                        submit_at(
+                            &mut e,
+                            now,
+                            Opcode::Readdirplus,
                             unique,
-                            nodeid: 1,
-                            ..InHeader::default()
-                        };
-                        let n = encode::encode_request(
-                            &mut b.0,
-                            &h,
-                            &[fuseproxy_protocol::abi::ReadIn::default().as_bytes()],
-                        )
-                        .unwrap();
-                        e.handle_request(now, WALL, SlotId(next_slot), &mut b.0[..n]);
+                            1,
+                            arg.as_bytes(),
+                            slot,
+                        );
                         slot_of.insert(next_slot, (unique, 1, None));
                     }
                     _ => {

@@ -288,6 +288,37 @@ pub fn is_mounted_and_live(path: &Path) -> bool {
     is_mounted(path) && matches!(stat_with_timeout(path, Duration::from_secs(1)), Some(Ok(_)))
 }
 
+/// A tmpfs of `size` (mount's `size=`, e.g. `1m`) on the directory `path`,
+/// made here; unmounted (lazily, as often as something is mounted there)
+/// on drop, whatever the test did.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(path: &Path, size: &str) -> Tmpfs {
+        fs::create_dir_all(path).expect("create the tmpfs mountpoint");
+        nix::mount::mount(
+            Some("tmpfs"),
+            path,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(format!("size={size}").as_str()),
+        )
+        .expect("mount a tmpfs");
+        Tmpfs(path.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        for _ in 0..8 {
+            if mount_info(&self.0).is_none() {
+                break;
+            }
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
 /// Sends `sig` to `pid`.
 pub fn send_signal(pid: i32, sig: Signal) -> nix::Result<()> {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
