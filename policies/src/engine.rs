@@ -16,7 +16,7 @@ use crate::attr_cache::{AttrCache, Cached};
 use crate::inflight::{Entry, Inflight, Origin, INJECTED_UNIQUE_BASE};
 use crate::init_rule::{limits_for, DEVICE_ONLY_FLAGS};
 use crate::names::{self, Known, Names};
-use crate::times::{is_time_only, Times, TimesTable, Timespec};
+use crate::times::{is_time_only, Stamps, Times, TimesTable, Timespec};
 use crate::{Duration, Instant, Stats};
 
 /// What to do with time-only SETATTRs.
@@ -405,7 +405,7 @@ impl Engine {
             self.stats.times.coalesced += 1;
         }
         let mut attr = cached.attr;
-        set_times(&mut attr, t);
+        set_times(&mut attr, &t.stamps());
         if t.ctime.is_none() {
             (attr.ctime, attr.ctimensec) = (wall.0 as u64, wall.1);
         }
@@ -1201,7 +1201,7 @@ impl Engine {
 }
 
 /// Lays the times of `t` that are set over `attr`.
-fn set_times(attr: &mut fuseproxy_protocol::abi::Attr, t: &Times) {
+fn set_times(attr: &mut fuseproxy_protocol::abi::Attr, t: &Stamps) {
     if let Some((s, ns)) = t.atime {
         (attr.atime, attr.atimensec) = (s as u64, ns);
     }

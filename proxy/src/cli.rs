@@ -145,7 +145,7 @@ pub struct Cli {
 
     /// Files with acknowledged, unsent times at most; beyond it the oldest
     /// are sent at once. The table is allocated and locked at start, about
-    /// 0.9 KiB per file (room for as many again being flushed): 56 MiB at
+    /// 0.9 KiB per file (room for as many again being flushed): 60 MiB at
     /// the default, 7 MiB at 8192.
     #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..=4_194_304))]
     pub times_max_pending: u32,
