@@ -532,6 +532,21 @@ mod times {
         drain(e)
     }
 
+    /// The deadline passes: FILE's one pending record is flushed, and the
+    /// backend applies it.
+    fn flush_at_deadline(e: &mut Engine) {
+        e.handle_timeout(T0 + crate::Duration::from_millis(1000));
+        let f = flushes(&drain(e));
+        assert_eq!(f.len(), 1, "one flush at the deadline");
+        answer_flush(e, f[0].0, 0);
+    }
+
+    /// Whether `acts` forward the request held in `slot`.
+    fn released(acts: &[Action], slot: u32) -> bool {
+        acts.iter()
+            .any(|a| matches!(a, Action::ForwardRequest(SlotId(s)) if *s == slot))
+    }
+
     #[test]
     fn a_time_only_setattr_is_answered_from_the_cache() {
         let mut e = session(config());
@@ -613,12 +628,7 @@ mod times {
             "chmod held: {acts:?}"
         );
         let after = answer_flush(&mut e, f[0].0, 0);
-        assert!(
-            after
-                .iter()
-                .any(|a| matches!(a, Action::ForwardRequest(SlotId(2)))),
-            "{after:?}"
-        );
+        assert!(released(&after, 2), "{after:?}");
     }
 
     #[test]
@@ -674,12 +684,7 @@ mod times {
             "overlaid"
         );
         let after = answer_flush(&mut e, f[0].0, 0);
-        assert!(
-            after
-                .iter()
-                .any(|a| matches!(a, Action::ForwardRequest(SlotId(5)))),
-            "{after:?}"
-        );
+        assert!(released(&after, 5), "{after:?}");
     }
 
     #[test]
@@ -696,9 +701,7 @@ mod times {
             SlotId(6),
         );
         drain(&mut e);
-        e.handle_timeout(T0 + crate::Duration::from_millis(1000));
-        let f = flushes(&drain(&mut e));
-        answer_flush(&mut e, f[0].0, 0);
+        flush_at_deadline(&mut e);
         // The backend read the times before it applied the flush.
         let stale = AttrOut {
             attr: Attr {
@@ -774,10 +777,7 @@ mod times {
             drain(&mut e)[..],
             [Action::ForwardRequest(SlotId(6))]
         ));
-        e.handle_timeout(T0 + crate::Duration::from_millis(1000));
-        let f = flushes(&drain(&mut e));
-        assert_eq!(f.len(), 1);
-        answer_flush(&mut e, f[0].0, 0);
+        flush_at_deadline(&mut e);
         let mtime_in = |e: &mut Engine, unique| {
             let mut b = Buf::new();
             let n = answer(&mut b, unique);
@@ -840,9 +840,7 @@ mod times {
             SlotId(6),
         );
         drain(&mut e);
-        e.handle_timeout(T0 + crate::Duration::from_millis(1000));
-        let f = flushes(&drain(&mut e));
-        answer_flush(&mut e, f[0].0, 0);
+        flush_at_deadline(&mut e);
         // Kept for the listing: a DESTROY still waits.
         let mut b = Buf::new();
         let n = request(&mut b, Opcode::Destroy, 16, 0, &[]);
@@ -852,8 +850,7 @@ mod times {
         e.handle_reply(T0, SlotId(6), &mut b.0[..n], n);
         let acts = drain(&mut e);
         assert!(
-            acts.iter()
-                .any(|a| matches!(a, Action::ForwardRequest(SlotId(7)))),
+            released(&acts, 7),
             "DESTROY released once the listing failed: {acts:?}"
         );
     }
@@ -874,9 +871,7 @@ mod times {
         );
         let after = answer_flush(&mut e, f[0].0, 0);
         assert!(
-            after
-                .iter()
-                .any(|a| matches!(a, Action::ForwardRequest(SlotId(7)))),
+            released(&after, 7),
             "DESTROY released once nothing is outstanding: {after:?}"
         );
     }
