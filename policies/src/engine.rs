@@ -394,7 +394,7 @@ impl Engine {
         // update that sets mtime leaves nothing unknown in the answer (ctime
         // is the kernel's when it sends one, and "now" otherwise, as the
         // backend will make it).
-        if cached.times_unknown && t.mtime.is_none() {
+        if cached.times_unknown && t.stamps.mtime.is_none() {
             return false;
         }
         let Some(coalesced) = self.times.acknowledge(now, node, t) else {
@@ -405,8 +405,8 @@ impl Engine {
             self.stats.times.coalesced += 1;
         }
         let mut attr = cached.attr;
-        set_times(&mut attr, &t.stamps());
-        if t.ctime.is_none() {
+        set_times(&mut attr, &t.stamps);
+        if t.stamps.ctime.is_none() {
             (attr.ctime, attr.ctimensec) = (wall.0 as u64, wall.1);
         }
         self.attrs.insert(
@@ -464,12 +464,12 @@ impl Engine {
             valid: t.valid(),
             fh: t.fh.unwrap_or(0),
             lock_owner: t.lock_owner.unwrap_or(0),
-            atime: t.atime.map_or(0, |a| a.0 as u64),
-            atimensec: t.atime.map_or(0, |a| a.1),
-            mtime: t.mtime.map_or(0, |m| m.0 as u64),
-            mtimensec: t.mtime.map_or(0, |m| m.1),
-            ctime: t.ctime.map_or(0, |c| c.0 as u64),
-            ctimensec: t.ctime.map_or(0, |c| c.1),
+            atime: t.stamps.atime.map_or(0, |a| a.0 as u64),
+            atimensec: t.stamps.atime.map_or(0, |a| a.1),
+            mtime: t.stamps.mtime.map_or(0, |m| m.0 as u64),
+            mtimensec: t.stamps.mtime.map_or(0, |m| m.1),
+            ctime: t.stamps.ctime.map_or(0, |c| c.0 as u64),
+            ctimensec: t.stamps.ctime.map_or(0, |c| c.1),
             ..SetattrIn::default()
         };
         let header = InHeader {

@@ -41,15 +41,33 @@ pub fn is_time_only(valid: u32) -> bool {
     valid & !TIME_ONLY_MASK == 0 && valid & TIME_BITS != 0
 }
 
-/// The fields of one or more time updates to one node.
+/// The times one or more updates set, without who sent them: all that a
+/// flush in flight and the applied record keep (72 bytes, where a whole
+/// [`Times`] takes 120; the table holds one of each per node).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Times {
+pub struct Stamps {
     /// New atime, if any update set it (`*_NOW` resolved at receipt).
     pub atime: Option<Timespec>,
     /// New mtime.
     pub mtime: Option<Timespec>,
     /// New ctime (the kernel's, with FATTR_CTIME).
     pub ctime: Option<Timespec>,
+}
+
+impl Stamps {
+    /// Per field, `later`'s value if it has one.
+    pub fn merge(&mut self, later: &Stamps) {
+        self.atime = later.atime.or(self.atime);
+        self.mtime = later.mtime.or(self.mtime);
+        self.ctime = later.ctime.or(self.ctime);
+    }
+}
+
+/// The fields of one or more time updates to one node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Times {
+    /// The times.
+    pub stamps: Stamps,
     /// The file handle of the latest update that named one.
     pub fh: Option<u64>,
     /// The lock owner of the latest update that named one.
@@ -66,9 +84,11 @@ impl Times {
     /// The update one SETATTR asks for, with `*_NOW` resolved to `wall`.
     pub fn from_setattr(s: &Setattr<'_>, wall: Timespec, uid: u32, gid: u32, pid: u32) -> Times {
         Times {
-            atime: if s.atime_now() { Some(wall) } else { s.atime() },
-            mtime: if s.mtime_now() { Some(wall) } else { s.mtime() },
-            ctime: s.ctime(),
+            stamps: Stamps {
+                atime: if s.atime_now() { Some(wall) } else { s.atime() },
+                mtime: if s.mtime_now() { Some(wall) } else { s.mtime() },
+                ctime: s.ctime(),
+            },
             fh: s.fh().map(|f| f.0),
             lock_owner: s.lock_owner(),
             uid,
@@ -80,9 +100,7 @@ impl Times {
     /// Merges a later update: per field the later value wins, and the
     /// result carries the union of the fields.
     pub fn merge(&mut self, later: &Times) {
-        self.atime = later.atime.or(self.atime);
-        self.mtime = later.mtime.or(self.mtime);
-        self.ctime = later.ctime.or(self.ctime);
+        self.stamps.merge(&later.stamps);
         self.fh = later.fh.or(self.fh);
         self.lock_owner = later.lock_owner.or(self.lock_owner);
         self.uid = later.uid;
@@ -93,13 +111,13 @@ impl Times {
     /// The `valid` mask of the SETATTR that applies these times.
     pub fn valid(&self) -> u32 {
         let mut v = 0;
-        if self.atime.is_some() {
+        if self.stamps.atime.is_some() {
             v |= FATTR_ATIME;
         }
-        if self.mtime.is_some() {
+        if self.stamps.mtime.is_some() {
             v |= FATTR_MTIME;
         }
-        if self.ctime.is_some() {
+        if self.stamps.ctime.is_some() {
             v |= FATTR_CTIME;
         }
         if self.fh.is_some() {
@@ -109,39 +127,6 @@ impl Times {
             v |= FATTR_LOCKOWNER;
         }
         v
-    }
-}
-
-/// The times of one or more updates without who sent them: all that a
-/// flush in flight and the applied record need to keep, at 72 bytes where
-/// a [`Times`] takes 120 (the table holds one of each per node).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Stamps {
-    /// atime, if set.
-    pub atime: Option<Timespec>,
-    /// mtime, if set.
-    pub mtime: Option<Timespec>,
-    /// ctime, if set.
-    pub ctime: Option<Timespec>,
-}
-
-impl Stamps {
-    /// Per field, `later`'s value if it has one.
-    pub fn merge(&mut self, later: &Stamps) {
-        self.atime = later.atime.or(self.atime);
-        self.mtime = later.mtime.or(self.mtime);
-        self.ctime = later.ctime.or(self.ctime);
-    }
-}
-
-impl Times {
-    /// The times alone.
-    pub fn stamps(&self) -> Stamps {
-        Stamps {
-            atime: self.atime,
-            mtime: self.mtime,
-            ctime: self.ctime,
-        }
     }
 }
 
@@ -220,7 +205,7 @@ impl NodeTimes {
             t.merge(f);
         }
         if let Some(p) = &self.pending {
-            t.merge(&p.stamps());
+            t.merge(&p.stamps);
         }
         t
     }
@@ -380,7 +365,7 @@ impl TimesTable {
             return None;
         }
         let t = e.pending.take()?;
-        e.flushing = Some((unique, t.stamps(), e.pending_gen));
+        e.flushing = Some((unique, t.stamps, e.pending_gen));
         e.urgent = false;
         self.pending -= 1;
         self.unlink(s);
@@ -463,8 +448,11 @@ mod tests {
 
     fn t(atime: Option<i64>, mtime: Option<i64>) -> Times {
         Times {
-            atime: atime.map(|s| (s, 0)),
-            mtime: mtime.map(|s| (s, 0)),
+            stamps: Stamps {
+                atime: atime.map(|s| (s, 0)),
+                mtime: mtime.map(|s| (s, 0)),
+                ctime: None,
+            },
             ..Times::default()
         }
     }
@@ -484,9 +472,15 @@ mod tests {
     fn later_fields_win_and_fields_unite() {
         let mut a = t(Some(1), None);
         a.merge(&t(None, Some(2)));
-        assert_eq!((a.atime, a.mtime), (Some((1, 0)), Some((2, 0))));
+        assert_eq!(
+            (a.stamps.atime, a.stamps.mtime),
+            (Some((1, 0)), Some((2, 0)))
+        );
         a.merge(&t(Some(3), None));
-        assert_eq!((a.atime, a.mtime), (Some((3, 0)), Some((2, 0))));
+        assert_eq!(
+            (a.stamps.atime, a.stamps.mtime),
+            (Some((3, 0)), Some((2, 0)))
+        );
         assert_eq!(a.valid(), FATTR_ATIME | FATTR_MTIME);
     }
 
