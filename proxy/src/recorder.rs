@@ -15,15 +15,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use fuseproxy_fixtures::format::END_RECORD_LEN;
 use fuseproxy_fixtures::{Direction, Header, Kind, Writer};
+use fuseproxy_protocol::abi::{InHeader, OutHeader};
 use fuseproxy_protocol::{InitInView, Opcode};
+use zerocopy::FromBytes;
 
 use crate::error::Error;
-
-/// Offset of the opcode in `fuse_in_header`, and of a reply's unique.
-const OPCODE_AT: usize = 4;
-const UNIQUE_AT: usize = 8;
-/// Size of `fuse_in_header`: INIT's body follows it.
-const IN_HEADER: usize = 40;
 
 /// The capture of one session, until it is written.
 pub struct Recorder {
@@ -66,8 +62,6 @@ impl Recorder {
         snaplen: Option<usize>,
         note: &str,
     ) -> Result<Recorder, Error> {
-        let bad = |what: String| Error::Usage(format!("--record {}: {what}", path.display()));
-        let file = File::create(path).map_err(|e| bad(e.to_string()))?;
         let created_unix_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0));
@@ -78,6 +72,9 @@ impl Recorder {
         let mut writer = Writer::with_capacity(size, &header)
             .map_err(|e| Error::Usage(format!("--record-size {size}: {e}")))?;
         writer.set_snaplen(snaplen);
+        // Last: every error before this one leaves no file behind.
+        let file = File::create(path)
+            .map_err(|e| Error::Usage(format!("--record {}: {e}", path.display())))?;
         Ok(Recorder {
             path: path.to_path_buf(),
             file,
@@ -95,7 +92,8 @@ impl Recorder {
     /// A request read from `/dev/fuse`, before the engine sees (or rewrites) it.
     pub fn request_from_kernel(&mut self, msg: &[u8]) {
         if !self.saw_init && opcode(msg) == Some(Opcode::Init) {
-            if let Ok(init) = InitInView::parse(&msg[IN_HEADER..]) {
+            let body = msg.get(size_of::<InHeader>()..).unwrap_or_default();
+            if let Ok(init) = InitInView::parse(body) {
                 self.writer.set_protocol(init.major(), init.minor());
                 self.saw_init = true;
             }
@@ -135,9 +133,7 @@ impl Recorder {
     }
 
     fn reply(&mut self, msg: &[u8], direction: Direction, kind: Kind, synthesized: bool) {
-        let notification = msg
-            .get(UNIQUE_AT..UNIQUE_AT + 8)
-            .is_some_and(|u| u.iter().all(|&b| b == 0));
+        let notification = OutHeader::read_from_prefix(msg).is_ok_and(|(h, _)| h.unique == 0);
         let kind = if notification {
             Kind::Notification
         } else {
@@ -171,8 +167,8 @@ impl Recorder {
 }
 
 fn opcode(msg: &[u8]) -> Option<Opcode> {
-    let b: [u8; 4] = msg.get(OPCODE_AT..OPCODE_AT + 4)?.try_into().ok()?;
-    Some(Opcode::from(u32::from_ne_bytes(b)))
+    let (h, _) = InHeader::read_from_prefix(msg).ok()?;
+    Some(Opcode::from(h.opcode))
 }
 
 /// Whether the engine may have rewritten a request of this opcode in place

@@ -68,8 +68,8 @@ fn assert_names(line: &str, words: &[&str]) {
 }
 
 /// A command-line error: status 2, one line `fuseproxy: ...` naming it,
-/// nothing mounted.
-fn usage_error(args: &[&str], words: &[&str]) {
+/// nothing mounted. Returns the run's guard, to look at its directory.
+fn usage_error(args: &[&str], words: &[&str]) -> Mount {
     let (m, st) = run(args);
     let err = m.proxy_log();
     assert_eq!(
@@ -84,6 +84,7 @@ fn usage_error(args: &[&str], words: &[&str]) {
     );
     assert_names(line, words);
     assert_eq!(mounts_under(&m), Vec::<PathBuf>::new(), "mounted");
+    m
 }
 
 /// An error found before mounting: non-zero status, one line naming it,
@@ -157,7 +158,7 @@ fn bad_recording_options() {
         &["--record-size", "1M", "{mnt}", "--", "/bin/true", "{mnt}"],
         &["--record"],
     );
-    usage_error(
+    let m = usage_error(
         &[
             "--record",
             "{dir}/s.fcap",
@@ -169,6 +170,10 @@ fn bad_recording_options() {
             "{mnt}",
         ],
         &["--record-size", "16"],
+    );
+    assert!(
+        !m.dir().join("s.fcap").exists(),
+        "a refused recording left its file behind"
     );
 }
 
