@@ -53,6 +53,13 @@ impl Duration {
         }
     }
 
+    /// A span of `secs` seconds.
+    pub const fn from_secs(secs: u64) -> Self {
+        Duration {
+            nanos: secs.saturating_mul(1_000_000_000),
+        }
+    }
+
     /// The span in nanoseconds.
     pub const fn as_nanos(self) -> u64 {
         self.nanos

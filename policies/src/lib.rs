@@ -19,7 +19,9 @@
 
 mod action;
 pub mod attr_cache;
+pub mod config;
 mod engine;
+pub mod errno;
 pub mod inflight;
 pub mod init_rule;
 mod instant;
