@@ -1,5 +1,7 @@
 //! The engine: one FUSE session's state between the kernel and the backend.
 
+mod hooks;
+
 use std::collections::VecDeque;
 
 use fuseproxy_protocol::abi::{
@@ -13,11 +15,14 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::action::{Action, BadReplyReason, Event, Inline, SlotId, INLINE_MAX};
 use crate::attr_cache::{AttrCache, Cached};
+use crate::fault::Rng;
 use crate::inflight::{Entry, Inflight, Origin, INJECTED_UNIQUE_BASE};
 use crate::init_rule::{limits_for, DEVICE_ONLY_FLAGS};
 use crate::names::{self, Known, Names};
+use crate::paths::PathTable;
 use crate::times::{is_time_only, Stamps, Times, TimesTable, Timespec};
-use crate::{Duration, Instant, Stats};
+use crate::{Duration, Instant, Rules, Stats};
+use hooks::{PendingRename, Verdict, MAX_RENAMES};
 
 /// What to do with time-only SETATTRs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +58,9 @@ pub struct Config {
     /// The mount has `default_permissions`: the kernel has already checked
     /// the caller, so any time update may be acknowledged locally.
     pub default_permissions: bool,
+    /// Nodes whose names the path table keeps (for `[[paths]]`); 0 when
+    /// the policy has no path rules.
+    pub path_nodes: usize,
 }
 
 impl Default for Config {
@@ -67,6 +75,7 @@ impl Default for Config {
             attr_cache: 16_384,
             max_held: 64,
             default_permissions: false,
+            path_nodes: 0,
         }
     }
 }
@@ -76,7 +85,7 @@ impl Default for Config {
 /// from growing.
 const ACTION_QUEUE: usize = 256;
 const EVENT_QUEUE: usize = 64;
-const OUT_HEADER: usize = 16;
+pub(crate) const OUT_HEADER: usize = 16;
 const IN_HEADER: usize = 40;
 const EIO: i32 = 5;
 const ENOENT: i32 = 2;
@@ -90,6 +99,12 @@ const EAGAIN: i32 = 11;
 #[derive(Debug, Clone, Copy)]
 struct Held {
     slot: SlotId,
+    /// The kernel's request it is (for `[deadlines]`, which may answer it
+    /// while it waits).
+    #[allow(dead_code)]
+    unique: Unique,
+    /// Not sent before this (a `[fault]` delay).
+    not_before: Option<Instant>,
     /// (node, generation) pairs that must be answered first.
     deps: [(NodeId, u32); 2],
     ndeps: usize,
@@ -136,11 +151,35 @@ pub struct Engine {
     /// The unique of our DESTROY, while it waits for its reply.
     destroy_pending: Option<Unique>,
     destroy_done: bool,
+    /// The policy in force.
+    rules: Rules,
+    /// `[fault]`'s draws.
+    rng: Rng,
+    /// Which `[[paths]]` scope each node is in.
+    paths: PathTable,
+    /// RENAMEs in flight the path table follows. INVARIANT: capacity
+    /// `MAX_RENAMES`, never exceeded.
+    renames: Vec<PendingRename>,
+    /// The latest `now` handed in.
+    now: Instant,
 }
 
 impl Engine {
-    /// An engine with its tables allocated for `config`.
+    /// An engine with its tables allocated for `config`, and the rules of
+    /// an empty policy file with `config`'s time settings.
     pub fn new(config: Config) -> Self {
+        let mut rules = Rules::default();
+        rules.times.asynchronous = config.times == TimesMode::Async;
+        rules.times.max_delay = config.max_delay;
+        rules.times.max_pending = config.max_pending;
+        rules.times.attr_cache = config.attr_cache;
+        Engine::with_rules(config, rules)
+    }
+
+    /// An engine with its tables allocated for `config`, running `rules`.
+    /// `config`'s time mode and sizes are the ones that count (the proxy
+    /// builds both from one policy).
+    pub fn with_rules(config: Config, rules: Rules) -> Self {
         let async_times = config.times == TimesMode::Async;
         // Room for max_pending unsent records plus as many being flushed.
         let times_capacity = if async_times {
@@ -173,6 +212,11 @@ impl Engine {
             shutting_down: false,
             destroy_pending: None,
             destroy_done: false,
+            rng: Rng::new(rules.fault_seed),
+            rules,
+            paths: PathTable::with_capacity(config.path_nodes),
+            renames: Vec::with_capacity(MAX_RENAMES),
+            now: Instant::default(),
         }
     }
 
@@ -220,20 +264,25 @@ impl Engine {
     /// must be called: when the oldest acknowledged times are due. Changes
     /// after any `handle_*` call.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.times
+        let times = self
+            .times
             .oldest()
-            .map(|(_, since)| since + self.config.max_delay)
+            .map(|(_, since)| since + self.rules.times.max_delay);
+        let held = self.held.iter().filter_map(|h| h.not_before).min();
+        [times, held].into_iter().flatten().min()
     }
 
     /// Time has reached a deadline from [`poll_timeout`](Self::poll_timeout):
     /// sends the times that are due. Spurious calls are harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
         while let Some((node, since)) = self.times.oldest() {
-            if since + self.config.max_delay > now {
+            if since + self.rules.times.max_delay > now {
                 break;
             }
             self.flush_node(node);
         }
+        self.release_held();
     }
 
     /// A request read from the device into `slot`; `msg` is its bytes, which
@@ -241,6 +290,7 @@ impl Engine {
     /// real-time clock, to resolve `UTIME_NOW`. Queues the actions that
     /// forward, answer or hold it; `slot` comes back in exactly one action.
     pub fn handle_request(&mut self, now: Instant, wall: Timespec, slot: SlotId, msg: &mut [u8]) {
+        self.now = now;
         self.stats.requests += 1;
         let req = match Request::parse(msg) {
             Ok(req) => req,
@@ -271,6 +321,15 @@ impl Engine {
             if let Some(entry) = self.inflight.remove(old) {
                 self.readers_done(&entry);
             }
+        }
+
+        let mut name_hash = 0;
+        let not_before = match self.request_rules(now, &req, slot, &mut name_hash) {
+            Verdict::Done => return,
+            Verdict::Pass { not_before } => not_before,
+        };
+        if opcode == Opcode::BatchForget {
+            self.forget_paths(&req);
         }
 
         let mut deps = [(NodeId(0), 0u32); 2];
@@ -328,6 +387,7 @@ impl Engine {
             }
         }
 
+        aux[3] = name_hash;
         if opcode == Opcode::Init {
             self.rewrite_init(msg);
         }
@@ -346,10 +406,14 @@ impl Engine {
             return;
         }
         self.stats.forwarded += 1;
-        if ndeps > 0 || all {
-            self.stats.times.held += 1;
+        if ndeps > 0 || all || not_before.is_some() {
+            if ndeps > 0 || all {
+                self.stats.times.held += 1;
+            }
             self.held.push(Held {
                 slot,
+                unique,
+                not_before,
                 deps,
                 ndeps,
                 all,
@@ -387,7 +451,8 @@ impl Engine {
         // Without default_permissions the backend is the one that checks;
         // vouch only for what utimensat allows anyone with explicit times:
         // root, or the owner.
-        if !self.config.default_permissions && caller != 0 && caller != cached.attr.uid {
+        let trusted = self.config.default_permissions || self.rules.times.trust_any;
+        if !trusted && caller != 0 && caller != cached.attr.uid {
             return false;
         }
         // After a write the backend's mtime is its own clock's: only an
@@ -604,11 +669,22 @@ impl Engine {
         }
         if entry.opcode == Opcode::Init {
             self.negotiate(msg, error);
-        } else if self.async_times() {
+            self.stats.replies += 1;
+            self.actions.push_back(Action::DeliverReply(slot));
+            return;
+        }
+        // The rules first: what the cache keeps for local answers is what
+        // the kernel is told.
+        let deliver = self.reply_rules(&entry, error, msg);
+        if self.async_times() {
             self.observe_reply(&entry, error, msg);
         }
-        self.stats.replies += 1;
-        self.actions.push_back(Action::DeliverReply(slot));
+        if deliver {
+            self.stats.replies += 1;
+            self.actions.push_back(Action::DeliverReply(slot));
+        } else {
+            self.actions.push_back(Action::Free(slot));
+        }
     }
 
     /// What a forwarded request may change of the attributes the cache
@@ -768,6 +844,9 @@ impl Engine {
     /// The request of `entry` is over (answered, failed, or replaced): the
     /// states it kept may go.
     fn readers_done(&mut self, entry: &Entry) {
+        if matches!(entry.opcode, Opcode::Rename | Opcode::Rename2) {
+            self.rename_dropped(entry.unique);
+        }
         let reader = match entry.opcode {
             Opcode::Getattr if entry.aux[0] == 1 => Some(entry.node),
             Opcode::Lookup if entry.aux[1] != 0 => Some(NodeId(entry.aux[1])),
@@ -1021,13 +1100,14 @@ impl Engine {
         let mut i = 0;
         while i < self.held.len() {
             let h = self.held[i];
-            let ready = if h.all {
-                self.times.is_empty()
-            } else {
-                h.deps[..h.ndeps]
-                    .iter()
-                    .all(|(n, g)| self.times.get(*n).is_none_or(|e| e.done_gen >= *g))
-            };
+            let ready = Self::is_due(h.not_before, self.now)
+                && if h.all {
+                    self.times.is_empty()
+                } else {
+                    h.deps[..h.ndeps]
+                        .iter()
+                        .all(|(n, g)| self.times.get(*n).is_none_or(|e| e.done_gen >= *g))
+                };
             if ready {
                 self.held.remove(i);
                 self.actions.push_back(Action::ForwardRequest(h.slot));

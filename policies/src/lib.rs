@@ -19,20 +19,27 @@
 
 mod action;
 pub mod attr_cache;
+pub mod cache;
 pub mod config;
+pub mod deny;
 mod engine;
 pub mod errno;
+pub mod fault;
 pub mod inflight;
 pub mod init_rule;
 mod instant;
 pub mod names;
+pub mod paths;
+pub mod rules;
 mod stats;
 pub mod times;
 
 pub use action::{Action, BadReplyReason, Event, Inline, SlotId, INLINE_MAX};
+pub use config::{ConfigError, Policy};
 pub use engine::{Config, Engine, TimesMode};
 pub use instant::{Duration, Instant};
-pub use stats::{BadReplies, Stats, TimesStats};
+pub use rules::Rules;
+pub use stats::{BadReplies, PolicyStats, Stats, TimesStats};
 
 #[cfg(test)]
 mod tests;

@@ -21,6 +21,35 @@ pub struct Stats {
     pub bad: BadReplies,
     /// Time-only SETATTR handling.
     pub times: TimesStats,
+    /// What the policy's rules did.
+    pub policy: PolicyStats,
+}
+
+/// What each rule of the policy did, since start (reloads included).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyStats {
+    /// Requests answered by `[deny]`.
+    pub denied: u64,
+    /// Requests failed by `[fault]`.
+    pub faulted: u64,
+    /// Requests delayed by `[fault]`.
+    pub delayed: u64,
+    /// Requests answered with an errno by `[deadlines]`.
+    pub deadlines_hit: u64,
+    /// Replies that came after their request's deadline, dropped.
+    pub late_replies: u64,
+    /// Flushes of times sent again under `on_flush_error = "retry"`.
+    pub flush_retries: u64,
+    /// Flushes given up after the last retry.
+    pub flush_gave_up: u64,
+    /// INIT values or flags changed by `[init]`.
+    pub init_rewrites: u64,
+    /// Timeouts and open flags changed by `[cache]`.
+    pub cache_changed: u64,
+    /// LOOKUPs answered ENOENT turned into negative entries by `[cache]`.
+    pub negative_entries: u64,
+    /// Policies put in force by a reload.
+    pub reloads: u64,
 }
 
 /// What became of time-only SETATTRs.

@@ -1,0 +1,221 @@
+//! Where the policy's rules meet the engine: the fixed points at which a
+//! request, a reply or the clock is shown to them.
+//!
+//! Each rule decides in its own module ([`crate::deny`], [`crate::fault`],
+//! [`crate::cache`], [`crate::paths`]); this file only calls them in order
+//! and carries out what they decide with the engine's own means (answer,
+//! hold, rewrite in place, count).
+
+use fuseproxy_protocol::abi::{fuse_rec_align, Direntplus, EntryOut, FUSE_NAME_OFFSET_DIRENTPLUS};
+use fuseproxy_protocol::{encode, Opcode, Operation, Request, Unique};
+use zerocopy::{FromBytes, IntoBytes};
+
+use super::{Engine, OUT_HEADER};
+use crate::action::{Action, Inline, SlotId, INLINE_MAX};
+use crate::fault::FaultDecision;
+use crate::inflight::Entry;
+use crate::paths::name_hash;
+use crate::{Instant, Rules};
+
+const ENOENT: i32 = 2;
+
+/// A RENAME waiting for its reply, so that the path table can follow it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PendingRename {
+    unique: Unique,
+    olddir: u64,
+    old: u64,
+    newdir: u64,
+    new: u64,
+}
+
+/// RENAMEs in flight the path table follows at most; beyond it a rename is
+/// still forwarded, and the table learns the node's new name at its next
+/// LOOKUP.
+pub(super) const MAX_RENAMES: usize = 64;
+
+/// What the request rules decided.
+pub(super) enum Verdict {
+    /// Go on (possibly held until the given time).
+    Pass { not_before: Option<Instant> },
+    /// Answered and freed; nothing else to do.
+    Done,
+}
+
+impl Engine {
+    /// Replaces the rules. The caller has checked
+    /// [`Rules::reload_conflict`]; requests read from now on see the new
+    /// rules, requests already held or in flight keep what was decided for
+    /// them. Returns the old rules, to be dropped off the forwarding path.
+    pub fn set_rules(&mut self, rules: Rules) -> Rules {
+        if rules.fault_seed != self.rules.fault_seed {
+            self.rng = crate::fault::Rng::new(rules.fault_seed);
+        }
+        self.paths.invalidate();
+        self.stats.policy.reloads += 1;
+        std::mem::replace(&mut self.rules, rules)
+    }
+
+    /// The rules in force.
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    /// `deny` and `fault` for a request; notes what `paths` needs from it.
+    pub(super) fn request_rules(
+        &mut self,
+        now: Instant,
+        req: &Request<'_>,
+        slot: SlotId,
+        aux3: &mut u64,
+    ) -> Verdict {
+        let (unique, opcode, node) = (req.unique(), req.opcode(), req.nodeid());
+        match req.operation() {
+            Operation::Lookup { name }
+            | Operation::Mknod { name, .. }
+            | Operation::Mkdir { name, .. }
+            | Operation::Symlink { name, .. }
+            | Operation::Link { name, .. }
+            | Operation::Create { name, .. } => *aux3 = name_hash(name),
+            Operation::Forget(_) => self.paths.forget(node.0),
+            _ => {}
+        }
+        let scope = self.paths.scope(node.0, &self.rules.paths);
+        let rules = self.rules.scope(scope);
+        if let Some(errno) = rules.deny.decide(req) {
+            self.stats.policy.denied += 1;
+            self.answer_error(unique, errno);
+            self.actions.push_back(Action::Free(slot));
+            return Verdict::Done;
+        }
+        let not_before = match rules.fault.decide(opcode, &mut self.rng) {
+            FaultDecision::Pass => None,
+            FaultDecision::Fail(errno) => {
+                self.stats.policy.faulted += 1;
+                self.answer_error(unique, errno);
+                self.actions.push_back(Action::Free(slot));
+                return Verdict::Done;
+            }
+            FaultDecision::Delay(d) => {
+                self.stats.policy.delayed += 1;
+                Some(now + d)
+            }
+        };
+        let (arg_newdir, old, new) = match req.operation() {
+            Operation::Rename { arg, old, new } => (arg.newdir, old, new),
+            Operation::Rename2 { arg, old, new } => (arg.newdir, old, new),
+            _ => return Verdict::Pass { not_before },
+        };
+        if !self.rules.paths.is_empty() && self.renames.len() < MAX_RENAMES {
+            self.renames.push(PendingRename {
+                unique,
+                olddir: node.0,
+                old: name_hash(old),
+                newdir: arg_newdir,
+                new: name_hash(new),
+            });
+        }
+        Verdict::Pass { not_before }
+    }
+
+    /// BATCH_FORGET: the path table drops every node it names.
+    pub(super) fn forget_paths(&mut self, req: &Request<'_>) {
+        if let Operation::BatchForget { items, .. } = req.operation() {
+            for f in items {
+                self.paths.forget(f.nodeid);
+            }
+        }
+    }
+
+    /// A reply to one of the kernel's requests: `paths` learns from it,
+    /// `cache` rewrites it. Returns false when the rules answered the
+    /// request themselves (the reply's slot is then freed by the caller).
+    pub(super) fn reply_rules(&mut self, entry: &Entry, error: i32, msg: &mut [u8]) -> bool {
+        if matches!(entry.opcode, Opcode::Rename | Opcode::Rename2) {
+            if let Some(i) = self.renames.iter().position(|r| r.unique == entry.unique) {
+                let r = self.renames.swap_remove(i);
+                if error == 0 {
+                    self.paths.renamed(r.olddir, r.old, r.newdir, r.new);
+                }
+            }
+        }
+        let node = entry.node.0;
+        if error == -ENOENT && entry.opcode == Opcode::Lookup {
+            let scope = self.paths.scope(node, &self.rules.paths);
+            if let Some(t) = self.rules.scope(scope).cache.negative() {
+                let out = EntryOut {
+                    entry_valid: t.as_nanos() / 1_000_000_000,
+                    entry_valid_nsec: (t.as_nanos() % 1_000_000_000) as u32,
+                    ..EntryOut::default()
+                };
+                let mut bytes = [0u8; INLINE_MAX];
+                if let Some(n) = encode::encode_reply(&mut bytes, entry.unique, &[out.as_bytes()]) {
+                    self.stats.policy.negative_entries += 1;
+                    self.actions
+                        .push_back(Action::Answer(Inline::new(bytes, n)));
+                    return false;
+                }
+            }
+            return true;
+        }
+        if error != 0 {
+            return true;
+        }
+        let Some(body) = msg.get_mut(OUT_HEADER..) else {
+            return true;
+        };
+        let mut scope = self.paths.scope(node, &self.rules.paths);
+        match entry.opcode {
+            Opcode::Lookup
+            | Opcode::Mknod
+            | Opcode::Mkdir
+            | Opcode::Symlink
+            | Opcode::Link
+            | Opcode::Create => {
+                if let Ok((e, _)) = EntryOut::ref_from_prefix(body) {
+                    let child = e.nodeid;
+                    self.paths.learn_hashed(node, entry.aux[3], child);
+                    scope = self.paths.scope(child, &self.rules.paths);
+                }
+            }
+            Opcode::Readdirplus if self.paths.capacity() > 0 => {
+                self.learn_listing(node, body);
+            }
+            _ => {}
+        }
+        let changed = self.rules.scope(scope).cache.rewrite(entry.opcode, body);
+        self.stats.policy.cache_changed += u64::from(changed);
+        true
+    }
+
+    /// READDIRPLUS names nodes too: the path table learns each.
+    fn learn_listing(&mut self, dir: u64, body: &[u8]) {
+        let mut at = 0;
+        while at + FUSE_NAME_OFFSET_DIRENTPLUS <= body.len() {
+            let Ok((d, _)) = Direntplus::ref_from_prefix(&body[at..]) else {
+                break;
+            };
+            let namelen = d.dirent.namelen as usize;
+            let start = at + FUSE_NAME_OFFSET_DIRENTPLUS;
+            if let Some(name) = body.get(start..start + namelen) {
+                if d.entry_out.nodeid != 0 && name != b"." && name != b".." {
+                    self.paths.learn(dir, name, d.entry_out.nodeid);
+                }
+            }
+            at += fuse_rec_align(FUSE_NAME_OFFSET_DIRENTPLUS + namelen);
+        }
+    }
+
+    /// A RENAME that will never be answered (bad reply, send failure,
+    /// backend gone) no longer needs following.
+    pub(super) fn rename_dropped(&mut self, unique: Unique) {
+        if let Some(i) = self.renames.iter().position(|r| r.unique == unique) {
+            self.renames.swap_remove(i);
+        }
+    }
+
+    /// Whether a held request with `not_before` may go at `now`.
+    pub(super) fn is_due(not_before: Option<Instant>, now: Instant) -> bool {
+        not_before.is_none_or(|t| t <= now)
+    }
+}
