@@ -75,27 +75,48 @@ pub enum Action {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
     /// The kernel's INIT was seen; `removed` are the capability bits taken out
-    /// of its offer before the backend saw it.
+    /// of its offer before the backend saw it because they need the real
+    /// device (what `[init]` removed is in [`Event::Negotiated`]).
     InitOffered {
         /// The kernel's protocol minor.
         minor: u32,
         /// The flags the kernel offered (flags | flags2 << 32), before removal.
         offered: u64,
-        /// The flags removed.
+        /// The device-only flags removed.
         removed: u64,
     },
     /// The backend answered INIT; the session runs with these values.
+    /// Flags are `flags | flags2 << 32`; a `max_pages` of 0 means
+    /// `FUSE_MAX_PAGES` is not in effect.
     Negotiated {
         /// Protocol major of the backend's reply.
         major: u32,
         /// Protocol minor the backend chose.
         minor: u32,
-        /// max_write after the proxy's clamp.
+        /// max_write sent to the kernel (after `[init]` and the arena's limit).
         max_write: u32,
-        /// max_write the backend asked for, before the clamp.
+        /// max_write the backend asked for.
         backend_max_write: u32,
-        /// Flags the backend accepted (flags | flags2 << 32).
+        /// max_readahead sent to the kernel.
+        max_readahead: u32,
+        /// max_readahead the backend answered.
+        backend_max_readahead: u32,
+        /// max_pages sent to the kernel.
+        max_pages: u16,
+        /// max_pages the backend answered.
+        backend_max_pages: u16,
+        /// Flags the kernel offered, before the proxy's changes.
+        offered: u64,
+        /// Flags the backend answered.
+        answered: u64,
+        /// Flags sent to the kernel: the session runs with these.
         flags: u64,
+        /// Removed from the offer by `[init]`'s `mask`.
+        masked: u64,
+        /// Removed from the offer by `writeback_cache = "deny"`.
+        denied: u64,
+        /// Set in the answer by the proxy (`writeback_cache = "force"`).
+        forced: u64,
     },
     /// The backend refused INIT or sent a reply the proxy cannot read.
     InitFailed {

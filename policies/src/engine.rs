@@ -9,7 +9,7 @@ use fuseproxy_protocol::abi::{
     FUSE_NAME_OFFSET_DIRENTPLUS,
 };
 use fuseproxy_protocol::{
-    encode, init, reply, NodeId, Opcode, Operation, ParseError, Reply, ReplyKind, Request, Unique,
+    encode, reply, NodeId, Opcode, Operation, ParseError, Reply, ReplyKind, Request, Unique,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -17,7 +17,7 @@ use crate::action::{Action, BadReplyReason, Event, Inline, SlotId, INLINE_MAX};
 use crate::attr_cache::{AttrCache, Cached};
 use crate::fault::Rng;
 use crate::inflight::{Entry, Inflight, Origin, INJECTED_UNIQUE_BASE};
-use crate::init_rule::{limits_for, DEVICE_ONLY_FLAGS};
+use crate::init_rule::{limits_for, Negotiation, DEVICE_ONLY_FLAGS};
 use crate::names::{self, Known, Names};
 use crate::paths::PathTable;
 use crate::times::{is_time_only, Stamps, Times, TimesTable, Timespec};
@@ -86,7 +86,7 @@ impl Default for Config {
 const ACTION_QUEUE: usize = 256;
 const EVENT_QUEUE: usize = 64;
 pub(crate) const OUT_HEADER: usize = 16;
-const IN_HEADER: usize = 40;
+pub(crate) const IN_HEADER: usize = 40;
 const EIO: i32 = 5;
 const ENOENT: i32 = 2;
 /// open(2)'s O_TRUNC, as the kernel passes it in `fuse_open_in.flags`.
@@ -145,6 +145,8 @@ pub struct Engine {
     kept: Vec<NodeId>,
     /// Protocol minor of the session, once INIT is answered (0 before).
     minor: u32,
+    /// What `[init]` did to the session's INIT.
+    negotiation: Negotiation,
     backend_gone: bool,
     next_injected: u64,
     shutting_down: bool,
@@ -207,6 +209,7 @@ impl Engine {
             listings: 0,
             kept: Vec::with_capacity(times_capacity),
             minor: 0,
+            negotiation: Negotiation::default(),
             backend_gone: false,
             next_injected: INJECTED_UNIQUE_BASE,
             shutting_down: false,
@@ -388,8 +391,10 @@ impl Engine {
         }
 
         aux[3] = name_hash;
-        if opcode == Opcode::Init {
-            self.rewrite_init(msg);
+        match opcode {
+            Opcode::Init => self.rewrite_init(msg),
+            Opcode::Open | Opcode::Create | Opcode::TmpFile => self.writeback_open(msg),
+            _ => {}
         }
         if opcode.needs_reply()
             && !self.inflight.insert(Entry {
@@ -601,15 +606,21 @@ impl Engine {
 
     fn rewrite_init(&mut self, msg: &mut [u8]) {
         let body = &mut msg[IN_HEADER..];
-        let (minor, offered) = match init::InitInView::parse(body) {
-            Ok(v) => (v.minor(), v.flags()),
-            Err(_) => return,
+        let Some((minor, n)) = self
+            .rules
+            .init
+            .handle_offer(self.config.clear_init_flags, body)
+        else {
+            return;
         };
-        let removed = init::rewrite_init_in_flags(body, self.config.clear_init_flags).unwrap_or(0);
+        self.negotiation = n;
+        if n.masked | n.denied != 0 {
+            self.stats.policy.init_rewrites += 1;
+        }
         self.push_event(Event::InitOffered {
             minor,
-            offered,
-            removed,
+            offered: n.offered,
+            removed: n.device_only,
         });
     }
 
@@ -983,24 +994,18 @@ impl Engine {
             return;
         }
         let body = &mut msg[OUT_HEADER..];
-        let Ok(view) = init::InitOutView::parse(body) else {
+        let arena = limits_for(self.config.max_message);
+        let Ok(a) = self
+            .rules
+            .init
+            .handle_answer(&mut self.negotiation, arena, body)
+        else {
             self.push_event(Event::InitFailed { errno: EIO });
             return;
         };
-        let (major, minor, backend_max_write, flags) =
-            (view.major(), view.minor(), view.max_write(), view.flags());
-        let (max_write, max_pages) = limits_for(self.config.max_message);
-        let max_write = init::clamp_init_out(body, max_write, max_pages)
-            .map(|(w, _)| w)
-            .unwrap_or(backend_max_write);
-        self.minor = minor.max(1);
-        self.push_event(Event::Negotiated {
-            major,
-            minor,
-            max_write,
-            backend_max_write,
-            flags,
-        });
+        self.stats.policy.init_rewrites += u64::from(a.changes);
+        self.minor = a.before.minor().max(1);
+        self.push_event(a.event(&self.negotiation));
     }
 
     fn injected_reply(&mut self, entry: Entry, error: i32, msg: &mut [u8]) {

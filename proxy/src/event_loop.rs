@@ -530,7 +530,16 @@ impl Session {
                 minor,
                 max_write,
                 backend_max_write,
+                max_readahead,
+                backend_max_readahead,
+                max_pages,
+                backend_max_pages,
+                offered,
+                answered,
                 flags: f,
+                masked,
+                denied,
+                forced,
             } => {
                 let p = self.startup.pinning;
                 info!(
@@ -546,14 +555,51 @@ impl Session {
                     crate::arena::SLOT_SIZE,
                     if self.arena.is_locked() { " locked" } else { " NOT locked" },
                 );
-                if backend_max_write != max_write {
-                    info!(self.log, "max_write lowered from {backend_max_write} to {max_write} to fit the arena's slots");
-                }
+                // The three flag sets in one line; their names only at debug,
+                // what the proxy changed by name at info.
+                let names = |bits: u64| flags::init_flag_names(bits).collect::<Vec<_>>().join(" ");
+                let changes = [
+                    ("forced", forced),
+                    ("denied", denied),
+                    ("masked", masked),
+                    // A backend accepting what it was not offered.
+                    ("removed from the backend's answer", answered & !f),
+                ]
+                .iter()
+                .filter(|(_, bits)| *bits != 0)
+                .map(|(what, bits)| format!("{what}: {}", names(*bits)))
+                .collect::<Vec<_>>()
+                .join("; ");
+                let changes = if changes.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({changes})")
+                };
+                info!(
+                    self.log,
+                    "INIT: kernel offered {offered:#x}, backend answered {answered:#x}, \
+                     sent to the kernel {f:#x}{changes}"
+                );
                 debug!(
                     self.log,
-                    "negotiated flags {f:#x}: {}",
-                    flags::init_flag_names(f).collect::<Vec<_>>().join(" ")
+                    "INIT flags offered by the kernel: {}",
+                    names(offered)
                 );
+                debug!(
+                    self.log,
+                    "INIT flags answered by the backend: {}",
+                    names(answered)
+                );
+                debug!(self.log, "INIT flags sent to the kernel: {}", names(f));
+                if backend_max_write != max_write {
+                    info!(self.log, "max_write lowered from {backend_max_write} to {max_write} (policy and arena slots)");
+                }
+                if backend_max_readahead != max_readahead {
+                    info!(self.log, "max_readahead lowered from {backend_max_readahead} to {max_readahead} by the policy");
+                }
+                if backend_max_pages != max_pages {
+                    info!(self.log, "max_pages lowered from {backend_max_pages} to {max_pages} (policy and arena slots)");
+                }
             }
             Event::FlushFailed {
                 node,

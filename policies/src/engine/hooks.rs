@@ -2,7 +2,7 @@
 //! request, a reply or the clock is shown to them.
 //!
 //! Each rule decides in its own module ([`crate::deny`], [`crate::fault`],
-//! [`crate::cache`], [`crate::paths`]); this file only calls them in order
+//! [`crate::cache`], [`crate::paths`], [`crate::init_rule`]); this file only calls them in order
 //! and carries out what they decide with the engine's own means (answer,
 //! hold, rewrite in place, count).
 
@@ -10,10 +10,11 @@ use fuseproxy_protocol::abi::{fuse_rec_align, Direntplus, EntryOut, FUSE_NAME_OF
 use fuseproxy_protocol::{encode, Opcode, Operation, Request, Unique};
 use zerocopy::{FromBytes, IntoBytes};
 
-use super::{Engine, OUT_HEADER};
+use super::{Engine, IN_HEADER, OUT_HEADER};
 use crate::action::{Action, Inline, SlotId, INLINE_MAX};
 use crate::fault::FaultDecision;
 use crate::inflight::Entry;
+use crate::init_rule;
 use crate::paths::name_hash;
 use crate::{Instant, Rules};
 
@@ -116,6 +117,17 @@ impl Engine {
             });
         }
         Verdict::Pass { not_before }
+    }
+
+    /// OPEN, CREATE or TMPFILE on its way to the backend: under writeback
+    /// the proxy forced on it, opened for reading and without `O_APPEND`
+    /// (see [`crate::init_rule`]).
+    pub(super) fn writeback_open(&mut self, msg: &mut [u8]) {
+        if self.negotiation.is_writeback_forced()
+            && init_rule::rewrite_open_flags(&mut msg[IN_HEADER..])
+        {
+            self.stats.policy.writeback_opens += 1;
+        }
     }
 
     /// BATCH_FORGET: the path table drops every node it names.
