@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::stats::{dump_stats, stat_field};
-use common::{sys, wait_until, Mount, MountBuilder, Mode, Signal};
+use common::{sys, wait_until, Mode, Mount, MountBuilder, Signal};
 
 /// A policy file in its own temporary directory (kept until the guard
 /// drops).
@@ -63,7 +63,8 @@ fn reload(m: &mut Mount) -> String {
     let before = reload_lines(&m.proxy_log()).len();
     m.send_signal(Signal::SIGHUP).expect("SIGHUP to the proxy");
     assert!(
-        wait_until(Duration::from_secs(5), || reload_lines(&m.proxy_log()).len()
+        wait_until(Duration::from_secs(5), || reload_lines(&m.proxy_log())
+            .len()
             > before),
         "no reload line within 5 s of SIGHUP:\n{}",
         m.proxy_log()
@@ -120,16 +121,31 @@ fn read_only_fails_every_change_with_erofs_and_leaves_the_backing_store_alone() 
     // Every change fails with EROFS.
     let w = fs::OpenOptions::new().write(true).open(m.path("a"));
     assert_eq!(errno_of(w), Some(EROFS), "open for writing");
-    assert_eq!(errno_of(fs::write(m.path("new"), b"x")), Some(EROFS), "create");
     assert_eq!(
-        errno_of(fs::set_permissions(m.path("a"), fs::Permissions::from_mode(0o600))),
+        errno_of(fs::write(m.path("new"), b"x")),
+        Some(EROFS),
+        "create"
+    );
+    assert_eq!(
+        errno_of(fs::set_permissions(
+            m.path("a"),
+            fs::Permissions::from_mode(0o600)
+        )),
         Some(EROFS),
         "chmod"
     );
     assert_eq!(errno_of(fs::remove_file(m.path("a"))), Some(EROFS), "rm");
-    assert_eq!(errno_of(fs::remove_file(m.path("d/b"))), Some(EROFS), "rm in a dir");
+    assert_eq!(
+        errno_of(fs::remove_file(m.path("d/b"))),
+        Some(EROFS),
+        "rm in a dir"
+    );
     assert_eq!(errno_of(fs::create_dir(m.path("e"))), Some(EROFS), "mkdir");
-    assert_eq!(errno_of(fs::rename(m.path("a"), m.path("z"))), Some(EROFS), "mv");
+    assert_eq!(
+        errno_of(fs::rename(m.path("a"), m.path("z"))),
+        Some(EROFS),
+        "mv"
+    );
     assert_eq!(
         sys::utimensat(&m.path("a"), sys::ts(1, 0), sys::ts(1, 0), 0)
             .err()
@@ -215,7 +231,10 @@ fn raised_cache_timeouts_cut_the_getattrs_that_reach_the_backend() {
     let s3 = dump_stats(&mut m);
     let cached = stat_field(&s3, "forwarded") - stat_field(&s2, "forwarded");
     eprintln!("{N} stats: {uncached} requests reached the backend with its timeouts of 0, {cached} with 60 s floors");
-    assert!(uncached >= N as u64, "{uncached} forwarded without the policy");
+    assert!(
+        uncached >= N as u64,
+        "{uncached} forwarded without the policy"
+    );
     assert!(
         cached * 20 < uncached,
         "{cached} forwarded with 60 s timeouts against {uncached} without"
@@ -317,7 +336,10 @@ fn check_names_file_line_and_key_and_exits_1() {
     )
     .unwrap();
     assert_eq!(st.code(), Some(1), "{out}{err}");
-    let want = format!("{}:3:1: deadlines.REED: unknown key `REED`", p.path.display());
+    let want = format!(
+        "{}:3:1: deadlines.REED: unknown key `REED`",
+        p.path.display()
+    );
     assert!(err.contains(&want), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 
