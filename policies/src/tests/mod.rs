@@ -1410,3 +1410,5 @@ mod after_write {
         );
     }
 }
+
+mod rules;
