@@ -747,12 +747,21 @@ impl Session {
                     );
                     return;
                 }
+                let init_changed = rules.init != self.engine.rules().init;
                 let old = self.engine.set_rules(rules);
                 drop(old);
                 info!(
                     self.log,
                     "SIGHUP: policy {file} reloaded; it applies to requests read from now on"
                 );
+                if init_changed && self.engine.is_initialized() {
+                    // INIT happens once per connection.
+                    warn!(
+                        self.log,
+                        "SIGHUP: [init] changed, but INIT was negotiated at mount: the session \
+                         keeps what it was given (the new values apply from the next mount)"
+                    );
+                }
             }
             Err(e) => error!(
                 self.log,
@@ -917,7 +926,8 @@ impl Session {
              times_acked={} times_coalesced={} times_forwarded={} times_flushes={} times_flush_errors={} \
              times_pending={} held={} cache_clears={} denied={} faulted={} delayed={} \
              deadlines_hit={} late_replies={} flush_retries={} flush_gave_up={} init_rewrites={} \
-             cache_changed={} negative_entries={} reloads={} allocations={allocations}",
+             writeback_opens={} cache_changed={} negative_entries={} reloads={} \
+             allocations={allocations}",
             s.requests,
             s.forwarded,
             s.replies,
@@ -946,6 +956,7 @@ impl Session {
             s.policy.flush_retries,
             s.policy.flush_gave_up,
             s.policy.init_rewrites,
+            s.policy.writeback_opens,
             s.policy.cache_changed,
             s.policy.negative_entries,
             s.policy.reloads,

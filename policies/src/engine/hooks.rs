@@ -2,9 +2,9 @@
 //! request, a reply or the clock is shown to them.
 //!
 //! Each rule decides in its own module ([`crate::deny`], [`crate::fault`],
-//! [`crate::cache`], [`crate::paths`], [`crate::init_rule`]); this file only calls them in order
-//! and carries out what they decide with the engine's own means (answer,
-//! hold, rewrite in place, count).
+//! [`crate::cache`], [`crate::paths`], [`crate::init_rule`]); this file only
+//! calls them in order and carries out what they decide with the engine's
+//! own means (answer, hold, rewrite in place, count).
 
 use fuseproxy_protocol::abi::{fuse_rec_align, Direntplus, EntryOut, FUSE_NAME_OFFSET_DIRENTPLUS};
 use fuseproxy_protocol::{encode, Opcode, Operation, Request, Unique};
