@@ -1408,3 +1408,5 @@ mod after_write {
         );
     }
 }
+
+mod rules;
