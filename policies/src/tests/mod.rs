@@ -1409,4 +1409,5 @@ mod after_write {
     }
 }
 
+mod deadlines;
 mod rules;
