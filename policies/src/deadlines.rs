@@ -462,7 +462,7 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            if live.len() < 64 && x % 3 != 0 {
+            if live.len() < 64 && x & 3 != 0 {
                 let id = d.insert(at(x % 1000), Unique(round), 5).unwrap();
                 live.push((round, id));
             } else if !live.is_empty() {

@@ -519,3 +519,55 @@ fn a_request_held_behind_a_time_flush_expires_but_the_flush_does_not() {
     assert_eq!(e.inflight(), 0);
     assert_eq!(e.stats().policy.deadlines_hit, 1);
 }
+
+/// A WRITE past its deadline: the caller gets EIO, yet the backend may
+/// still apply it, so the attributes the proxy keeps for local time answers
+/// are no longer trusted: the next time update goes to the backend.
+#[test]
+fn an_expired_write_empties_the_attribute_cache() {
+    use fuseproxy_protocol::abi::{SetattrIn, WriteIn};
+    const FILE: u64 = 7;
+    let mut e = super::times::session(super::times::config());
+    e.set_rules(Rules::compile(
+        &Policy::parse("t", "[deadlines]\ndefault = \"1s\"\n").unwrap(),
+    ));
+    let arg = WriteIn {
+        size: 4,
+        ..WriteIn::default()
+    };
+    let mut body = arg.as_bytes().to_vec();
+    body.extend_from_slice(b"data");
+    submit(&mut e, Opcode::Write, 10, FILE, &body, SlotId(2));
+    assert!(matches!(drain(&mut e)[..], [Action::ForwardRequest(_)]));
+    let clears = e.stats().times.cache_clears;
+    e.handle_timeout(ms(1000));
+    assert!(matches!(
+        drain(&mut e)[..],
+        [Action::AnswerError {
+            unique: Unique(10),
+            errno: EIO
+        }]
+    ));
+    assert_eq!(e.stats().times.cache_clears, clears + 1);
+    let times = SetattrIn {
+        valid: 0x420,
+        mtime: 9,
+        ..SetattrIn::default()
+    };
+    submit(
+        &mut e,
+        Opcode::Setattr,
+        12,
+        FILE,
+        times.as_bytes(),
+        SlotId(3),
+    );
+    assert!(matches!(
+        drain(&mut e)[..],
+        [Action::ForwardRequest(SlotId(3))]
+    ));
+    // The write's late success is dropped like any late reply.
+    let acts = deliver(&mut e, ms(3000), 10, &[4, 0, 0, 0, 0, 0, 0, 0], 4);
+    assert!(matches!(acts[..], [Action::Free(SlotId(4))]));
+    assert_eq!(e.stats().policy.late_replies, 1);
+}
