@@ -368,3 +368,32 @@ fn check_names_file_line_and_key_and_exits_1() {
     assert_eq!(st.code(), Some(1));
     assert!(err.contains("cannot read the policy file"), "{err}");
 }
+
+/// The README's annotated example is a policy that checks.
+#[test]
+fn the_readmes_example_passes_check() {
+    let readme =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
+    let section = readme
+        .find("## Policy files")
+        .expect("README has a Policy files section");
+    let start = readme[section..].find("```toml").expect("a toml block") + section + 7;
+    let end = readme[start..].find("```").unwrap() + start;
+    let example = PolicyFile::new(&readme[start..end]);
+    let (st, out, err) = common::run_proxy(
+        ["--check", "--policy", example.path.to_str().unwrap()],
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert!(st.success(), "{err}");
+    for section in [
+        "[deadlines]",
+        "[init]",
+        "[cache]",
+        "[deny]",
+        "[fault",
+        "[[paths]]",
+    ] {
+        assert!(out.contains(section), "{section} missing from:\n{out}");
+    }
+}
