@@ -149,6 +149,34 @@ pub enum Event {
         /// Nodes whose acknowledged times are lost.
         nodes: usize,
     },
+    /// A request waited past its `[deadlines]` limit and was answered with
+    /// `errno`.
+    DeadlineExpired {
+        /// The kernel's request.
+        unique: Unique,
+        /// What it was.
+        opcode: Opcode,
+        /// The node it concerned.
+        node: NodeId,
+        /// The errno its caller got (positive).
+        errno: i32,
+        /// Whether the backend had it (`false`: it was still held by the
+        /// proxy, and was never sent).
+        sent: bool,
+    },
+    /// The backend answered a request after its deadline; the reply was
+    /// dropped.
+    LateReply {
+        /// The request.
+        unique: Unique,
+        /// What it was.
+        opcode: Opcode,
+        /// The backend's error (0 = success, otherwise negative errno).
+        error: i32,
+        /// Requests of the proxy's own sent to undo what the reply left in
+        /// the backend (a FORGET of the lookup, a RELEASE of the handle).
+        undone: u8,
+    },
     /// A reply was dropped as invalid; the stats count it by reason.
     BadReply {
         /// Why, in a few words.

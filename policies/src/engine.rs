@@ -15,6 +15,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::action::{Action, BadReplyReason, Event, Inline, SlotId, INLINE_MAX};
 use crate::attr_cache::{AttrCache, Cached};
+use crate::deadlines::{DeadlineId, Expired};
 use crate::fault::Rng;
 use crate::inflight::{Entry, Inflight, Origin, INJECTED_UNIQUE_BASE};
 use crate::init_rule::{limits_for, Negotiation, DEVICE_ONLY_FLAGS};
@@ -101,7 +102,6 @@ struct Held {
     slot: SlotId,
     /// The kernel's request it is (for `[deadlines]`, which may answer it
     /// while it waits).
-    #[allow(dead_code)]
     unique: Unique,
     /// Not sent before this (a `[fault]` delay).
     not_before: Option<Instant>,
@@ -159,6 +159,9 @@ pub struct Engine {
     rng: Rng,
     /// Which `[[paths]]` scope each node is in.
     paths: PathTable,
+    /// Requests answered at their deadline after they were sent, for their
+    /// late replies.
+    expired: Expired,
     /// RENAMEs in flight the path table follows. INVARIANT: capacity
     /// `MAX_RENAMES`, never exceeded.
     renames: Vec<PendingRename>,
@@ -191,8 +194,11 @@ impl Engine {
         };
         Engine {
             config,
-            inflight: Inflight::with_capacity(
+            // Deadlines are for the kernel's requests, of which the proxy
+            // lets at most max_inflight in flight.
+            inflight: Inflight::with_deadlines(
                 config.max_inflight + config.max_pending.min(1 << 20),
+                config.max_inflight,
             ),
             actions: VecDeque::with_capacity(ACTION_QUEUE),
             events: VecDeque::with_capacity(EVENT_QUEUE),
@@ -219,6 +225,7 @@ impl Engine {
             rules,
             paths: PathTable::with_capacity(config.path_nodes),
             renames: Vec::with_capacity(MAX_RENAMES),
+            expired: Expired::default(),
             now: Instant::default(),
         }
     }
@@ -264,7 +271,8 @@ impl Engine {
     }
 
     /// The next deadline at which [`handle_timeout`](Self::handle_timeout)
-    /// must be called: when the oldest acknowledged times are due. Changes
+    /// must be called: when the oldest acknowledged times are due, a held
+    /// request may go, or a request reaches its `[deadlines]` limit. Changes
     /// after any `handle_*` call.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let times = self
@@ -272,13 +280,16 @@ impl Engine {
             .oldest()
             .map(|(_, since)| since + self.rules.times.max_delay);
         let held = self.held.iter().filter_map(|h| h.not_before).min();
-        [times, held].into_iter().flatten().min()
+        let deadline = self.inflight.next_deadline();
+        [times, held, deadline].into_iter().flatten().min()
     }
 
     /// Time has reached a deadline from [`poll_timeout`](Self::poll_timeout):
-    /// sends the times that are due. Spurious calls are harmless.
+    /// answers the requests past their deadline, sends the times that are
+    /// due. Spurious calls are harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
+        self.expire_deadlines(now);
         while let Some((node, since)) = self.times.oldest() {
             if since + self.rules.times.max_delay > now {
                 break;
@@ -327,9 +338,12 @@ impl Engine {
         }
 
         let mut name_hash = 0;
-        let not_before = match self.request_rules(now, &req, slot, &mut name_hash) {
+        let (not_before, deadline) = match self.request_rules(now, &req, slot, &mut name_hash) {
             Verdict::Done => return,
-            Verdict::Pass { not_before } => not_before,
+            Verdict::Pass {
+                not_before,
+                deadline,
+            } => (not_before, deadline),
         };
         if opcode == Opcode::BatchForget {
             self.forget_paths(&req);
@@ -403,12 +417,16 @@ impl Engine {
                 node,
                 origin: Origin::Kernel,
                 aux,
+                deadline: DeadlineId::NONE,
             })
         {
             // Only when the proxy ignored can_accept_request().
             self.answer_error(unique, EAGAIN);
             self.actions.push_back(Action::Free(slot));
             return;
+        }
+        if let Some((limit, errno)) = deadline {
+            self.inflight.arm(unique, now + limit, errno);
         }
         self.stats.forwarded += 1;
         if ndeps > 0 || all || not_before.is_some() {
@@ -662,6 +680,9 @@ impl Engine {
             if self.inflight.get(unique.without_int_bit()).is_some() {
                 self.stats.replies += 1;
                 self.actions.push_back(Action::DeliverReply(slot));
+            } else if self.expired.contains(unique.without_int_bit()) {
+                self.stats.policy.late_replies += 1;
+                self.actions.push_back(Action::Free(slot));
             } else {
                 self.bad_reply(BadReplyReason::UnknownUnique, None);
                 self.actions.push_back(Action::Free(slot));
@@ -669,7 +690,9 @@ impl Engine {
             return;
         }
         let Some(entry) = self.inflight.remove(unique) else {
-            self.bad_reply(BadReplyReason::UnknownUnique, None);
+            if !self.late_reply(unique, error, msg) {
+                self.bad_reply(BadReplyReason::UnknownUnique, None);
+            }
             self.actions.push_back(Action::Free(slot));
             return;
         };
@@ -1130,6 +1153,8 @@ impl Engine {
             return;
         }
         self.backend_gone = true;
+        // What is in flight is answered with EIO below, without waiting.
+        self.inflight.clear_deadlines();
         while let Some(h) = self.held.pop() {
             self.actions.push_back(Action::Free(h.slot));
         }
@@ -1183,6 +1208,7 @@ impl Engine {
                 node: NodeId(header.nodeid),
                 origin: Origin::Proxy,
                 aux: [0; 4],
+                deadline: DeadlineId::NONE,
             })
         {
             return None;

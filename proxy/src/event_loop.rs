@@ -660,6 +660,34 @@ impl Session {
                     "{opcode} {:#x} of the proxy's own answered: {error}", unique.0
                 );
             }
+            Event::DeadlineExpired {
+                unique,
+                opcode,
+                node,
+                errno,
+                sent,
+            } => {
+                debug!(
+                    self.log,
+                    "{opcode} {:#x} on node {} past its deadline: answered with {}{}",
+                    unique.0,
+                    node.0,
+                    nix::errno::Errno::from_raw(errno).desc(),
+                    if sent { "" } else { " (never sent)" }
+                );
+            }
+            Event::LateReply {
+                unique,
+                opcode,
+                error,
+                undone,
+            } => {
+                debug!(
+                    self.log,
+                    "late reply to {opcode} {:#x} dropped ({error}); {undone} request(s) sent to undo it",
+                    unique.0
+                );
+            }
             Event::BadReply { reason, unique } => {
                 let total = self.engine.stats().bad.total();
                 if self.bad_reported == 0 {

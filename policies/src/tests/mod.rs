@@ -1411,4 +1411,5 @@ mod after_write {
     }
 }
 
+mod deadlines;
 mod rules;
