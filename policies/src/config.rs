@@ -729,6 +729,15 @@ impl Policy {
             if let Some(p) = i.max_pages {
                 range("init.max_pages", p.into(), 1, 65535)?;
             }
+            let wb = fuseproxy_protocol::flags::FUSE_WRITEBACK_CACHE;
+            if i.writeback_cache == Writeback::Force && i.mask.iter().any(|f| f.0 == wb) {
+                return Err((
+                    "init.writeback_cache".into(),
+                    "\"force\" contradicts FUSE_WRITEBACK_CACHE in init.mask (use \"deny\" to \
+                     keep it off)"
+                        .into(),
+                ));
+            }
         }
         let scopes = std::iter::once((String::new(), self.cache.as_ref(), self.deadlines.as_ref()))
             .chain(self.paths.iter().enumerate().map(|(i, p)| {
@@ -991,6 +1000,12 @@ mod tests {
         let e = err("[times]\nmode = \"sometimes\"\n");
         assert_eq!(e.key, "times.mode", "{e}");
         assert!(e.message.contains("unknown variant"), "{e}");
+    }
+
+    #[test]
+    fn forcing_a_masked_capability_is_a_contradiction() {
+        let e = err("[init]\nmask = [\"FUSE_WRITEBACK_CACHE\"]\nwriteback_cache = \"force\"\n");
+        assert_eq!((e.key.as_str(), e.line), ("init.writeback_cache", 3), "{e}");
     }
 
     #[test]
