@@ -607,39 +607,42 @@ impl FaultSection {
 }
 table_visitor!(FaultSection, "a table of faults by opcode");
 
+/// Writes a table: the fixed keys `fixed` writes, then one key per opcode.
+fn serialize_op_table<S: Serializer, T: Serialize>(
+    s: S,
+    ops: &BTreeMap<OpName, T>,
+    fixed: impl FnOnce(&mut S::SerializeMap) -> Result<(), S::Error>,
+) -> Result<S::Ok, S::Error> {
+    let mut m = s.serialize_map(None)?;
+    fixed(&mut m)?;
+    for (k, v) in ops {
+        m.serialize_entry(k, v)?;
+    }
+    m.end()
+}
+
 impl Serialize for DeadlinesSection {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(None)?;
-        if let Some(d) = &self.default {
-            m.serialize_entry("default", d)?;
-        }
-        m.serialize_entry("errno", &self.errno)?;
-        for (k, v) in &self.ops {
-            m.serialize_entry(k, v)?;
-        }
-        m.end()
+        serialize_op_table(s, &self.ops, |m| {
+            if let Some(d) = &self.default {
+                m.serialize_entry("default", d)?;
+            }
+            m.serialize_entry("errno", &self.errno)
+        })
     }
 }
 
 impl Serialize for DenySection {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("read_only", &self.read_only)?;
-        for (k, v) in &self.ops {
-            m.serialize_entry(k, v)?;
-        }
-        m.end()
+        serialize_op_table(s, &self.ops, |m| {
+            m.serialize_entry("read_only", &self.read_only)
+        })
     }
 }
 
 impl Serialize for FaultSection {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("seed", &self.seed)?;
-        for (k, v) in &self.ops {
-            m.serialize_entry(k, v)?;
-        }
-        m.end()
+        serialize_op_table(s, &self.ops, |m| m.serialize_entry("seed", &self.seed))
     }
 }
 
