@@ -1,8 +1,9 @@
 //! fuseproxy-bench: the cost of fuseproxy against a direct mount of the same
-//! backend, and against a stacked FUSE layer (bindfs), as ratios.
+//! backend, with and without a cache policy, and against a stacked FUSE
+//! layer (bindfs), as ratios.
 //!
 //! One run mounts libfuse3's `passthrough_ll` (built at run time from the
-//! libfuse3-dev examples) over a directory on local disk three ways and runs
+//! libfuse3-dev examples) over a directory on local disk four ways and runs
 //! the same workloads on each. Each (round, workload group, configuration)
 //! gets a fresh mount and a fresh backing directory; within a round the
 //! configurations alternate (their order rotates from round to round and
@@ -32,23 +33,26 @@ use report::{Failure, Sample};
 use workloads::{Sizes, Workload, GROUPS};
 
 const LONG_ABOUT: &str = "\
-Mounts libfuse3's passthrough_ll over a directory on local disk three ways and runs \
+Mounts libfuse3's passthrough_ll over a directory on local disk four ways and runs \
 the same workloads on each:
 
-  direct   passthrough_ll -f -o source=BACKING MNT
-  proxy    fuseproxy MNT -- passthrough_ll -f -o source=BACKING MNT
-  stacked  passthrough_ll -f -o source=BACKING LOWER, then bindfs -f -o big_writes LOWER MNT
+  direct       passthrough_ll -f -o source=BACKING MNT
+  proxy        fuseproxy MNT -- passthrough_ll -f -o source=BACKING MNT
+  proxy-cache  fuseproxy --policy FILE MNT -- passthrough_ll -f -o source=BACKING MNT
+               (FILE: [cache] min_entry_timeout = min_attr_timeout = --cache-floor)
+  stacked      passthrough_ll -f -o source=BACKING LOWER, then bindfs -f -o big_writes LOWER MNT
 
 passthrough_ll runs with its defaults (cache=auto: 1 s entry/attribute timeout, no \
 keep_cache; no writeback; multithreaded) in every configuration; --backend-opt adds \
-options to all three alike.
+options to all of them alike (--backend-opt cache=never makes its timeouts 0, where \
+proxy-cache's floor matters most).
 
 Each (round, workload group, configuration) gets a fresh mount; within a round the \
 configurations alternate, in an order that rotates from round to round. The table \
 gives the median over the rounds of each workload's timed part and its ratio to \
 direct; for the proxy and bindfs it adds their CPU time and peak RSS per workload, \
-and for the proxy the messages it carried per second (requests + replies, from its \
-SIGUSR1 counters). JSON (with every sample and the machine) and CSV go to the \
+and for the proxy the requests the kernel sent it and the messages it carried per \
+second (requests + replies, from its SIGUSR1 counters). JSON (with every sample and the machine) and CSV go to the \
 results folder, named with the date and the commit.
 
 Needs root, /dev/fuse, fio, bindfs, tar, gcc, pkg-config and libfuse3-dev (scripts/setup.sh \
@@ -60,7 +64,7 @@ any workload failed on any configuration (wrong byte count, wrong file, an error
 #[command(
     name = "fuseproxy-bench",
     version,
-    about = "Benchmark fuseproxy against a direct and a stacked FUSE mount.",
+    about = "Benchmark fuseproxy (with and without a cache policy) against a direct and a stacked FUSE mount.",
     long_about = LONG_ABOUT
 )]
 struct Cli {
@@ -74,14 +78,20 @@ struct Cli {
     #[arg(long)]
     smoke: bool,
 
-    /// Configurations, comma-separated.
+    /// Configurations, comma-separated: direct, proxy, proxy-cache, stacked.
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "direct,proxy,stacked"
+        default_value = "direct,proxy,proxy-cache,stacked"
     )]
     configs: Vec<Config>,
+
+    /// The floor proxy-cache's policy puts under the backend's entry and
+    /// attribute timeouts (min_entry_timeout, min_attr_timeout), as the
+    /// policy file writes durations.
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    cache_floor: String,
 
     /// Workloads, comma-separated, or "all": meta-create, meta-stat,
     /// meta-unlink, small-write, small-read, seq-write, seq-read, rand-read,
@@ -201,6 +211,21 @@ impl Progress {
             let _ = write!(std::io::stderr(), "\r\x1b[K");
         }
     }
+}
+
+/// The policy file of the proxy-cache configuration: the backend's entry and
+/// attribute timeouts raised to `floor` (see bench/README.md for why 10 s).
+/// Nothing else: no negative entries, no keep_cache, so that what is
+/// measured is the timeouts alone, and every other rule stays off.
+fn cache_policy_toml(floor: &str) -> String {
+    // A TOML basic string: the floor is checked by `fuseproxy --check`.
+    let q = floor.replace('\\', "\\\\").replace('"', "\\\"");
+    format!(
+        "# Written by fuseproxy-bench for the proxy-cache configuration.\n\
+         [cache]\n\
+         min_entry_timeout = \"{q}\"\n\
+         min_attr_timeout = \"{q}\"\n"
+    )
 }
 
 fn check_tool(name: &str, arg: &str) -> Res<()> {
@@ -331,7 +356,8 @@ fn run(cli: &Cli) -> Res<i32> {
         .proxy
         .clone()
         .unwrap_or_else(|| exe_dir.join("fuseproxy"));
-    if configs.contains(&Config::Proxy) && !proxy_src.is_file() {
+    let any_proxy = configs.iter().any(|c| c.is_proxy());
+    if any_proxy && !proxy_src.is_file() {
         return Err(format!(
             "no fuseproxy binary at {}: build it first with `cargo build --release -p fuseproxy`, or pass --proxy PATH",
             proxy_src.display()
@@ -365,15 +391,31 @@ fn run(cli: &Cli) -> Res<i32> {
     let passthrough = build_passthrough(&target_dir)?;
     // A copy of the proxy, so that a rebuild during the run changes nothing.
     let proxy = run_dir.join("fuseproxy");
-    if configs.contains(&Config::Proxy) {
+    if any_proxy {
         std::fs::copy(&proxy_src, &proxy)
             .map_err(|e| format!("copy {}: {e}", proxy_src.display()))?;
+    }
+    // proxy-cache's policy, in the run folder, checked by the proxy itself.
+    let cache_policy = run_dir.join("proxy-cache.toml");
+    let cache_policy_text = cache_policy_toml(&cli.cache_floor);
+    if configs.contains(&Config::ProxyCache) {
+        std::fs::write(&cache_policy, &cache_policy_text)
+            .map_err(|e| format!("write {}: {e}", cache_policy.display()))?;
+        procs::run_output(
+            Command::new(&proxy)
+                .arg("--check")
+                .arg("--policy")
+                .arg(&cache_policy),
+            Duration::from_secs(30),
+        )
+        .map_err(|e| format!("fuseproxy --check --policy {}: {e}", cache_policy.display()))?;
     }
     let tools = Tools {
         passthrough: passthrough.clone(),
         proxy: proxy.clone(),
         backend_opts: cli.backend_opts.clone(),
         proxy_args: cli.proxy_args.clone(),
+        cache_policy: cache_policy.clone(),
     };
     let tree = if groups.iter().any(|g| g.contains(&Workload::TarX)) {
         tree::generate(&run_dir, sizes.tree_files)?
@@ -392,11 +434,7 @@ fn run(cli: &Cli) -> Res<i32> {
         tree,
         me: me.clone(),
     };
-    let machine = report::machine(if configs.contains(&Config::Proxy) {
-        &proxy
-    } else {
-        &proxy_src
-    });
+    let machine = report::machine(if any_proxy { &proxy } else { &proxy_src });
     let (sha, dirty) = report::git_commit();
 
     // The rounds.
@@ -497,7 +535,18 @@ fn run(cli: &Cli) -> Res<i32> {
         us(&machine["handoff_us"]["same_cpu"]),
         us(&machine["handoff_us"]["cross_cpu"]),
     );
-    println!("medians over the rounds; ratio = median / direct's median; layer = fuseproxy (proxy) or bindfs (stacked)");
+    println!("medians over the rounds; ratio = median / direct's median; layer = fuseproxy (proxy, proxy-cache) or bindfs (stacked)");
+    if configs.contains(&Config::ProxyCache) {
+        println!(
+            "proxy-cache: fuseproxy --policy with [cache] min_entry_timeout = min_attr_timeout = \"{}\"{}",
+            cli.cache_floor,
+            if cli.backend_opts.is_empty() {
+                String::new()
+            } else {
+                format!("; backend options: {}", cli.backend_opts.join(" "))
+            }
+        );
+    }
     print!("{}", report::table(&rows));
     let mut notes = Vec::new();
     if configs.contains(&Config::Stacked) && selected.contains(&Workload::FindStat) {
@@ -553,6 +602,7 @@ fn run(cli: &Cli) -> Res<i32> {
             "passthrough_ll": passthrough.display().to_string(),
             "backend_opts": cli.backend_opts,
             "proxy_args": cli.proxy_args,
+            "proxy_cache_policy": configs.contains(&Config::ProxyCache).then_some(&cache_policy_text),
             "timeout_s": cli.timeout,
             "configs": configs.iter().map(|c| (c.name().to_string(), json!(tools.describe(*c)))).collect::<serde_json::Map<_, _>>(),
             "workloads": selected.iter().map(|w| w.name()).collect::<Vec<_>>(),

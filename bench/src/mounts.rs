@@ -1,4 +1,4 @@
-//! The three ways of mounting the backend, and the guard that owns a mount:
+//! The four ways of mounting the backend, and the guard that owns a mount:
 //! every process it started, every mountpoint, the backing directory. Its
 //! `Drop` always cleans up (lazy unmount, then the processes by pid).
 
@@ -20,13 +20,16 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the proxy gets to log its counters after SIGUSR1.
 const STATS_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One of the three configurations.
+/// One of the four configurations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Config {
     /// `passthrough_ll` mounted on MNT by libfuse itself: the reference.
     Direct,
     /// `fuseproxy MNT -- passthrough_ll ... MNT`.
     Proxy,
+    /// `fuseproxy --policy FILE MNT -- passthrough_ll ... MNT`, FILE raising
+    /// the backend's entry and attribute timeouts to a floor (`[cache]`).
+    ProxyCache,
     /// `passthrough_ll` mounted on LOWER, `bindfs -o big_writes LOWER MNT`
     /// on top: the cost of a second FUSE layer, for comparison.
     Stacked,
@@ -37,15 +40,22 @@ impl Config {
         match self {
             Config::Direct => "direct",
             Config::Proxy => "proxy",
+            Config::ProxyCache => "proxy-cache",
             Config::Stacked => "stacked",
         }
+    }
+
+    /// Whether fuseproxy is the layer (stopped by SIGTERM, counted by
+    /// SIGUSR1).
+    pub fn is_proxy(self) -> bool {
+        matches!(self, Config::Proxy | Config::ProxyCache)
     }
 
     /// The process between the kernel and the backend, if any.
     pub fn layer_name(self) -> Option<&'static str> {
         match self {
             Config::Direct => None,
-            Config::Proxy => Some("fuseproxy"),
+            Config::Proxy | Config::ProxyCache => Some("fuseproxy"),
             Config::Stacked => Some("bindfs"),
         }
     }
@@ -68,6 +78,9 @@ pub struct Tools {
     pub backend_opts: Vec<String>,
     /// Extra arguments for fuseproxy, before MOUNTPOINT.
     pub proxy_args: Vec<String>,
+    /// The policy file of `proxy-cache` (written by the harness into the
+    /// run folder, checked with `fuseproxy --check` at start).
+    pub cache_policy: PathBuf,
 }
 
 impl Tools {
@@ -75,6 +88,17 @@ impl Tools {
         let mut c = Command::new(&self.passthrough);
         c.args(self.backend_args(backing, mnt));
         c
+    }
+
+    /// fuseproxy's own arguments (before MOUNTPOINT) in a proxy
+    /// configuration: `--proxy-arg`s, and `--policy FILE` for proxy-cache.
+    fn proxy_own_args(&self, config: Config) -> Vec<String> {
+        let mut v = self.proxy_args.clone();
+        if config == Config::ProxyCache {
+            v.push("--policy".into());
+            v.push(self.cache_policy.display().to_string());
+        }
+        v
     }
 
     fn backend_args(&self, backing: &Path, mnt: &Path) -> Vec<String> {
@@ -103,9 +127,9 @@ impl Tools {
         };
         match config {
             Config::Direct => vec![pll("{mnt}")],
-            Config::Proxy => {
+            Config::Proxy | Config::ProxyCache => {
                 let mut p = String::from("fuseproxy");
-                for a in &self.proxy_args {
+                for a in &self.proxy_own_args(config) {
                     p.push(' ');
                     p.push_str(a);
                 }
@@ -142,6 +166,9 @@ pub struct Counters {
     pub answered_with_error: u64,
     pub bad_replies: u64,
     pub allocations: u64,
+    /// Timeouts or open flags the `[cache]` rule changed in replies (0
+    /// without a policy).
+    pub cache_changed: u64,
 }
 
 /// Readings taken before a workload.
@@ -208,9 +235,9 @@ impl Mounted {
                 m.launch("passthrough_ll", &mut cmd, &mnt)?;
                 m.backend_pid = m.procs[0].child.id() as i32;
             }
-            Config::Proxy => {
+            Config::Proxy | Config::ProxyCache => {
                 let mut cmd = Command::new(&tools.proxy);
-                cmd.args(&tools.proxy_args)
+                cmd.args(tools.proxy_own_args(config))
                     .arg(&mnt)
                     .arg("--")
                     .arg(&tools.passthrough)
@@ -239,6 +266,20 @@ impl Mounted {
                 };
                 m.foreign = Some(backend);
                 m.backend_pid = backend.pid;
+                if config == Config::ProxyCache {
+                    // The mount's first stat (in `launch`) got a reply with
+                    // passthrough_ll's timeouts: the floor must have raised
+                    // them, or this configuration would measure plain proxy.
+                    let c = m.proxy_counters()?;
+                    if c.cache_changed == 0 {
+                        return Err(format!(
+                            "fuseproxy --policy {} changed no cache timeout in the mount's first replies \
+                             (is the backend's own timeout already at or above the floor?){}",
+                            tools.cache_policy.display(),
+                            m.log_tail()
+                        ));
+                    }
+                }
             }
             Config::Stacked => {
                 let lower = root.join("lower");
@@ -348,9 +389,10 @@ impl Mounted {
         }
         procs::reset_peak_rss(self.backend_pid)?;
         let backend_ticks = procs::cpu_ticks(self.backend_pid)?;
-        let counters = match self.config {
-            Config::Proxy => Some(self.proxy_counters()?),
-            _ => None,
+        let counters = if self.config.is_proxy() {
+            Some(self.proxy_counters()?)
+        } else {
+            None
         };
         Ok(Before {
             layer_ticks,
@@ -388,6 +430,7 @@ impl Mounted {
                     // Already a delta: the proxy reports allocations since
                     // its previous dump.
                     allocations: c1.allocations,
+                    cache_changed: c1.cache_changed.saturating_sub(c0.cache_changed),
                 })
             }
             None => None,
@@ -438,7 +481,7 @@ impl Mounted {
 
     fn stop_inner(&mut self) -> Res<()> {
         match self.config {
-            Config::Proxy => {
+            Config::Proxy | Config::ProxyCache => {
                 let proc = &mut self.procs[0];
                 nix::sys::signal::kill(Pid::from_raw(proc.child.id() as i32), Signal::SIGTERM)
                     .map_err(|e| format!("SIGTERM to fuseproxy: {e}"))?;
@@ -612,13 +655,18 @@ fn unescape(s: &str) -> String {
 }
 
 /// Parses `... stats: requests=N forwarded=N replies=N ... allocations=N`.
+/// Fields are found by ` NAME=` (a space before the name), so that
+/// `replies=` is not read out of `late_replies=`, nor `forwarded=` out of
+/// `times_forwarded=`; their order does not matter.
 pub fn parse_counters(line: &str) -> Res<Counters> {
-    let field = |name: &str| -> Res<u64> {
+    let find = |name: &str| -> Option<usize> {
         let key = format!(" {name}=");
-        let i = line
-            .find(&key)
-            .ok_or_else(|| format!("no {name}= in the proxy's stats line: {line}"))?;
-        let rest = &line[i + key.len()..];
+        line.find(&key).map(|i| i + key.len())
+    };
+    let field = |name: &str| -> Res<u64> {
+        let i =
+            find(name).ok_or_else(|| format!("no {name}= in the proxy's stats line: {line}"))?;
+        let rest = &line[i..];
         let end = rest
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(rest.len());
@@ -633,6 +681,12 @@ pub fn parse_counters(line: &str) -> Res<Counters> {
         answered_with_error: field("answered_with_error")?,
         bad_replies: field("bad_replies")?,
         allocations: field("allocations")?,
+        // Only since policy files: 0 from an older proxy (which takes no
+        // --policy, so runs only the plain proxy configuration).
+        cache_changed: match find("cache_changed") {
+            Some(_) => field("cache_changed")?,
+            None => 0,
+        },
     })
 }
 
@@ -642,6 +696,7 @@ mod tests {
 
     #[test]
     fn counters_parse() {
+        // Before policy files.
         let l =
             "Nov 25 03:05:01.123 INFO stats: requests=10 forwarded=9 replies=8 notifications=0 \
                  answered_with_error=1 injected=0 bad_replies=2 inflight=0 free_slots=32/32 \
@@ -655,10 +710,43 @@ mod tests {
                 replies: 8,
                 answered_with_error: 1,
                 bad_replies: 2,
-                allocations: 0
+                allocations: 0,
+                cache_changed: 0,
             }
         );
         assert!(parse_counters("stats: nothing").is_err());
+    }
+
+    #[test]
+    fn counters_parse_with_policy_fields() {
+        // The line as fuseproxy logs it with policy files: fields whose names
+        // end like the ones read (times_forwarded, late_replies) come after
+        // them, and the values differ so a wrong match shows.
+        let l =
+            "Nov 25 03:05:01.123 INFO stats: requests=10 forwarded=9 replies=8 notifications=0 \
+                 answered_with_error=1 injected=0 bad_replies=2 inflight=0 free_slots=32/32 \
+                 stale_writes=0 rejected_writes=0 times_acked=5 times_coalesced=0 \
+                 times_forwarded=77 times_flushes=1 times_flush_errors=0 times_pending=0 held=0 \
+                 cache_clears=0 denied=3 faulted=0 delayed=0 deadlines_hit=0 late_replies=66 \
+                 flush_retries=0 flush_gave_up=0 init_rewrites=0 cache_changed=42 \
+                 negative_entries=0 reloads=1 allocations=4";
+        let c = parse_counters(l).unwrap();
+        assert_eq!(
+            c,
+            Counters {
+                requests: 10,
+                forwarded: 9,
+                replies: 8,
+                answered_with_error: 1,
+                bad_replies: 2,
+                allocations: 4,
+                cache_changed: 42,
+            }
+        );
+        // Fields in another order read the same.
+        let r = "INFO stats: late_replies=66 times_forwarded=77 allocations=4 cache_changed=42 \
+                 bad_replies=2 answered_with_error=1 replies=8 forwarded=9 requests=10";
+        assert_eq!(parse_counters(r).unwrap(), c);
     }
 
     #[test]

@@ -153,7 +153,7 @@ pub fn table(rows: &[Row]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<12} {:<8} {:>9} {:>6} {:>9} {:>9} {:>17} {:>11} {:>12} {:>11} {:>12}",
+        "{:<12} {:<11} {:>9} {:>6} {:>9} {:>9} {:>17} {:>11} {:>12} {:>11} {:>11} {:>12}",
         "workload",
         "config",
         "median s",
@@ -164,6 +164,7 @@ pub fn table(rows: &[Row]) -> String {
         "layer CPU s",
         "layer RSS MiB",
         "backend CPU",
+        "proxy reqs",
         "proxy msg/s"
     );
     let mut last = None;
@@ -184,7 +185,7 @@ pub fn table(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             s,
-            "{:<12} {:<8} {:>9} {:>6} {:>9} {:>9} {:>17} {:>11} {:>12} {:>11} {:>12}{fails}",
+            "{:<12} {:<11} {:>9} {:>6} {:>9} {:>9} {:>17} {:>11} {:>12} {:>11} {:>11} {:>12}{fails}",
             name,
             r.config.name(),
             opt(r.median_s, 3),
@@ -195,6 +196,7 @@ pub fn table(rows: &[Row]) -> String {
             opt(r.layer_cpu_s, 2),
             opt(r.layer_peak_rss_kib.map(|k| k as f64 / 1024.0), 1),
             opt(r.backend_cpu_s, 2),
+            r.requests.map_or("-".into(), thousands),
             r.msgs_per_s.map_or("-".into(), thousands),
         );
     }
@@ -250,6 +252,7 @@ pub fn sample_json(s: &Sample) -> Value {
                     "answered_with_error": c.answered_with_error,
                     "bad_replies": c.bad_replies,
                     "allocations": c.allocations,
+                    "cache_changed": c.cache_changed,
                     "msgs_per_s": msgs_per_s(m),
                 });
             }

@@ -770,6 +770,7 @@ impl Measured {
                 answered_with_error: a.answered_with_error + b.answered_with_error,
                 bad_replies: a.bad_replies + b.bad_replies,
                 allocations: a.allocations + b.allocations,
+                cache_changed: a.cache_changed + b.cache_changed,
             }),
             (a, b) => a.or(b),
         };
