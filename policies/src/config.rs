@@ -102,7 +102,7 @@ impl fmt::Display for Dur {
             ("ms", 1_000_000),
             ("us", 1_000),
         ] {
-            if ns >= per && ns % per == 0 {
+            if ns >= per && ns.is_multiple_of(per) {
                 return write!(f, "{}{unit}", ns / per);
             }
         }
@@ -658,7 +658,7 @@ impl Policy {
                 key.clear();
             }
             let inner = e.into_inner();
-            let mut message = inner.message().trim().to_string();
+            let mut message = inner.message().trim().replace('\n', "; ");
             let (mut line, mut column) = inner
                 .span()
                 .map(|s| line_col(text, s.start))

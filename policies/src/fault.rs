@@ -81,11 +81,11 @@ impl FaultRule {
         let Some(f) = op_index(op).map(|i| self.ops[i]) else {
             return FaultDecision::Pass;
         };
-        if f.always || (f.threshold > 0 && rng.next() < f.threshold) {
+        if f.always || (f.threshold > 0 && rng.next_u64() < f.threshold) {
             return FaultDecision::Fail(f.errno);
         }
         let extra = if f.jitter > 0 {
-            rng.next() % (f.jitter + 1)
+            rng.next_u64() % (f.jitter + 1)
         } else {
             0
         };
@@ -107,7 +107,7 @@ impl Rng {
     }
 
     /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

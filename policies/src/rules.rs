@@ -204,9 +204,16 @@ impl Rules {
             ("times.max_pending", a.max_pending != b.max_pending),
             ("times.attr_cache", a.attr_cache != b.attr_cache),
         ];
-        fixed
-            .iter()
-            .find(|(_, changed)| *changed)
-            .map(|(key, _)| format!("{key} cannot change without a restart"))
+        if let Some((key, _)) = fixed.iter().find(|(_, changed)| *changed) {
+            return Some(format!("{key} cannot change without a restart"));
+        }
+        if old.paths.is_empty() && !self.paths.is_empty() {
+            return Some(
+                "[[paths]] cannot be added by a reload: the proxy started without any, so it \
+                 keeps no names (restart it with the new file)"
+                    .into(),
+            );
+        }
+        None
     }
 }

@@ -34,10 +34,28 @@ kernel would reject while leaving its caller waiting forever (wrong length, erro
 out of range, unknown request) is dropped, counted, and the request it names is \
 answered with EIO.
 
-Life cycle: SIGINT, SIGTERM or SIGHUP unmount the filesystem, send the daemon a \
-DESTROY, wait for it to exit and end with status 0; so does `umount MOUNTPOINT`. \
-If the daemon dies, every request waiting on it is answered with EIO, the mount is \
-removed and the proxy exits with status 1. SIGUSR1 logs the counters.";
+A policy file (--policy FILE, TOML) says what the proxy changes in the traffic: \
+time updates ([times]), how long a request may wait for the daemon ([deadlines]), the \
+INIT negotiation ([init]: masked capabilities, writeback cache forced or denied, \
+caps), cache timeouts and open flags in replies ([cache]), requests answered with an \
+errno ([deny], read_only = true), injected delays and failures ([fault]), and any of \
+these only under some paths ([[paths]]). Durations are written with a unit (\"200ms\", \
+\"1s\"), errnos and opcodes by name (\"EROFS\", READ). Every setting has a default \
+and a section left out is a rule that is off; `fuseproxy --check --policy FILE` \
+validates a file and prints it with every default filled in. An unknown key, a wrong \
+type or an out-of-range value is an error naming file, line, column and key, and the \
+proxy does not start. Command-line options override single settings of the file. \
+The format is described with an annotated example in the README and in \
+policies/examples/.
+
+Life cycle: SIGINT or SIGTERM unmount the filesystem, send the daemon a DESTROY, \
+wait for it to exit and end with status 0; so does `umount MOUNTPOINT`. SIGHUP \
+reloads the policy file when one is given (a valid file applies to requests read \
+after it, time updates already acknowledged keep the rules they were made under, \
+and a broken file is refused with its error in the log while the old policy stays \
+in force); without a policy file SIGHUP unmounts like SIGTERM. If the daemon dies, \
+every request waiting on it is answered with EIO, the mount is removed and the \
+proxy exits with status 1. SIGUSR1 logs the counters, per rule included.";
 
 const AFTER_HELP: &str = "\
 EXAMPLES:
@@ -50,14 +68,22 @@ EXAMPLES:
     Wrap a read-only squashfs image:
         fuseproxy /mnt/img -- squashfuse -f image.sqfs /mnt/img
 
+    A read-only view of a read-write daemon, reloadable with SIGHUP:
+        printf '[deny]\\nread_only = true\\n' > ro.toml
+        fuseproxy --policy ro.toml /mnt/data -- passthrough_ll -f -o source=/srv/data /mnt/data
+
+    Check a policy file without mounting (prints it with every default):
+        fuseproxy --check --policy policies/examples/never-hang.toml
+
     Run the backend in the foreground (-f): the proxy stays in the foreground
     itself and ends when the mount ends. A backend that daemonizes still works;
     its socket, not its pid, tells the proxy whether it is alive.
 
 EXIT STATUS:
-    0  unmounted on a signal or by umount
-    1  the daemon died, or a run-time error (the last line says which)
-    2  the command line is wrong";
+    0  unmounted on a signal or by umount; with --check, the policy is valid
+    1  the daemon died, or a run-time error (the last line says which); with
+       --check, the policy is not valid
+    2  the command line or the policy file is wrong";
 
 /// Time-only SETATTR handling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -91,7 +117,7 @@ pub enum LogLevel {
     about = ABOUT,
     long_about = LONG_ABOUT,
     after_long_help = AFTER_HELP,
-    override_usage = "fuseproxy [OPTIONS] MOUNTPOINT -- BACKEND_COMMAND..."
+    override_usage = "fuseproxy [OPTIONS] MOUNTPOINT -- BACKEND_COMMAND...\n       fuseproxy --check --policy FILE [OPTIONS]"
 )]
 pub struct Cli {
     /// Mount options, comma-separated, in libfuse's -o convention (allow_other,
@@ -129,33 +155,46 @@ pub struct Cli {
     #[arg(long, value_name = "US", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub spin_us: u64,
 
+    /// The policy file (TOML): what the proxy changes in this mount's
+    /// traffic. See the description above and policies/examples/. SIGHUP
+    /// reloads it. [default: none: time updates async, every other rule off]
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+
+    /// Check the policy file given with --policy, print it with every
+    /// default filled in (and the command-line overrides applied), and exit:
+    /// 0 if it is valid, 1 with the error line if not. Nothing is mounted.
+    #[arg(long, requires = "policy")]
+    pub check: bool,
+
     /// What to do with time-only SETATTRs (utimensat, and the kernel's time
     /// flush at close and writeback). `async`: answer them at once from the
     /// attributes the backend last reported, coalesce them per file, and
     /// apply them to the backend within --times-max-delay, before any other
     /// request on that file. `forward`: pass them on and wait, like any
-    /// other request.
-    #[arg(long, value_enum, value_name = "MODE", default_value_t = TimesArg::Async)]
-    pub times: TimesArg,
+    /// other request. Overrides the policy's times.mode. [default: async]
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub times: Option<TimesArg>,
 
     /// Longest time, in milliseconds, between acknowledging a time update and
-    /// sending it to the backend.
-    #[arg(long, value_name = "MS", default_value_t = 1000)]
-    pub times_max_delay: u64,
+    /// sending it to the backend. Overrides times.max_delay. [default: 1000]
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub times_max_delay: Option<u64>,
 
     /// Files with acknowledged, unsent times at most; beyond it the oldest
     /// are sent at once. The table is allocated and locked at start, about
     /// 0.9 KiB per file (room for as many again being flushed): 60 MiB at
-    /// the default, 7 MiB at 8192.
-    #[arg(long, value_name = "N", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..=4_194_304))]
-    pub times_max_pending: u32,
+    /// the default, 7 MiB at 8192. Overrides times.max_pending.
+    /// [default: 65536]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4_194_304))]
+    pub times_max_pending: Option<u32>,
 
     /// Files whose attributes are cached to answer time updates; allocated
     /// and locked at start, about 160 bytes per file. A file not in the
     /// cache (the least recently used go first) has its time updates
-    /// forwarded.
-    #[arg(long, value_name = "N", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
-    pub attr_cache: u32,
+    /// forwarded. Overrides times.attr_cache. [default: 16384]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    pub attr_cache: Option<u32>,
 
     /// Record the session to FILE: every request and reply on both sides,
     /// with its time, in fuseproxy's capture format (fixtures/FORMAT.md;
@@ -179,15 +218,61 @@ pub struct Cli {
 
     /// Where to mount: an existing directory (or file) that is not already a
     /// mount point.
-    #[arg(value_name = "MOUNTPOINT")]
-    pub mountpoint: PathBuf,
+    #[arg(value_name = "MOUNTPOINT", required_unless_present = "check")]
+    pub mountpoint: Option<PathBuf>,
 
     /// The FUSE daemon's command, written as without the proxy, after `--`.
-    #[arg(value_name = "BACKEND_COMMAND", last = true, required = true, num_args = 1..)]
+    #[arg(value_name = "BACKEND_COMMAND", last = true, required_unless_present = "check", num_args = 1..)]
     pub backend: Vec<OsString>,
 }
 
+/// The settings the command line overrides in a policy, kept to apply again
+/// on each reload.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Overrides {
+    /// --times.
+    pub times: Option<TimesArg>,
+    /// --times-max-delay, ms.
+    pub max_delay_ms: Option<u64>,
+    /// --times-max-pending.
+    pub max_pending: Option<u32>,
+    /// --attr-cache.
+    pub attr_cache: Option<u32>,
+}
+
+impl Overrides {
+    /// Applies them to a policy read from a file (or the empty one).
+    pub fn apply(&self, p: &mut fuseproxy_policies::Policy) {
+        use fuseproxy_policies::config::{Dur, TimesModeName};
+        if let Some(t) = self.times {
+            p.times.mode = match t {
+                TimesArg::Async => TimesModeName::Async,
+                TimesArg::Forward => TimesModeName::Forward,
+            };
+        }
+        if let Some(ms) = self.max_delay_ms {
+            p.times.max_delay = Dur(fuseproxy_policies::Duration::from_millis(ms));
+        }
+        if let Some(n) = self.max_pending {
+            p.times.max_pending = n;
+        }
+        if let Some(n) = self.attr_cache {
+            p.times.attr_cache = n;
+        }
+    }
+}
+
 impl Cli {
+    /// The settings given on the command line that override the policy's.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            times: self.times,
+            max_delay_ms: self.times_max_delay,
+            max_pending: self.times_max_pending,
+            attr_cache: self.attr_cache,
+        }
+    }
+
     /// The slog level after -v.
     pub fn level(&self) -> LogLevel {
         let all = [

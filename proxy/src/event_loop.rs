@@ -24,11 +24,13 @@ use crate::error::Error;
 use crate::memory::Pinning;
 use crate::mount::unmount_in_background;
 use crate::mount::Mount;
+use crate::policy_file::{PolicySource, Reloader};
 use crate::recorder::{self, Recorder};
 
 const DEVICE: Token = Token(0);
 const BACKEND: Token = Token(1);
 const SIGNALS: Token = Token(2);
+const RELOADED: Token = Token(3);
 
 /// How long the backend gets to answer DESTROY, and the kernel to end the
 /// connection after the proxy's unmount, before the proxy stops waiting.
@@ -66,6 +68,8 @@ pub struct Startup {
     pub pinning: Pinning,
     /// How long to keep polling without sleeping after traffic.
     pub spin: Duration,
+    /// The policy file, when there is one: SIGHUP reloads it.
+    pub policy: Option<PolicySource>,
 }
 
 /// One FUSE session: the device, the backend, the engine between them.
@@ -104,6 +108,8 @@ pub struct Session {
     alloc_mark: u64,
     /// `--record`: the session's messages, written at the end.
     recorder: Option<Recorder>,
+    /// Reads the policy file again on SIGHUP, off this thread.
+    reloader: Option<Reloader>,
 }
 
 impl Session {
@@ -134,6 +140,22 @@ impl Session {
             Interest::READABLE | Interest::WRITABLE,
         )?;
         reg(signals.as_raw_fd(), SIGNALS, Interest::READABLE)?;
+        let reloader = match &startup.policy {
+            Some(source) => {
+                let waker = std::sync::Arc::new(
+                    mio::Waker::new(poll.registry(), RELOADED)
+                        .map_err(|e| Error::Setup(format!("eventfd: {e}")))?,
+                );
+                let wake = move || {
+                    let _ = waker.wake();
+                };
+                Some(
+                    Reloader::start(source.clone(), wake)
+                        .map_err(|e| Error::Setup(format!("policy reload thread: {e}")))?,
+                )
+            }
+            None => None,
+        };
         let pending = VecDeque::with_capacity(arena.slots() + 64);
         Ok(Session {
             log,
@@ -161,6 +183,7 @@ impl Session {
             rejected_writes: 0,
             alloc_mark: alloc_count::allocations(),
             recorder,
+            reloader,
         })
     }
 
@@ -195,6 +218,7 @@ impl Session {
                     // found out by trying (recv/send report the state).
                     BACKEND => self.socket_readable = true,
                     SIGNALS => self.handle_signals(),
+                    RELOADED => self.policy_reloaded(),
                     t => warn!(self.log, "event for unknown token {}", t.0),
                 }
             }
@@ -666,9 +690,50 @@ impl Session {
                         );
                     }
                 }
+                Ok(Signal::SIGHUP) if self.reloader.is_some() => {
+                    if let Some(r) = self.reloader.as_mut() {
+                        r.request();
+                    }
+                }
                 Ok(sig) => self.stop_requested(sig),
                 Err(_) => {}
             }
+        }
+    }
+
+    /// The reload thread has read the policy file again: put it in force,
+    /// or say why not and keep the old one.
+    fn policy_reloaded(&mut self) {
+        let Some(loaded) = self.reloader.as_ref().and_then(Reloader::take) else {
+            return;
+        };
+        let file = self
+            .startup
+            .policy
+            .as_ref()
+            .and_then(|p| p.path())
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        match loaded {
+            Ok((_, rules)) => {
+                if let Some(why) = rules.reload_conflict(self.engine.rules()) {
+                    error!(
+                        self.log,
+                        "SIGHUP: policy {file} not reloaded: {why}; the old policy stays in force"
+                    );
+                    return;
+                }
+                let old = self.engine.set_rules(rules);
+                drop(old);
+                info!(
+                    self.log,
+                    "SIGHUP: policy {file} reloaded; it applies to requests read from now on"
+                );
+            }
+            Err(e) => error!(
+                self.log,
+                "SIGHUP: policy not reloaded: {e}; the old policy stays in force"
+            ),
         }
     }
 
@@ -826,7 +891,9 @@ impl Session {
             "stats: requests={} forwarded={} replies={} notifications={} answered_with_error={} \
              injected={} bad_replies={} inflight={} free_slots={}/{} stale_writes={} rejected_writes={} \
              times_acked={} times_coalesced={} times_forwarded={} times_flushes={} times_flush_errors={} \
-             times_pending={} held={} cache_clears={} allocations={allocations}",
+             times_pending={} held={} cache_clears={} denied={} faulted={} delayed={} \
+             deadlines_hit={} late_replies={} flush_retries={} flush_gave_up={} init_rewrites={} \
+             cache_changed={} negative_entries={} reloads={} allocations={allocations}",
             s.requests,
             s.forwarded,
             s.replies,
@@ -847,6 +914,17 @@ impl Session {
             self.engine.pending_times(),
             s.times.held,
             s.times.cache_clears,
+            s.policy.denied,
+            s.policy.faulted,
+            s.policy.delayed,
+            s.policy.deadlines_hit,
+            s.policy.late_replies,
+            s.policy.flush_retries,
+            s.policy.flush_gave_up,
+            s.policy.init_rewrites,
+            s.policy.cache_changed,
+            s.policy.negative_entries,
+            s.policy.reloads,
         );
         self.alloc_mark = alloc_count::allocations();
     }

@@ -6,6 +6,8 @@
 //! crate is the only one with system calls: it builds the pieces, runs the
 //! event loop, and turns the outcome into one line and an exit status.
 #![deny(unsafe_code)]
+// slog's macros recurse once per argument; the stats line has many.
+#![recursion_limit = "256"]
 
 mod alloc_count;
 mod arena;
@@ -18,6 +20,7 @@ mod event_loop;
 mod memory;
 mod mount;
 mod mount_options;
+mod policy_file;
 mod recorder;
 mod signals;
 
@@ -26,7 +29,7 @@ use std::os::fd::AsRawFd;
 use clap::Parser;
 use slog::{o, Drain, Logger};
 
-use fuseproxy_policies::{Config, Duration, Engine, TimesMode};
+use fuseproxy_policies::{Config, Engine, Rules, TimesMode};
 
 use crate::cli::{Cli, LogLevel};
 use crate::error::Error;
@@ -54,8 +57,31 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let source = policy_file::PolicySource {
+        path: cli.policy.clone(),
+        overrides: cli.overrides(),
+    };
+    if cli.check {
+        match source.load() {
+            Ok(p) => {
+                print!("{}", p.to_toml());
+                std::process::exit(0);
+            }
+            Err(e) => {
+                eprintln!("fuseproxy: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    let policy = match source.load() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("fuseproxy: {e}");
+            std::process::exit(2);
+        }
+    };
     let log = logger(cli.level());
-    match run(&cli, &log) {
+    match run(&cli, &log, source, &policy) {
         Ok(()) => std::process::exit(0),
         Err(e @ Error::Usage(_)) => {
             eprintln!("fuseproxy: {e}");
@@ -101,11 +127,22 @@ fn logger(level: LogLevel) -> Logger {
     Logger::root(drain, o!())
 }
 
-fn run(cli: &Cli, log: &Logger) -> Result<(), Error> {
+fn run(
+    cli: &Cli,
+    log: &Logger,
+    source: policy_file::PolicySource,
+    policy: &fuseproxy_policies::Policy,
+) -> Result<(), Error> {
     // Before any thread or child exists, so that all inherit the mask.
     let signals = signals::install()?;
 
-    let canonical = mount::check_mountpoint(&cli.mountpoint)?;
+    let (Some(mountpoint), false) = (cli.mountpoint.as_ref(), cli.backend.is_empty()) else {
+        return Err(Error::Usage(
+            "MOUNTPOINT and BACKEND_COMMAND are required (write MOUNTPOINT -- BACKEND_COMMAND...)"
+                .into(),
+        ));
+    };
+    let canonical = mount::check_mountpoint(mountpoint)?;
     let mut opts = MountOptions::default();
     let backend_args: Vec<String> = cli
         .backend
@@ -125,7 +162,7 @@ fn run(cli: &Cli, log: &Logger) -> Result<(), Error> {
     let pair = backend::channel()?;
     let argv = cli::rewrite_mountpoint(
         &cli.backend,
-        &cli.mountpoint,
+        mountpoint,
         &canonical,
         pair.theirs.as_raw_fd(),
     )?;
@@ -138,22 +175,30 @@ fn run(cli: &Cli, log: &Logger) -> Result<(), Error> {
     }
 
     let arena = arena::Arena::new(cli.arena_size)?;
-    let engine = Engine::new(Config {
-        max_inflight: cli.max_inflight as usize,
-        max_message: arena::SLOT_SIZE,
-        times: match cli.times {
-            cli::TimesArg::Async => TimesMode::Async,
-            cli::TimesArg::Forward => TimesMode::Forward,
+    let rules = Rules::compile(policy);
+    let engine = Engine::with_rules(
+        Config {
+            max_inflight: cli.max_inflight as usize,
+            max_message: arena::SLOT_SIZE,
+            times: if rules.times.asynchronous {
+                TimesMode::Async
+            } else {
+                TimesMode::Forward
+            },
+            max_delay: rules.times.max_delay,
+            max_pending: rules.times.max_pending,
+            attr_cache: rules.times.attr_cache,
+            // Each held request keeps its slot; two stay free for the traffic
+            // that releases them.
+            max_held: arena.slots().saturating_sub(2).max(1),
+            default_permissions: opts.default_permissions,
+            // Room for the nodes of a large tree; only with path rules (a
+            // reload cannot add the first ones).
+            path_nodes: if policy.paths.is_empty() { 0 } else { 65_536 },
+            ..Config::default()
         },
-        max_delay: Duration::from_millis(cli.times_max_delay),
-        max_pending: cli.times_max_pending as usize,
-        attr_cache: cli.attr_cache as usize,
-        // Each held request keeps its slot; two stay free for the traffic
-        // that releases them.
-        max_held: arena.slots().saturating_sub(2).max(1),
-        default_permissions: opts.default_permissions,
-        ..Config::default()
-    });
+        rules,
+    );
     // Before pinning, so that its buffer is locked with the rest.
     let recorder = match &cli.record {
         Some(path) => {
@@ -199,6 +244,7 @@ fn run(cli: &Cli, log: &Logger) -> Result<(), Error> {
             options: opts.to_string(),
             pinning,
             spin: std::time::Duration::from_micros(cli.spin_us),
+            policy: source.path().is_some().then_some(source),
         },
     )?;
     session.run()

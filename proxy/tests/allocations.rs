@@ -65,8 +65,46 @@ fn recording_does_not_allocate() {
     no_allocations(&["--record", "{dir}/session.fcap", "--record-size", "8M"]);
 }
 
+/// A policy with rules that look at every request and reply (path scopes,
+/// deny and cache tables, deadlines), put in force by SIGHUP before the
+/// window: neither the rules nor the reload leave the forwarding path
+/// allocating.
+#[test]
+fn forwarding_under_a_reloaded_policy_does_not_allocate() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    let text = |errno: &str| {
+        format!(
+            "[deny]\nMKNOD = \"{errno}\"\n[cache]\nkeep_cache = false\n\
+             [deadlines]\ndefault = \"60s\"\n\
+             [[paths]]\npath = \"/no/such/dir\"\n[paths.deny]\nread_only = true\n"
+        )
+    };
+    std::fs::write(&policy, text("EPERM")).unwrap();
+    let path = policy.to_str().unwrap().to_string();
+    no_allocations_with(&["--policy", &path], |m| {
+        std::fs::write(&policy, text("EACCES")).unwrap();
+        let before = m.proxy_log().matches("SIGHUP: policy").count();
+        m.send_signal(common::Signal::SIGHUP).unwrap();
+        assert!(
+            common::wait_until(Duration::from_secs(5), || m
+                .proxy_log()
+                .matches("SIGHUP: policy")
+                .count()
+                > before),
+            "no reload line"
+        );
+        assert!(m.proxy_log().contains("reloaded"), "{}", m.proxy_log());
+    });
+}
+
 /// The window described in the module doc, with `extra` fuseproxy options.
 fn no_allocations(extra: &[&str]) {
+    no_allocations_with(extra, |_| {});
+}
+
+/// [`no_allocations`], calling `before_window` after the warm-up.
+fn no_allocations_with(extra: &[&str], before_window: impl FnOnce(&mut Mount)) {
     let pll = common::passthrough_ll().to_str().unwrap();
     let mut args = extra.to_vec();
     args.extend_from_slice(&[
@@ -92,6 +130,8 @@ fn no_allocations(extra: &[&str]) {
         .unwrap();
 
     workload(&m, &data, 1_000, 20, 1);
+    before_window(&mut m);
+    workload(&m, &data, 200, 4, 2);
     let first = dump_stats(&mut m);
     // The counter is live: start-up and the first log lines allocated.
     assert!(

@@ -1459,3 +1459,5 @@ mod after_write {
         );
     }
 }
+
+mod rules;
