@@ -573,10 +573,16 @@ impl Engine {
     /// applied: the backend may drop the node on FORGET. Returns whether it
     /// was deferred.
     fn defer_forget(&mut self, node: NodeId, nlookup: u64) -> bool {
-        if self.times.get(node).is_none() {
+        let Some(e) = self.times.get(node) else {
             return false;
+        };
+        // No caller waits for a FORGET: a retry waiting for its back-off
+        // keeps waiting (the kernel forgets idle inodes at any time; that
+        // must not use up a refused flush's retries in a burst).
+        let retry_waits = e.pending.is_some() && e.pending_retry.sent > 0;
+        if !retry_waits {
+            self.flush_node(node);
         }
-        self.flush_node(node);
         if let Some(e) = self.times.get_mut(node) {
             e.deferred_forget += nlookup;
         }
@@ -1096,11 +1102,12 @@ impl Engine {
 
     /// `node`'s flush was refused and may be retried: its times go back to
     /// the node's pending record, due after the back-off. Nothing that waits
-    /// on them is released. If something does wait (a request held on the
-    /// node or for every node, a deferred FORGET, shutdown, or newer times
-    /// already wanted), the retry goes at once instead: a request never
-    /// waits out a back-off, only the round trips of at most `retries`
-    /// refusals.
+    /// on them is released. If a caller waits (a request held on the node
+    /// or for every node, i.e. the kernel's DESTROY), or the session is
+    /// shutting down, or newer times were already wanted, the retry goes at
+    /// once instead: a request never waits out a back-off, only the round
+    /// trips of at most `retries` refusals. A deferred FORGET, which no
+    /// caller waits for, keeps waiting with the retry.
     fn retry_flush(&mut self, node: NodeId, error: i32, aux: [u64; 4]) {
         let Some(f) = self.times.flushing(node) else {
             return;
@@ -1125,10 +1132,7 @@ impl Engine {
             after: due - self.now,
         });
         let waited = self.shutting_down
-            || self
-                .times
-                .get(node)
-                .is_some_and(|e| e.urgent || e.deferred_forget > 0)
+            || self.times.get(node).is_some_and(|e| e.urgent)
             || self
                 .held
                 .iter()

@@ -229,25 +229,29 @@ fn a_request_on_the_node_sends_a_waiting_retry_at_once() {
 }
 
 #[test]
-fn forget_and_shutdown_do_not_wait_out_a_backoff() {
+fn a_forget_waits_with_the_retry_and_shutdown_sends_it_at_once() {
     let mut rules = retrying(3);
     rules.times.retry_backoff = Duration::from_secs(60);
     let mut e = session_with(config(), rules);
     let u = flushed_at_deadline(&mut e);
     answer_flush_at(&mut e, ms(1000), u, EACCES);
-    // FORGET: deferred, and the retry goes now.
+    // FORGET: deferred; no caller waits for it, so the back-off stands.
     let mut b = Buf::new();
     let n = request(&mut b, Opcode::Forget, 12, FILE, &1u64.to_ne_bytes());
     e.handle_request(ms(1001), WALL, SlotId(3), &mut b.0[..n]);
     let acts: Vec<_> = std::iter::from_fn(|| e.poll_action(ms(1001))).collect();
-    let f = flushes(&acts);
-    assert_eq!(f.len(), 1, "{acts:?}");
-    // Shutdown: refused again, retried at once; DESTROY after the last.
+    assert!(matches!(acts[..], [Action::Free(SlotId(3))]), "{acts:?}");
+    assert_eq!(e.poll_timeout(), Some(ms(61_000)));
+    // Shutdown sends it at once; refused again, retried at once; DESTROY
+    // after the last, the FORGET before it.
     e.handle_shutdown(ms(1002));
-    let acts = answer_flush_at(&mut e, ms(1002), f[0].0, EACCES);
+    let acts: Vec<_> = std::iter::from_fn(|| e.poll_action(ms(1002))).collect();
     let f = flushes(&acts);
     assert_eq!(f.len(), 1, "{acts:?}");
-    let acts = answer_flush_at(&mut e, ms(1003), f[0].0, 0);
+    let acts = answer_flush_at(&mut e, ms(1003), f[0].0, EACCES);
+    let f = flushes(&acts);
+    assert_eq!(f.len(), 1, "{acts:?}");
+    let acts = answer_flush_at(&mut e, ms(1004), f[0].0, 0);
     let sent: Vec<u32> = acts
         .iter()
         .filter_map(|a| match a {
