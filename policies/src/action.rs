@@ -75,27 +75,48 @@ pub enum Action {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
     /// The kernel's INIT was seen; `removed` are the capability bits taken out
-    /// of its offer before the backend saw it.
+    /// of its offer before the backend saw it because they need the real
+    /// device (what `[init]` removed is in [`Event::Negotiated`]).
     InitOffered {
         /// The kernel's protocol minor.
         minor: u32,
         /// The flags the kernel offered (flags | flags2 << 32), before removal.
         offered: u64,
-        /// The flags removed.
+        /// The device-only flags removed.
         removed: u64,
     },
     /// The backend answered INIT; the session runs with these values.
+    /// Flags are `flags | flags2 << 32`; a `max_pages` of 0 means
+    /// `FUSE_MAX_PAGES` is not in effect.
     Negotiated {
         /// Protocol major of the backend's reply.
         major: u32,
         /// Protocol minor the backend chose.
         minor: u32,
-        /// max_write after the proxy's clamp.
+        /// max_write sent to the kernel (after `[init]` and the arena's limit).
         max_write: u32,
-        /// max_write the backend asked for, before the clamp.
+        /// max_write the backend asked for.
         backend_max_write: u32,
-        /// Flags the backend accepted (flags | flags2 << 32).
+        /// max_readahead sent to the kernel.
+        max_readahead: u32,
+        /// max_readahead the backend answered.
+        backend_max_readahead: u32,
+        /// max_pages sent to the kernel.
+        max_pages: u16,
+        /// max_pages the backend answered.
+        backend_max_pages: u16,
+        /// Flags the kernel offered, before the proxy's changes.
+        offered: u64,
+        /// Flags the backend answered.
+        answered: u64,
+        /// Flags sent to the kernel: the session runs with these.
         flags: u64,
+        /// Removed from the offer by `[init]`'s `mask`.
+        masked: u64,
+        /// Removed from the offer by `writeback_cache = "deny"`.
+        denied: u64,
+        /// Set in the answer by the proxy (`writeback_cache = "force"`).
+        forced: u64,
     },
     /// The backend refused INIT or sent a reply the proxy cannot read.
     InitFailed {
@@ -145,6 +166,34 @@ pub enum Event {
     TimesLost {
         /// Nodes whose acknowledged times are lost.
         nodes: usize,
+    },
+    /// A request waited past its `[deadlines]` limit and was answered with
+    /// `errno`.
+    DeadlineExpired {
+        /// The kernel's request.
+        unique: Unique,
+        /// What it was.
+        opcode: Opcode,
+        /// The node it concerned.
+        node: NodeId,
+        /// The errno its caller got (positive).
+        errno: i32,
+        /// Whether the backend had it (`false`: it was still held by the
+        /// proxy, and was never sent).
+        sent: bool,
+    },
+    /// The backend answered a request after its deadline; the reply was
+    /// dropped.
+    LateReply {
+        /// The request.
+        unique: Unique,
+        /// What it was.
+        opcode: Opcode,
+        /// The backend's error (0 = success, otherwise negative errno).
+        error: i32,
+        /// Requests of the proxy's own sent to undo what the reply left in
+        /// the backend (a FORGET of the lookup, a RELEASE of the handle).
+        undone: u8,
     },
     /// A reply was dropped as invalid; the stats count it by reason.
     BadReply {

@@ -607,39 +607,42 @@ impl FaultSection {
 }
 table_visitor!(FaultSection, "a table of faults by opcode");
 
+/// Writes a table: the fixed keys `fixed` writes, then one key per opcode.
+fn serialize_op_table<S: Serializer, T: Serialize>(
+    s: S,
+    ops: &BTreeMap<OpName, T>,
+    fixed: impl FnOnce(&mut S::SerializeMap) -> Result<(), S::Error>,
+) -> Result<S::Ok, S::Error> {
+    let mut m = s.serialize_map(None)?;
+    fixed(&mut m)?;
+    for (k, v) in ops {
+        m.serialize_entry(k, v)?;
+    }
+    m.end()
+}
+
 impl Serialize for DeadlinesSection {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(None)?;
-        if let Some(d) = &self.default {
-            m.serialize_entry("default", d)?;
-        }
-        m.serialize_entry("errno", &self.errno)?;
-        for (k, v) in &self.ops {
-            m.serialize_entry(k, v)?;
-        }
-        m.end()
+        serialize_op_table(s, &self.ops, |m| {
+            if let Some(d) = &self.default {
+                m.serialize_entry("default", d)?;
+            }
+            m.serialize_entry("errno", &self.errno)
+        })
     }
 }
 
 impl Serialize for DenySection {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("read_only", &self.read_only)?;
-        for (k, v) in &self.ops {
-            m.serialize_entry(k, v)?;
-        }
-        m.end()
+        serialize_op_table(s, &self.ops, |m| {
+            m.serialize_entry("read_only", &self.read_only)
+        })
     }
 }
 
 impl Serialize for FaultSection {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("seed", &self.seed)?;
-        for (k, v) in &self.ops {
-            m.serialize_entry(k, v)?;
-        }
-        m.end()
+        serialize_op_table(s, &self.ops, |m| m.serialize_entry("seed", &self.seed))
     }
 }
 
@@ -728,6 +731,15 @@ impl Policy {
             }
             if let Some(p) = i.max_pages {
                 range("init.max_pages", p.into(), 1, 65535)?;
+            }
+            let wb = fuseproxy_protocol::flags::FUSE_WRITEBACK_CACHE;
+            if i.writeback_cache == Writeback::Force && i.mask.iter().any(|f| f.0 == wb) {
+                return Err((
+                    "init.writeback_cache".into(),
+                    "\"force\" contradicts FUSE_WRITEBACK_CACHE in init.mask (use \"deny\" to \
+                     keep it off)"
+                        .into(),
+                ));
             }
         }
         let scopes = std::iter::once((String::new(), self.cache.as_ref(), self.deadlines.as_ref()))
@@ -991,6 +1003,12 @@ mod tests {
         let e = err("[times]\nmode = \"sometimes\"\n");
         assert_eq!(e.key, "times.mode", "{e}");
         assert!(e.message.contains("unknown variant"), "{e}");
+    }
+
+    #[test]
+    fn forcing_a_masked_capability_is_a_contradiction() {
+        let e = err("[init]\nmask = [\"FUSE_WRITEBACK_CACHE\"]\nwriteback_cache = \"force\"\n");
+        assert_eq!((e.key.as_str(), e.line), ("init.writeback_cache", 3), "{e}");
     }
 
     #[test]

@@ -9,15 +9,16 @@ use fuseproxy_protocol::abi::{
     FUSE_NAME_OFFSET_DIRENTPLUS,
 };
 use fuseproxy_protocol::{
-    encode, init, reply, NodeId, Opcode, Operation, ParseError, Reply, ReplyKind, Request, Unique,
+    encode, reply, NodeId, Opcode, Operation, ParseError, Reply, ReplyKind, Request, Unique,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::action::{Action, BadReplyReason, Event, Inline, SlotId, INLINE_MAX};
 use crate::attr_cache::{AttrCache, Cached};
+use crate::deadlines::{DeadlineId, Expired};
 use crate::fault::Rng;
 use crate::inflight::{Entry, Inflight, Origin, INJECTED_UNIQUE_BASE};
-use crate::init_rule::{limits_for, DEVICE_ONLY_FLAGS};
+use crate::init_rule::{limits_for, Negotiation, DEVICE_ONLY_FLAGS};
 use crate::names::{self, Known, Names};
 use crate::paths::PathTable;
 use crate::times::{is_time_only, Retry, Stamps, Times, TimesTable, Timespec};
@@ -86,7 +87,7 @@ impl Default for Config {
 const ACTION_QUEUE: usize = 256;
 const EVENT_QUEUE: usize = 64;
 pub(crate) const OUT_HEADER: usize = 16;
-const IN_HEADER: usize = 40;
+pub(crate) const IN_HEADER: usize = 40;
 const EIO: i32 = 5;
 const ENOENT: i32 = 2;
 /// open(2)'s O_TRUNC, as the kernel passes it in `fuse_open_in.flags`.
@@ -101,7 +102,6 @@ struct Held {
     slot: SlotId,
     /// The kernel's request it is (for `[deadlines]`, which may answer it
     /// while it waits).
-    #[allow(dead_code)]
     unique: Unique,
     /// Not sent before this (a `[fault]` delay).
     not_before: Option<Instant>,
@@ -145,6 +145,8 @@ pub struct Engine {
     kept: Vec<NodeId>,
     /// Protocol minor of the session, once INIT is answered (0 before).
     minor: u32,
+    /// What `[init]` did to the session's INIT.
+    negotiation: Negotiation,
     backend_gone: bool,
     next_injected: u64,
     shutting_down: bool,
@@ -157,6 +159,9 @@ pub struct Engine {
     rng: Rng,
     /// Which `[[paths]]` scope each node is in.
     paths: PathTable,
+    /// Requests answered at their deadline after they were sent, for their
+    /// late replies.
+    expired: Expired,
     /// RENAMEs in flight the path table follows. INVARIANT: capacity
     /// `MAX_RENAMES`, never exceeded.
     renames: Vec<PendingRename>,
@@ -189,8 +194,11 @@ impl Engine {
         };
         Engine {
             config,
-            inflight: Inflight::with_capacity(
+            // Deadlines are for the kernel's requests, of which the proxy
+            // lets at most max_inflight in flight.
+            inflight: Inflight::with_deadlines(
                 config.max_inflight + config.max_pending.min(1 << 20),
+                config.max_inflight,
             ),
             actions: VecDeque::with_capacity(ACTION_QUEUE),
             events: VecDeque::with_capacity(EVENT_QUEUE),
@@ -207,6 +215,7 @@ impl Engine {
             listings: 0,
             kept: Vec::with_capacity(times_capacity),
             minor: 0,
+            negotiation: Negotiation::default(),
             backend_gone: false,
             next_injected: INJECTED_UNIQUE_BASE,
             shutting_down: false,
@@ -216,6 +225,7 @@ impl Engine {
             rules,
             paths: PathTable::with_capacity(config.path_nodes),
             renames: Vec::with_capacity(MAX_RENAMES),
+            expired: Expired::default(),
             now: Instant::default(),
         }
     }
@@ -262,18 +272,21 @@ impl Engine {
 
     /// The next deadline at which [`handle_timeout`](Self::handle_timeout)
     /// must be called: when the first acknowledged times (or a refused
-    /// flush's retry) are due. Changes after any `handle_*` call.
+    /// flush's retry) are due, a held request may go, or a request reaches
+    /// its `[deadlines]` limit. Changes after any `handle_*` call.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let times = self.times.oldest().map(|(_, due)| due);
         let held = self.held.iter().filter_map(|h| h.not_before).min();
-        [times, held].into_iter().flatten().min()
+        let deadline = self.inflight.next_deadline();
+        [times, held, deadline].into_iter().flatten().min()
     }
 
     /// Time has reached a deadline from [`poll_timeout`](Self::poll_timeout):
-    /// sends the times that are due, retries included. Spurious calls are
-    /// harmless.
+    /// answers the requests past their deadline, sends the times that are
+    /// due (retries included). Spurious calls are harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
+        self.expire_deadlines(now);
         while let Some((node, due)) = self.times.oldest() {
             if due > now {
                 break;
@@ -322,9 +335,12 @@ impl Engine {
         }
 
         let mut name_hash = 0;
-        let not_before = match self.request_rules(now, &req, slot, &mut name_hash) {
+        let (not_before, deadline) = match self.request_rules(now, &req, slot, &mut name_hash) {
             Verdict::Done => return,
-            Verdict::Pass { not_before } => not_before,
+            Verdict::Pass {
+                not_before,
+                deadline,
+            } => (not_before, deadline),
         };
         if opcode == Opcode::BatchForget {
             self.forget_paths(&req);
@@ -386,8 +402,10 @@ impl Engine {
         }
 
         aux[3] = name_hash;
-        if opcode == Opcode::Init {
-            self.rewrite_init(msg);
+        match opcode {
+            Opcode::Init => self.rewrite_init(msg),
+            Opcode::Open | Opcode::Create | Opcode::TmpFile => self.writeback_open(msg),
+            _ => {}
         }
         if opcode.needs_reply()
             && !self.inflight.insert(Entry {
@@ -396,12 +414,16 @@ impl Engine {
                 node,
                 origin: Origin::Kernel,
                 aux,
+                deadline: DeadlineId::NONE,
             })
         {
             // Only when the proxy ignored can_accept_request().
             self.answer_error(unique, EAGAIN);
             self.actions.push_back(Action::Free(slot));
             return;
+        }
+        if let Some((limit, errno)) = deadline {
+            self.inflight.arm(unique, now + limit, errno);
         }
         self.stats.forwarded += 1;
         if ndeps > 0 || all || not_before.is_some() {
@@ -560,7 +582,7 @@ impl Engine {
             u64::from(t.uid) | u64::from(t.gid) << 32,
             u64::from(t.pid) | u64::from(retry.backoff_us) << 32,
         ];
-        self.inject(header, arg.as_bytes(), Some(aux));
+        self.inject_with(header, arg.as_bytes(), Some(aux));
     }
 
     fn flush_all(&mut self) {
@@ -620,15 +642,21 @@ impl Engine {
 
     fn rewrite_init(&mut self, msg: &mut [u8]) {
         let body = &mut msg[IN_HEADER..];
-        let (minor, offered) = match init::InitInView::parse(body) {
-            Ok(v) => (v.minor(), v.flags()),
-            Err(_) => return,
+        let Some((minor, n)) = self
+            .rules
+            .init
+            .handle_offer(self.config.clear_init_flags, body)
+        else {
+            return;
         };
-        let removed = init::rewrite_init_in_flags(body, self.config.clear_init_flags).unwrap_or(0);
+        self.negotiation = n;
+        if n.masked | n.denied != 0 {
+            self.stats.policy.init_rewrites += 1;
+        }
         self.push_event(Event::InitOffered {
             minor,
-            offered,
-            removed,
+            offered: n.offered,
+            removed: n.device_only,
         });
     }
 
@@ -671,6 +699,9 @@ impl Engine {
             if self.inflight.get(unique.without_int_bit()).is_some() {
                 self.stats.replies += 1;
                 self.actions.push_back(Action::DeliverReply(slot));
+            } else if self.expired.contains(unique.without_int_bit()) {
+                self.stats.policy.late_replies += 1;
+                self.actions.push_back(Action::Free(slot));
             } else {
                 self.bad_reply(BadReplyReason::UnknownUnique, None);
                 self.actions.push_back(Action::Free(slot));
@@ -678,7 +709,9 @@ impl Engine {
             return;
         }
         let Some(entry) = self.inflight.remove(unique) else {
-            self.bad_reply(BadReplyReason::UnknownUnique, None);
+            if !self.late_reply(unique, error, msg) {
+                self.bad_reply(BadReplyReason::UnknownUnique, None);
+            }
             self.actions.push_back(Action::Free(slot));
             return;
         };
@@ -1003,24 +1036,18 @@ impl Engine {
             return;
         }
         let body = &mut msg[OUT_HEADER..];
-        let Ok(view) = init::InitOutView::parse(body) else {
+        let arena = limits_for(self.config.max_message);
+        let Ok(a) = self
+            .rules
+            .init
+            .handle_answer(&mut self.negotiation, arena, body)
+        else {
             self.push_event(Event::InitFailed { errno: EIO });
             return;
         };
-        let (major, minor, backend_max_write, flags) =
-            (view.major(), view.minor(), view.max_write(), view.flags());
-        let (max_write, max_pages) = limits_for(self.config.max_message);
-        let max_write = init::clamp_init_out(body, max_write, max_pages)
-            .map(|(w, _)| w)
-            .unwrap_or(backend_max_write);
-        self.minor = minor.max(1);
-        self.push_event(Event::Negotiated {
-            major,
-            minor,
-            max_write,
-            backend_max_write,
-            flags,
-        });
+        self.stats.policy.init_rewrites += u64::from(a.changes);
+        self.minor = a.before.minor().max(1);
+        self.push_event(a.event(&self.negotiation));
     }
 
     fn injected_reply(&mut self, entry: Entry, error: i32, msg: &mut [u8]) {
@@ -1095,7 +1122,7 @@ impl Engine {
                 nodeid: node.0,
                 ..InHeader::default()
             };
-            self.inject(header, ForgetIn { nlookup: forget }.as_bytes(), None);
+            self.inject(header, ForgetIn { nlookup: forget }.as_bytes(), false);
         }
         self.settle(node);
     }
@@ -1201,6 +1228,8 @@ impl Engine {
             return;
         }
         self.backend_gone = true;
+        // What is in flight is answered with EIO below, without waiting.
+        self.inflight.clear_deadlines();
         while let Some(h) = self.held.pop() {
             self.actions.push_back(Action::Free(h.slot));
         }
@@ -1236,13 +1265,24 @@ impl Engine {
             unique: self.next_injected,
             ..InHeader::default()
         };
-        self.destroy_pending = self.inject(header, &[], Some([0; 4]));
+        self.destroy_pending = self.inject(header, &[], true);
     }
 
     /// Encodes and queues a request of the proxy's own (its unique is taken
     /// from `header`, which must be `next_injected`); records it in flight
     /// when a reply is expected.
-    fn inject(&mut self, header: InHeader, body: &[u8], aux: Option<[u64; 4]>) -> Option<Unique> {
+    fn inject(&mut self, header: InHeader, body: &[u8], expects_reply: bool) -> Option<Unique> {
+        self.inject_with(header, body, expects_reply.then_some([0; 4]))
+    }
+
+    /// [`inject`](Self::inject), recording it in flight with `aux` when
+    /// given (a reply is expected).
+    fn inject_with(
+        &mut self,
+        header: InHeader,
+        body: &[u8],
+        aux: Option<[u64; 4]>,
+    ) -> Option<Unique> {
         debug_assert_eq!(header.unique, self.next_injected);
         let unique = Unique(header.unique);
         let mut bytes = [0u8; INLINE_MAX];
@@ -1254,6 +1294,7 @@ impl Engine {
                 node: NodeId(header.nodeid),
                 origin: Origin::Proxy,
                 aux,
+                deadline: DeadlineId::NONE,
             }) {
                 return None;
             }

@@ -15,6 +15,9 @@
 
 use fuseproxy_protocol::{NodeId, Opcode, Unique};
 
+use crate::deadlines::{DeadlineId, Deadlines};
+use crate::Instant;
+
 /// The first unique of the proxy's own requests; see the module doc.
 pub const INJECTED_UNIQUE_BASE: u64 = 1 << 62;
 
@@ -42,6 +45,10 @@ pub struct Entry {
     /// offset of a WRITE, the victims of an UNLINK or RENAME); see
     /// `Engine::note_request`.
     pub aux: [u64; 4],
+    /// Its `[deadlines]` due time, if it has one. Set only by
+    /// [`Inflight::arm`]; build entries with [`DeadlineId::NONE`]
+    /// ([`Inflight::insert`] ignores what is given).
+    pub deadline: DeadlineId,
 }
 
 /// The table; see the module doc.
@@ -51,17 +58,28 @@ pub struct Inflight {
     slots: Vec<Option<Entry>>,
     capacity: usize,
     len: usize,
+    /// Due times of entries with a deadline. INVARIANT: an entry's
+    /// `deadline` is registered here exactly while the entry is in the table.
+    deadlines: Deadlines,
 }
 
 impl Inflight {
-    /// A table for at most `capacity` requests at once; allocates here only.
+    /// A table for at most `capacity` requests at once, as many with a
+    /// deadline; allocates here only.
     pub fn with_capacity(capacity: usize) -> Self {
+        Inflight::with_deadlines(capacity, capacity)
+    }
+
+    /// A table for at most `capacity` requests at once, of which at most
+    /// `deadlines` have a deadline; allocates here only.
+    pub fn with_deadlines(capacity: usize, deadlines: usize) -> Self {
         let capacity = capacity.max(1);
         let slots = (capacity * 2).next_power_of_two();
         Inflight {
             slots: vec![None; slots],
             capacity,
             len: 0,
+            deadlines: Deadlines::with_capacity(deadlines),
         }
     }
 
@@ -105,8 +123,12 @@ impl Inflight {
     /// Records a request. Returns `false` (and records nothing) when the table
     /// is full. A unique already present is replaced: the kernel re-sends a
     /// request under its old unique after FUSE_NOTIFY_RESEND.
-    pub fn insert(&mut self, entry: Entry) -> bool {
+    pub fn insert(&mut self, mut entry: Entry) -> bool {
+        entry.deadline = DeadlineId::NONE;
         if let Some(i) = self.find(entry.unique) {
+            if let Some(old) = self.slots[i] {
+                self.deadlines.remove(old.deadline);
+            }
             self.slots[i] = Some(entry);
             return true;
         }
@@ -131,6 +153,9 @@ impl Inflight {
     pub fn remove(&mut self, unique: Unique) -> Option<Entry> {
         let mut hole = self.find(unique)?;
         let removed = self.slots[hole].take();
+        if let Some(e) = removed {
+            self.deadlines.remove(e.deadline);
+        }
         self.len -= 1;
         // Backward-shift: pull later members of the probe run into the hole
         // when the hole lies between their home and their current slot.
@@ -146,6 +171,58 @@ impl Inflight {
             i = (i + 1) & self.mask();
         }
         removed
+    }
+
+    /// Gives `unique`, in flight, a deadline at `due`, past which it is to be
+    /// answered with `errno`. Returns `false` (no deadline) when it is not in
+    /// flight or the deadlines are full.
+    pub fn arm(&mut self, unique: Unique, due: Instant, errno: i32) -> bool {
+        let Some(i) = self.find(unique) else {
+            return false;
+        };
+        let Some(id) = self.deadlines.insert(due, unique, errno) else {
+            return false;
+        };
+        if let Some(e) = self.slots[i].as_mut() {
+            self.deadlines.remove(e.deadline);
+            e.deadline = id;
+        }
+        true
+    }
+
+    /// The earliest deadline of the requests in flight.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.peek().map(|(due, ..)| due)
+    }
+
+    /// Removes and returns a request whose deadline is at or before `now`,
+    /// with the errno to answer it with.
+    pub fn pop_expired(&mut self, now: Instant) -> Option<(Entry, i32)> {
+        let (due, unique, errno, id) = self.deadlines.peek()?;
+        if due > now {
+            return None;
+        }
+        if self.get(unique).is_some_and(|e| e.deadline == id) {
+            return self.remove(unique).map(|e| (e, errno));
+        }
+        // Unreachable by the table's invariant; never loop on it.
+        debug_assert!(false, "deadline of {unique:?} without its entry");
+        self.deadlines.remove(id);
+        None
+    }
+
+    /// Deadlines registered (as many as requests in flight that have one).
+    pub fn deadlines(&self) -> usize {
+        self.deadlines.len()
+    }
+
+    /// Drops every deadline (the backend is gone: its requests are answered
+    /// another way).
+    pub fn clear_deadlines(&mut self) {
+        for e in self.slots.iter_mut().flatten() {
+            e.deadline = DeadlineId::NONE;
+        }
+        self.deadlines.clear();
     }
 
     /// Removes and returns any one entry; used to drain the table when the
@@ -167,6 +244,7 @@ mod tests {
             node: NodeId(1),
             origin: Origin::Kernel,
             aux: [0; 4],
+            deadline: DeadlineId::NONE,
         }
     }
 
@@ -223,5 +301,43 @@ mod tests {
         assert!(t.insert(e));
         assert_eq!(t.len(), 1);
         assert_eq!(t.get(Unique(4)).unwrap().opcode, Opcode::Read);
+    }
+
+    #[test]
+    fn every_way_out_of_the_table_drops_the_deadline() {
+        let ms = |n: u64| Instant::from_nanos(n * 1_000_000);
+        let mut t = Inflight::with_deadlines(8, 4);
+        for u in [2, 4, 6, 8] {
+            assert!(t.insert(entry(u)));
+            assert!(t.arm(Unique(u), ms(u), 5));
+        }
+        assert!(t.insert(entry(10)));
+        assert!(!t.arm(Unique(10), ms(1), 5), "deadlines full");
+        assert!(!t.arm(Unique(12), ms(1), 5), "not in flight");
+        assert_eq!(t.next_deadline(), Some(ms(2)));
+        t.remove(Unique(2));
+        assert!(t.insert(entry(4)), "a replaced entry loses its deadline");
+        t.pop_any();
+        assert!(t.deadlines() <= 2);
+        while t.pop_any().is_some() {}
+        assert_eq!((t.deadlines(), t.next_deadline()), (0, None));
+
+        assert!(t.insert(entry(20)) && t.arm(Unique(20), ms(5), 110));
+        assert!(t.pop_expired(ms(4)).is_none());
+        let (e, errno) = t.pop_expired(ms(5)).unwrap();
+        assert_eq!(
+            (e.unique, errno, t.len(), t.deadlines()),
+            (Unique(20), 110, 0, 0)
+        );
+        assert!(t.insert(entry(22)) && t.arm(Unique(22), ms(5), 5));
+        t.clear_deadlines();
+        assert_eq!((t.len(), t.deadlines()), (1, 0));
+        assert!(t.pop_expired(ms(100)).is_none());
+    }
+
+    #[test]
+    fn an_entry_is_no_larger_for_its_deadline() {
+        // The handle fits in the padding after `origin`.
+        assert_eq!(core::mem::size_of::<Option<Entry>>(), 64);
     }
 }

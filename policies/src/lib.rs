@@ -21,6 +21,7 @@ mod action;
 pub mod attr_cache;
 pub mod cache;
 pub mod config;
+pub mod deadlines;
 pub mod deny;
 mod engine;
 pub mod errno;

@@ -44,6 +44,8 @@ pub struct PolicyStats {
     pub flush_gave_up: u64,
     /// INIT values or flags changed by `[init]`.
     pub init_rewrites: u64,
+    /// OPEN/CREATE/TMPFILE flags rewritten because writeback was forced.
+    pub writeback_opens: u64,
     /// Timeouts and open flags changed by `[cache]`.
     pub cache_changed: u64,
     /// LOOKUPs answered ENOENT turned into negative entries by `[cache]`.

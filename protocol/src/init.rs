@@ -238,6 +238,17 @@ impl InitOutView {
         self.arg.max_pages
     }
 
+    /// `max_pages` as the kernel takes it: the field when the body holds it
+    /// and the flags have `FUSE_MAX_PAGES`, else 0 (the kernel then uses its
+    /// default of 32 pages).
+    pub fn max_pages_in_effect(&self) -> u16 {
+        if self.len >= INIT_OUT_MAX_PAGES_END && self.flags() & FUSE_MAX_PAGES != 0 {
+            self.arg.max_pages
+        } else {
+            0
+        }
+    }
+
     /// The `map_alignment` field (7.31), if `FUSE_MAP_ALIGNMENT`.
     pub fn map_alignment(&self) -> u16 {
         self.arg.map_alignment
@@ -270,6 +281,66 @@ impl InitOutView {
     }
 }
 
+/// Changes to make to an INIT reply ([`edit_init_out`]).
+///
+/// Flags are cleared first, then set. The limits are upper bounds: a value
+/// above one is lowered to it, never raised; `u32::MAX` / `u16::MAX` leave a
+/// field as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InitOutEdit {
+    /// INIT flag bits to clear.
+    pub clear: u64,
+    /// INIT flag bits to set.
+    pub set: u64,
+    /// Upper bound on `max_write`.
+    pub max_write: u32,
+    /// Upper bound on `max_readahead`.
+    pub max_readahead: u32,
+    /// Upper bound on `max_pages` (only when `FUSE_MAX_PAGES` is in effect).
+    pub max_pages: u16,
+}
+
+impl Default for InitOutEdit {
+    fn default() -> Self {
+        InitOutEdit {
+            clear: 0,
+            set: 0,
+            max_write: u32::MAX,
+            max_readahead: u32::MAX,
+            max_pages: u16::MAX,
+        }
+    }
+}
+
+/// Edits an INIT reply body in place; returns the view of the result, that
+/// is what the kernel will read.
+///
+/// A field is changed only if the body holds it: `max_readahead` from 12
+/// bytes, `flags` from 16, `max_write` from 24, `max_pages` from 30 (and
+/// only when the resulting flags have `FUSE_MAX_PAGES`), `flags2` from 36.
+/// Bits 32..63 count only when the resulting flags have `FUSE_INIT_EXT`, so
+/// setting one in a reply without it changes nothing the kernel reads; the
+/// returned view shows which changes took.
+///
+/// # Errors
+/// As [`InitOutView::parse`]; the body is then unchanged.
+pub fn edit_init_out(body: &mut [u8], edit: &InitOutEdit) -> Result<InitOutView, ParseError> {
+    let view = InitOutView::parse(body)?;
+    let mut arg = view.arg;
+    let (clear_lo, clear_hi) = split_init_flags(edit.clear);
+    let (set_lo, set_hi) = split_init_flags(edit.set);
+    arg.flags = (arg.flags & !clear_lo) | set_lo;
+    arg.flags2 = (arg.flags2 & !clear_hi) | set_hi;
+    arg.max_readahead = arg.max_readahead.min(edit.max_readahead);
+    arg.max_write = arg.max_write.min(edit.max_write);
+    if join_flags(arg.flags, arg.flags2) & FUSE_MAX_PAGES != 0 {
+        arg.max_pages = arg.max_pages.min(edit.max_pages);
+    }
+    // Fields past the body stay absent: only its own bytes are written back.
+    write_prefix(&arg, body);
+    InitOutView::parse(body)
+}
+
 /// Lowers `max_write` and `max_pages` of an INIT reply body in place, if they
 /// are larger than the limits; returns the values the body now holds.
 ///
@@ -286,20 +357,15 @@ pub fn clamp_init_out(
     max_write: u32,
     max_pages: u16,
 ) -> Result<(u32, u16), ParseError> {
-    let view = InitOutView::parse(body)?;
-    let mut arg = view.arg;
-    if view.len >= FUSE_COMPAT_22_INIT_OUT_SIZE {
-        arg.max_write = arg.max_write.min(max_write);
-    }
-    let pages_in_effect = view.len >= INIT_OUT_MAX_PAGES_END && view.flags() & FUSE_MAX_PAGES != 0;
-    if pages_in_effect {
-        arg.max_pages = arg.max_pages.min(max_pages);
-    }
-    write_prefix(&arg, body);
-    Ok((
-        arg.max_write,
-        if pages_in_effect { arg.max_pages } else { 0 },
-    ))
+    let view = edit_init_out(
+        body,
+        &InitOutEdit {
+            max_write,
+            max_pages,
+            ..InitOutEdit::default()
+        },
+    )?;
+    Ok((view.max_write(), view.max_pages_in_effect()))
 }
 
 /// Splits `u64` INIT flags into the `(flags, flags2)` fields.
@@ -403,6 +469,78 @@ mod tests {
                 got: 65
             })
         );
+    }
+
+    #[test]
+    fn edit_sets_clears_and_lowers_never_raises() {
+        let out = InitOut {
+            major: 7,
+            minor: 45,
+            max_readahead: 128 * 1024,
+            flags: (FUSE_INIT_EXT | FUSE_MAX_PAGES | FUSE_ASYNC_READ) as u32,
+            flags2: (FUSE_PASSTHROUGH >> 32) as u32,
+            max_write: 1 << 20,
+            max_pages: 256,
+            ..InitOut::default()
+        };
+        let mut body = [0u8; 64];
+        body.copy_from_slice(out.as_bytes());
+        let edit = InitOutEdit {
+            clear: FUSE_ASYNC_READ | FUSE_PASSTHROUGH,
+            set: FUSE_WRITEBACK_CACHE,
+            max_write: 64 * 1024,
+            max_readahead: 1 << 30,
+            max_pages: 16,
+        };
+        let v = edit_init_out(&mut body, &edit).unwrap();
+        assert_eq!(
+            v.flags(),
+            FUSE_INIT_EXT | FUSE_MAX_PAGES | FUSE_WRITEBACK_CACHE
+        );
+        assert_eq!(
+            (v.max_write(), v.max_readahead(), v.max_pages_in_effect()),
+            (64 * 1024, 128 * 1024, 16)
+        );
+        assert_eq!(v.minor(), 45);
+
+        // Without FUSE_MAX_PAGES the field is left alone and not in effect.
+        let mut body = [0u8; 64];
+        body.copy_from_slice(
+            InitOut {
+                max_pages: 300,
+                ..out
+            }
+            .as_bytes(),
+        );
+        let edit = InitOutEdit {
+            clear: FUSE_MAX_PAGES,
+            max_pages: 4,
+            ..InitOutEdit::default()
+        };
+        let v = edit_init_out(&mut body, &edit).unwrap();
+        assert_eq!((v.max_pages(), v.max_pages_in_effect()), (300, 0));
+    }
+
+    #[test]
+    fn edit_of_short_forms_writes_only_their_bytes() {
+        // 8 bytes: no flags, nothing to set.
+        let mut body = [7, 0, 0, 0, 4, 0, 0, 0];
+        let edit = InitOutEdit {
+            set: FUSE_WRITEBACK_CACHE,
+            max_write: 4096,
+            ..InitOutEdit::default()
+        };
+        let v = edit_init_out(&mut body, &edit).unwrap();
+        assert_eq!(v.flags(), 0);
+        assert_eq!(body, [7, 0, 0, 0, 4, 0, 0, 0]);
+        // 24 bytes: flags and max_write, no max_pages.
+        let mut body = [0u8; 24];
+        body[..4].copy_from_slice(&7u32.to_ne_bytes());
+        body[4..8].copy_from_slice(&22u32.to_ne_bytes());
+        body[20..24].copy_from_slice(&(1u32 << 20).to_ne_bytes());
+        let v = edit_init_out(&mut body, &edit).unwrap();
+        assert_eq!((v.flags(), v.max_write()), (FUSE_WRITEBACK_CACHE, 4096));
+        assert_eq!(v.body_len(), 24);
     }
 
     #[test]

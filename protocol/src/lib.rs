@@ -55,7 +55,9 @@ pub mod request;
 pub use encode::{encode_error_reply, encode_notify, encode_reply, encode_request};
 pub use error::ParseError;
 pub use ids::{Fh, NodeId, Unique, FUSE_INT_REQ_BIT, FUSE_ROOT_ID};
-pub use init::{clamp_init_out, rewrite_init_in_flags, InitInView, InitOutView};
+pub use init::{
+    clamp_init_out, edit_init_out, rewrite_init_in_flags, InitInView, InitOutEdit, InitOutView,
+};
 pub use opcode::{NotifyCode, Opcode};
 pub use reply::{expected_reply_size, unique_of, Reply, ReplyKind, ReplySize};
 pub use request::{Operation, Request, Setattr, Setxattr};

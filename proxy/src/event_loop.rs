@@ -554,7 +554,16 @@ impl Session {
                 minor,
                 max_write,
                 backend_max_write,
+                max_readahead,
+                backend_max_readahead,
+                max_pages,
+                backend_max_pages,
+                offered,
+                answered,
                 flags: f,
+                masked,
+                denied,
+                forced,
             } => {
                 let p = self.startup.pinning;
                 info!(
@@ -570,14 +579,51 @@ impl Session {
                     crate::arena::SLOT_SIZE,
                     if self.arena.is_locked() { " locked" } else { " NOT locked" },
                 );
-                if backend_max_write != max_write {
-                    info!(self.log, "max_write lowered from {backend_max_write} to {max_write} to fit the arena's slots");
-                }
+                // The three flag sets in one line; their names only at debug,
+                // what the proxy changed by name at info.
+                let names = |bits: u64| flags::init_flag_names(bits).collect::<Vec<_>>().join(" ");
+                let changes = [
+                    ("forced", forced),
+                    ("denied", denied),
+                    ("masked", masked),
+                    // A backend accepting what it was not offered.
+                    ("removed from the backend's answer", answered & !f),
+                ]
+                .iter()
+                .filter(|(_, bits)| *bits != 0)
+                .map(|(what, bits)| format!("{what}: {}", names(*bits)))
+                .collect::<Vec<_>>()
+                .join("; ");
+                let changes = if changes.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({changes})")
+                };
+                info!(
+                    self.log,
+                    "INIT: kernel offered {offered:#x}, backend answered {answered:#x}, \
+                     sent to the kernel {f:#x}{changes}"
+                );
                 debug!(
                     self.log,
-                    "negotiated flags {f:#x}: {}",
-                    flags::init_flag_names(f).collect::<Vec<_>>().join(" ")
+                    "INIT flags offered by the kernel: {}",
+                    names(offered)
                 );
+                debug!(
+                    self.log,
+                    "INIT flags answered by the backend: {}",
+                    names(answered)
+                );
+                debug!(self.log, "INIT flags sent to the kernel: {}", names(f));
+                if backend_max_write != max_write {
+                    info!(self.log, "max_write lowered from {backend_max_write} to {max_write} (policy and arena slots)");
+                }
+                if backend_max_readahead != max_readahead {
+                    info!(self.log, "max_readahead lowered from {backend_max_readahead} to {max_readahead} by the policy");
+                }
+                if backend_max_pages != max_pages {
+                    info!(self.log, "max_pages lowered from {backend_max_pages} to {max_pages} (policy and arena slots)");
+                }
             }
             Event::FlushFailed {
                 node,
@@ -634,6 +680,34 @@ impl Session {
                 debug!(
                     self.log,
                     "{opcode} {:#x} of the proxy's own answered: {error}", unique.0
+                );
+            }
+            Event::DeadlineExpired {
+                unique,
+                opcode,
+                node,
+                errno,
+                sent,
+            } => {
+                debug!(
+                    self.log,
+                    "{opcode} {:#x} on node {} past its deadline: answered with {}{}",
+                    unique.0,
+                    node.0,
+                    nix::errno::Errno::from_raw(errno).desc(),
+                    if sent { "" } else { " (never sent)" }
+                );
+            }
+            Event::LateReply {
+                unique,
+                opcode,
+                error,
+                undone,
+            } => {
+                debug!(
+                    self.log,
+                    "late reply to {opcode} {:#x} dropped ({error}); {undone} request(s) sent to undo it",
+                    unique.0
                 );
             }
             Event::BadReply { reason, unique } => {
@@ -723,12 +797,21 @@ impl Session {
                     );
                     return;
                 }
+                let init_changed = rules.init != self.engine.rules().init;
                 let old = self.engine.set_rules(rules);
                 drop(old);
                 info!(
                     self.log,
                     "SIGHUP: policy {file} reloaded; it applies to requests read from now on"
                 );
+                if init_changed && self.engine.is_initialized() {
+                    // INIT happens once per connection.
+                    warn!(
+                        self.log,
+                        "SIGHUP: [init] changed, but INIT was negotiated at mount: the session \
+                         keeps what it was given (the new values apply from the next mount)"
+                    );
+                }
             }
             Err(e) => error!(
                 self.log,
@@ -893,7 +976,8 @@ impl Session {
              times_acked={} times_coalesced={} times_forwarded={} times_flushes={} times_flush_errors={} \
              times_pending={} held={} cache_clears={} denied={} faulted={} delayed={} \
              deadlines_hit={} late_replies={} flush_retries={} flush_gave_up={} init_rewrites={} \
-             cache_changed={} negative_entries={} reloads={} allocations={allocations}",
+             writeback_opens={} cache_changed={} negative_entries={} reloads={} \
+             allocations={allocations}",
             s.requests,
             s.forwarded,
             s.replies,
@@ -922,6 +1006,7 @@ impl Session {
             s.policy.flush_retries,
             s.policy.flush_gave_up,
             s.policy.init_rewrites,
+            s.policy.writeback_opens,
             s.policy.cache_changed,
             s.policy.negative_entries,
             s.policy.reloads,

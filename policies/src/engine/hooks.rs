@@ -2,20 +2,26 @@
 //! request, a reply or the clock is shown to them.
 //!
 //! Each rule decides in its own module ([`crate::deny`], [`crate::fault`],
-//! [`crate::cache`], [`crate::paths`]); this file only calls them in order
-//! and carries out what they decide with the engine's own means (answer,
-//! hold, rewrite in place, count).
+//! [`crate::cache`], [`crate::paths`], [`crate::deadlines`],
+//! [`crate::init_rule`]); this file only calls them in order and carries
+//! out what they decide with the engine's own means (answer, hold, rewrite
+//! in place, count).
 
-use fuseproxy_protocol::abi::{fuse_rec_align, Direntplus, EntryOut, FUSE_NAME_OFFSET_DIRENTPLUS};
+use fuseproxy_protocol::abi::{
+    fuse_rec_align, Direntplus, EntryOut, ForgetIn, InHeader, ReleaseIn,
+    FUSE_NAME_OFFSET_DIRENTPLUS,
+};
 use fuseproxy_protocol::{encode, Opcode, Operation, Request, Unique};
 use zerocopy::{FromBytes, IntoBytes};
 
-use super::{Engine, OUT_HEADER};
-use crate::action::{Action, Inline, SlotId, INLINE_MAX};
+use super::{Engine, ACTION_QUEUE, IN_HEADER, OUT_HEADER};
+use crate::action::{Action, Event, Inline, SlotId, INLINE_MAX};
+use crate::deadlines::{self, Gone, Undo};
 use crate::fault::FaultDecision;
 use crate::inflight::Entry;
+use crate::init_rule;
 use crate::paths::name_hash;
-use crate::{Instant, Rules};
+use crate::{Duration, Instant, Rules};
 
 const ENOENT: i32 = 2;
 
@@ -36,8 +42,12 @@ pub(super) const MAX_RENAMES: usize = 64;
 
 /// What the request rules decided.
 pub(super) enum Verdict {
-    /// Go on (possibly held until the given time).
-    Pass { not_before: Option<Instant> },
+    /// Go on (possibly held until `not_before`), with a `[deadlines]`
+    /// limit and errno if one applies.
+    Pass {
+        not_before: Option<Instant>,
+        deadline: Option<(Duration, i32)>,
+    },
     /// Answered and freed; nothing else to do.
     Done,
 }
@@ -61,7 +71,8 @@ impl Engine {
         &self.rules
     }
 
-    /// `deny` and `fault` for a request; notes what `paths` needs from it.
+    /// `deny`, `fault` and `deadlines` for a request; notes what `paths`
+    /// needs from it.
     pub(super) fn request_rules(
         &mut self,
         now: Instant,
@@ -101,10 +112,19 @@ impl Engine {
                 Some(now + d)
             }
         };
+        let deadline = match rules.deadlines.limit(opcode) {
+            Some(d) if !deadlines::is_exempt(opcode) => Some((d, rules.deadlines.errno)),
+            _ => None,
+        };
         let (arg_newdir, old, new) = match req.operation() {
             Operation::Rename { arg, old, new } => (arg.newdir, old, new),
             Operation::Rename2 { arg, old, new } => (arg.newdir, old, new),
-            _ => return Verdict::Pass { not_before },
+            _ => {
+                return Verdict::Pass {
+                    not_before,
+                    deadline,
+                }
+            }
         };
         if !self.rules.paths.is_empty() && self.renames.len() < MAX_RENAMES {
             self.renames.push(PendingRename {
@@ -115,7 +135,21 @@ impl Engine {
                 new: name_hash(new),
             });
         }
-        Verdict::Pass { not_before }
+        Verdict::Pass {
+            not_before,
+            deadline,
+        }
+    }
+
+    /// OPEN, CREATE or TMPFILE on its way to the backend: under writeback
+    /// the proxy forced on it, opened for reading and without `O_APPEND`
+    /// (see [`crate::init_rule`]).
+    pub(super) fn writeback_open(&mut self, msg: &mut [u8]) {
+        if self.negotiation.is_writeback_forced()
+            && init_rule::rewrite_open_flags(&mut msg[IN_HEADER..])
+        {
+            self.stats.policy.writeback_opens += 1;
+        }
     }
 
     /// BATCH_FORGET: the path table drops every node it names.
@@ -217,5 +251,118 @@ impl Engine {
     /// Whether a held request with `not_before` may go at `now`.
     pub(super) fn is_due(not_before: Option<Instant>, now: Instant) -> bool {
         not_before.is_none_or(|t| t <= now)
+    }
+
+    /// `[deadlines]`: answers the requests whose time is up (see
+    /// [`crate::deadlines`]). A request still held is dropped with its slot;
+    /// one already sent is remembered for its late reply. Stops while the
+    /// action queue is half full; `poll_timeout` then still says it is due.
+    pub(super) fn expire_deadlines(&mut self, now: Instant) {
+        while self.actions.len() < ACTION_QUEUE / 2 {
+            let Some((entry, errno)) = self.inflight.pop_expired(now) else {
+                break;
+            };
+            self.readers_done(&entry);
+            let held = self.held.iter().position(|h| h.unique == entry.unique);
+            if let Some(i) = held {
+                let h = self.held.remove(i);
+                self.actions.push_back(Action::Free(h.slot));
+            } else {
+                self.expired.push(Gone {
+                    unique: entry.unique,
+                    opcode: entry.opcode,
+                    node: entry.node,
+                });
+                self.may_have_changed(entry.opcode, &entry.aux);
+            }
+            self.stats.policy.deadlines_hit += 1;
+            self.answer_error(entry.unique, errno);
+            self.push_event(Event::DeadlineExpired {
+                unique: entry.unique,
+                opcode: entry.opcode,
+                node: entry.node,
+                errno,
+                sent: held.is_none(),
+            });
+        }
+    }
+
+    /// A reply no request in flight claims: if it answers one that expired,
+    /// it is dropped and counted, and a success that left a lookup or an
+    /// open handle in the backend is undone. Returns `false` for a reply
+    /// that names no expired request either (the caller's slot is freed in
+    /// both cases).
+    pub(super) fn late_reply(&mut self, unique: Unique, error: i32, msg: &[u8]) -> bool {
+        let Some(gone) = self.expired.take(unique) else {
+            return false;
+        };
+        self.stats.policy.late_replies += 1;
+        let mut undone = 0;
+        if error == 0 {
+            self.may_have_changed(gone.opcode, &[0; 4]);
+            let body = msg.get(OUT_HEADER..).unwrap_or(&[]);
+            let ending = self.destroy_pending.is_some() || self.destroy_done;
+            for undo in deadlines::undo_for(gone.opcode, gone.node, body)
+                .into_iter()
+                .flatten()
+                .filter(|_| !ending)
+            {
+                let (opcode, node, nlookup_or_fh, reply) = match undo {
+                    Undo::Forget(node) => (Opcode::Forget, node, 1, false),
+                    Undo::Release { opcode, node, fh } => (opcode, node, fh, true),
+                };
+                let header = InHeader {
+                    opcode: opcode.into(),
+                    unique: self.next_injected,
+                    nodeid: node.0,
+                    ..InHeader::default()
+                };
+                let sent = if reply {
+                    let arg = ReleaseIn {
+                        fh: nlookup_or_fh,
+                        ..ReleaseIn::default()
+                    };
+                    self.inject(header, arg.as_bytes(), true)
+                } else {
+                    let arg = ForgetIn {
+                        nlookup: nlookup_or_fh,
+                    };
+                    self.inject(header, arg.as_bytes(), false)
+                };
+                undone += u8::from(sent.is_some());
+            }
+        }
+        self.push_event(Event::LateReply {
+            unique,
+            opcode: gone.opcode,
+            error,
+            undone,
+        });
+        true
+    }
+
+    /// A request that may change the backend's state expired, or its late
+    /// success came: the backend may have applied it at any time without the
+    /// caches seeing its reply, so what they hold for local time answers is
+    /// no longer known to be true. `aux` is the entry's (names it changes).
+    fn may_have_changed(&mut self, opcode: Opcode, aux: &[u64; 4]) {
+        if deadlines::is_read_only(opcode) || !self.async_times() {
+            return;
+        }
+        match opcode {
+            Opcode::Unlink
+            | Opcode::Create
+            | Opcode::Mknod
+            | Opcode::Mkdir
+            | Opcode::Symlink
+            | Opcode::Link => self.names.remove(aux[0]),
+            Opcode::Rename | Opcode::Rename2 => {
+                self.names.remove(aux[0]);
+                self.names.remove(aux[1]);
+            }
+            _ => {}
+        }
+        self.stats.times.cache_clears += 1;
+        self.attrs.clear();
     }
 }

@@ -1,5 +1,7 @@
 //! Engine tests: a fake kernel and a fake backend exchanging encoded bytes.
 
+mod init_policy;
+
 use fuseproxy_protocol::abi::{GetattrIn, InHeader, InitIn, InitOut};
 use fuseproxy_protocol::flags::{
     FUSE_INIT_EXT, FUSE_MAX_PAGES, FUSE_OVER_IO_URING, FUSE_PASSTHROUGH, FUSE_SPLICE_READ,
@@ -1460,4 +1462,5 @@ mod after_write {
     }
 }
 
+mod deadlines;
 mod rules;

@@ -1,0 +1,150 @@
+//! `[deadlines]` end to end, over libfuse's passthrough_ll: a backend
+//! stopped with SIGSTOP under a 1 s default deadline makes `stat` fail with
+//! EIO after a second or two instead of hanging, the late replies are
+//! dropped when the backend runs again, and the mount then works as before.
+//!
+//! Why up to two seconds: with entry timeouts 0 the kernel first revalidates
+//! the cached name with a LOOKUP; when that fails (EIO at its deadline) it
+//! drops the name and looks it up afresh, a second LOOKUP with its own
+//! deadline. Measured here: 2.0 s, two deadlines hit, two late replies,
+//! and two FORGETs of the proxy's own for the lookups the backend counted.
+//!
+//! The backend is always sent SIGCONT on the way out, a failing assertion
+//! included (`ContOnDrop`), and every call that could block on the stopped
+//! backend runs in a thread waited for with a bounded timeout.
+
+mod common;
+
+use std::fs;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::stats::{dump_stats, stat_field};
+use common::{wait_until, Mode, Mount, MountBuilder, ProcId, Signal};
+
+const EIO: i32 = 5;
+
+/// The proxy's backend: its one passthrough_ll descendant.
+fn backend_of(m: &Mount) -> ProcId {
+    let found: Vec<ProcId> = m
+        .descendants()
+        .into_iter()
+        .filter(|p| {
+            fs::read_to_string(format!("/proc/{}/comm", p.pid))
+                .is_ok_and(|c| c.trim() == "passthrough_ll")
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one passthrough_ll, found {found:?}"
+    );
+    found[0]
+}
+
+/// Sends SIGCONT to the backend when dropped. Declared after the `Mount`,
+/// so it drops first and the unmount never waits on a stopped backend.
+struct ContOnDrop(ProcId);
+
+impl Drop for ContOnDrop {
+    fn drop(&mut self) {
+        self.0.signal(Signal::SIGCONT);
+    }
+}
+
+#[test]
+fn a_stopped_backend_costs_one_eio_after_the_deadline_and_the_mount_recovers() {
+    let dir = tempfile::Builder::new()
+        .prefix("fuseproxy-deadlines.")
+        .tempdir()
+        .unwrap();
+    let policy = dir.path().join("policy.toml");
+    fs::write(&policy, "[deadlines]\ndefault = \"1s\"\n").unwrap();
+    // Entry and attribute timeouts 0: every stat reaches the backend.
+    let mut m = MountBuilder::passthrough(Mode::Proxy, &["-o", "cache=never"])
+        .proxy_args(["--policy", policy.to_str().unwrap()])
+        .mount();
+    fs::write(m.backing_path("f"), b"before").unwrap();
+    assert_eq!(fs::metadata(m.path("f")).unwrap().len(), 6);
+
+    // Opens the window of the allocation count: from here on, expiry, late
+    // replies and the requests that undo them allocate nothing.
+    dump_stats(&mut m);
+    let backend = backend_of(&m);
+    common::send_signal(backend.pid, Signal::SIGSTOP).expect("SIGSTOP the backend");
+    let cont = ContOnDrop(backend);
+    assert!(
+        wait_until(Duration::from_secs(5), || common::all_threads_stopped(
+            backend.pid
+        )),
+        "the backend's threads did not all stop within 5 s"
+    );
+
+    let (tx, rx) = mpsc::channel();
+    let path = m.path("f");
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let r = fs::metadata(&path);
+        let _ = tx.send((started.elapsed(), r.map(|md| md.len())));
+    });
+    let (took, result) = rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("stat on a stopped backend still blocked after 15 s: no deadline");
+    let errno = result.as_ref().err().and_then(|e| e.raw_os_error());
+    assert_eq!(
+        errno,
+        Some(EIO),
+        "stat with the backend stopped: {result:?} after {took:?}"
+    );
+    assert!(
+        Duration::from_millis(800) <= took && took <= Duration::from_secs(5),
+        "stat failed after {took:?}, expected about 1 s"
+    );
+    let s = dump_stats(&mut m);
+    let hit = stat_field(&s, "deadlines_hit");
+    assert!(hit >= 1, "{s}");
+    assert_eq!(stat_field(&s, "allocations"), 0, "{s}");
+
+    // The backend runs again: it answers what it had read, late, and the
+    // proxy drops those replies (and forgets the lookups they counted).
+    drop(cont);
+    let mut s = String::new();
+    let all_late = wait_until(Duration::from_secs(5), || {
+        s = dump_stats(&mut m);
+        assert_eq!(stat_field(&s, "allocations"), 0, "{s}");
+        stat_field(&s, "late_replies") >= hit
+    });
+    assert!(
+        all_late,
+        "{hit} requests expired, not all replies came late within 5 s:\n{s}"
+    );
+    assert_eq!(stat_field(&s, "bad_replies"), 0, "{s}");
+    // Each late LOOKUP succeeded in the backend, which counted a lookup the
+    // kernel never saw: the proxy sent a FORGET of its own for each.
+    assert!(stat_field(&s, "injected") >= hit, "{s}");
+    let (tx, rx) = mpsc::channel();
+    let (f, g) = (m.path("f"), m.path("g"));
+    std::thread::spawn(move || {
+        let r = (|| {
+            let len = fs::metadata(&f)?.len();
+            fs::write(&g, b"after")?;
+            Ok::<_, std::io::Error>((len, fs::read(&g)?))
+        })();
+        let _ = tx.send(r);
+    });
+    let r = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the mount still blocked 10 s after SIGCONT");
+    let (len, bytes) = r.expect("the mount works again after SIGCONT");
+    assert_eq!((len, bytes.as_slice()), (6, &b"after"[..]));
+    assert_eq!(fs::read(m.backing_path("g")).unwrap(), b"after");
+    // The kernel sends RELEASE after close returns: wait for it too.
+    let mut s = String::new();
+    let idle = wait_until(Duration::from_secs(5), || {
+        s = dump_stats(&mut m);
+        assert_eq!(stat_field(&s, "allocations"), 0, "{s}");
+        stat_field(&s, "inflight") == 0
+    });
+    assert!(idle, "requests still in flight 5 s later: {s}");
+    eprintln!("stat failed with EIO after {took:?}; {s}");
+}
