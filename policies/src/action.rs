@@ -132,8 +132,10 @@ pub enum Event {
         /// The backend's error (0 = success, otherwise negative errno).
         error: i32,
     },
-    /// A flush of locally acknowledged times failed in the backend. Its
-    /// caller was answered long ago, so the log is the only place it shows.
+    /// A flush of locally acknowledged times failed in the backend, and it
+    /// will not be sent again (`on_flush_error = "log"`, or its retries are
+    /// used up): its times are given up. Its caller was answered long ago,
+    /// so the log is the only place it shows.
     FlushFailed {
         /// The node.
         node: NodeId,
@@ -143,6 +145,22 @@ pub enum Event {
         atime: Option<(i64, u32)>,
         /// The mtime it tried to apply.
         mtime: Option<(i64, u32)>,
+        /// Times these times were sent (1 when nothing was retried).
+        attempts: u32,
+    },
+    /// A flush failed in the backend and will be sent again
+    /// (`on_flush_error = "retry"`).
+    FlushRetrying {
+        /// The node.
+        node: NodeId,
+        /// The backend's error (negative errno).
+        error: i32,
+        /// Times its times have been refused so far.
+        attempts: u32,
+        /// Retries still allowed.
+        left: u32,
+        /// When it goes again unless something on the node needs it sooner.
+        after: crate::Duration,
     },
     /// The backend went away with time updates it never applied.
     TimesLost {

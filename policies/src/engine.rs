@@ -21,7 +21,7 @@ use crate::inflight::{Entry, Inflight, Origin, INJECTED_UNIQUE_BASE};
 use crate::init_rule::{limits_for, Negotiation, DEVICE_ONLY_FLAGS};
 use crate::names::{self, Known, Names};
 use crate::paths::PathTable;
-use crate::times::{is_time_only, Stamps, Times, TimesTable, Timespec};
+use crate::times::{is_time_only, Retry, Stamps, Times, TimesTable, Timespec};
 use crate::{Duration, Instant, Rules, Stats};
 use hooks::{PendingRename, Verdict, MAX_RENAMES};
 
@@ -271,14 +271,11 @@ impl Engine {
     }
 
     /// The next deadline at which [`handle_timeout`](Self::handle_timeout)
-    /// must be called: when the oldest acknowledged times are due, a held
-    /// request may go, or a request reaches its `[deadlines]` limit. Changes
-    /// after any `handle_*` call.
+    /// must be called: when the first acknowledged times (or a refused
+    /// flush's retry) are due, a held request may go, or a request reaches
+    /// its `[deadlines]` limit. Changes after any `handle_*` call.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let times = self
-            .times
-            .oldest()
-            .map(|(_, since)| since + self.rules.times.max_delay);
+        let times = self.times.oldest().map(|(_, due)| due);
         let held = self.held.iter().filter_map(|h| h.not_before).min();
         let deadline = self.inflight.next_deadline();
         [times, held, deadline].into_iter().flatten().min()
@@ -286,12 +283,12 @@ impl Engine {
 
     /// Time has reached a deadline from [`poll_timeout`](Self::poll_timeout):
     /// answers the requests past their deadline, sends the times that are
-    /// due. Spurious calls are harmless.
+    /// due (retries included). Spurious calls are harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
         self.expire_deadlines(now);
-        while let Some((node, since)) = self.times.oldest() {
-            if since + self.rules.times.max_delay > now {
+        while let Some((node, due)) = self.times.oldest() {
+            if due > now {
                 break;
             }
             self.flush_node(node);
@@ -485,7 +482,11 @@ impl Engine {
         if cached.times_unknown && t.stamps.mtime.is_none() {
             return false;
         }
-        let Some(coalesced) = self.times.acknowledge(now, node, t) else {
+        // The record keeps the rules in force now: a reload changes neither
+        // its deadline nor its retries.
+        let rule = &self.rules.times;
+        let retry = Retry::new(rule.retries, rule.retry_backoff);
+        let Some(coalesced) = self.times.acknowledge(now + rule.max_delay, retry, node, t) else {
             return false;
         };
         self.stats.times.acked_locally += 1;
@@ -544,10 +545,13 @@ impl Engine {
     /// for the node is already in flight.
     fn flush_node(&mut self, node: NodeId) {
         let unique = Unique(self.next_injected);
-        let Some(t) = self.times.start_flush(node, unique) else {
+        let Some((t, retry)) = self.times.start_flush(node, unique) else {
             self.times.make_urgent(node);
             return;
         };
+        if retry.sent > 1 {
+            self.stats.policy.flush_retries += 1;
+        }
         let arg = SetattrIn {
             valid: t.valid(),
             fh: t.fh.unwrap_or(0),
@@ -570,7 +574,15 @@ impl Engine {
             ..InHeader::default()
         };
         self.stats.times.flushes += 1;
-        self.inject(header, arg.as_bytes(), true);
+        // What a retry needs besides the times the node's state keeps rides
+        // in the flush's in-flight entry (see `resend_times`).
+        let aux = [
+            t.fh.unwrap_or(0),
+            t.lock_owner.unwrap_or(0),
+            u64::from(t.uid) | u64::from(t.gid) << 32,
+            u64::from(t.pid) | u64::from(retry.backoff_us) << 32,
+        ];
+        self.inject_with(header, arg.as_bytes(), Some(aux));
     }
 
     fn flush_all(&mut self) {
@@ -583,10 +595,16 @@ impl Engine {
     /// applied: the backend may drop the node on FORGET. Returns whether it
     /// was deferred.
     fn defer_forget(&mut self, node: NodeId, nlookup: u64) -> bool {
-        if self.times.get(node).is_none() {
+        let Some(e) = self.times.get(node) else {
             return false;
+        };
+        // No caller waits for a FORGET: a retry waiting for its back-off
+        // keeps waiting (the kernel forgets idle inodes at any time; that
+        // must not use up a refused flush's retries in a burst).
+        let retry_waits = e.pending.is_some() && e.pending_retry.sent > 0;
+        if !retry_waits {
+            self.flush_node(node);
         }
-        self.flush_node(node);
         if let Some(e) = self.times.get_mut(node) {
             e.deferred_forget += nlookup;
         }
@@ -647,7 +665,8 @@ impl Engine {
     /// `msg.len()` when it was truncated). Queues actions that deliver or free
     /// `slot`, and answers with EIO the request a bad reply names. Replies
     /// carrying attributes feed the cache and show pending times.
-    pub fn handle_reply(&mut self, _now: Instant, slot: SlotId, msg: &mut [u8], received: usize) {
+    pub fn handle_reply(&mut self, now: Instant, slot: SlotId, msg: &mut [u8], received: usize) {
+        self.now = now;
         if received > msg.len() {
             self.bad_reply(BadReplyReason::Oversized, reply::unique_of(msg));
             self.actions.push_back(Action::Free(slot));
@@ -1037,7 +1056,7 @@ impl Engine {
             self.destroy_done = true;
         }
         if entry.opcode == Opcode::Setattr {
-            self.flush_answered(entry.node, error, msg);
+            self.flush_answered(entry.node, error, entry.aux, msg);
         }
         self.push_event(Event::InjectedReply {
             opcode: entry.opcode,
@@ -1046,18 +1065,32 @@ impl Engine {
         });
     }
 
-    /// The backend answered a flush: what waited on it may go.
-    fn flush_answered(&mut self, node: NodeId, error: i32, msg: &mut [u8]) {
-        let Some((t, _)) = self.times.finish_flush(node) else {
+    /// The backend answered a flush: what waited on it may go; or, refused
+    /// with retries left, it goes back to the node's pending record.
+    fn flush_answered(&mut self, node: NodeId, error: i32, aux: [u64; 4], msg: &mut [u8]) {
+        let Some(flushing) = self.times.flushing(node) else {
             return;
         };
         if error != 0 {
             self.stats.times.flush_errors += 1;
+            if flushing.left > 0 && !self.backend_gone {
+                self.retry_flush(node, error, aux);
+                return;
+            }
+        }
+        let Some((t, _)) = self.times.finish_flush(node) else {
+            return;
+        };
+        if error != 0 {
+            if flushing.sent > 1 {
+                self.stats.policy.flush_gave_up += 1;
+            }
             self.push_event(Event::FlushFailed {
                 node,
                 error,
                 atime: t.atime,
                 mtime: t.mtime,
+                attempts: u32::from(flushing.sent),
             });
         } else if let Some(Ok((out, _))) = msg.get_mut(OUT_HEADER..).map(AttrOut::mut_from_prefix) {
             self.overlay_and_cache(node, &mut out.attr, out.attr_valid, out.attr_valid_nsec);
@@ -1092,6 +1125,48 @@ impl Engine {
             self.inject(header, ForgetIn { nlookup: forget }.as_bytes(), false);
         }
         self.settle(node);
+    }
+
+    /// `node`'s flush was refused and may be retried: its times go back to
+    /// the node's pending record, due after the back-off. Nothing that waits
+    /// on them is released. If a caller waits (a request held on the node
+    /// or for every node, i.e. the kernel's DESTROY), or the session is
+    /// shutting down, or newer times were already wanted, the retry goes at
+    /// once instead: a request never waits out a back-off, only the round
+    /// trips of at most `retries` refusals. A deferred FORGET, which no
+    /// caller waits for, keeps waiting with the retry.
+    fn retry_flush(&mut self, node: NodeId, error: i32, aux: [u64; 4]) {
+        let Some(f) = self.times.flushing(node) else {
+            return;
+        };
+        let t = Times {
+            stamps: f.stamps,
+            fh: f.fh_set.then_some(aux[0]),
+            lock_owner: f.lock_owner_set.then_some(aux[1]),
+            uid: aux[2] as u32,
+            gid: (aux[2] >> 32) as u32,
+            pid: aux[3] as u32,
+        };
+        let Some((retry, due)) = self.times.requeue(self.now, node, t, (aux[3] >> 32) as u32)
+        else {
+            return;
+        };
+        self.push_event(Event::FlushRetrying {
+            node,
+            error,
+            attempts: u32::from(f.sent),
+            left: u32::from(retry.left),
+            after: due - self.now,
+        });
+        let waited = self.shutting_down
+            || self.times.get(node).is_some_and(|e| e.urgent)
+            || self
+                .held
+                .iter()
+                .any(|h| h.all || h.deps[..h.ndeps].iter().any(|(n, _)| *n == node));
+        if waited {
+            self.flush_node(node);
+        }
     }
 
     /// `node` may have nothing outstanding any more: drop its state, and
@@ -1197,21 +1272,32 @@ impl Engine {
     /// from `header`, which must be `next_injected`); records it in flight
     /// when a reply is expected.
     fn inject(&mut self, header: InHeader, body: &[u8], expects_reply: bool) -> Option<Unique> {
+        self.inject_with(header, body, expects_reply.then_some([0; 4]))
+    }
+
+    /// [`inject`](Self::inject), recording it in flight with `aux` when
+    /// given (a reply is expected).
+    fn inject_with(
+        &mut self,
+        header: InHeader,
+        body: &[u8],
+        aux: Option<[u64; 4]>,
+    ) -> Option<Unique> {
         debug_assert_eq!(header.unique, self.next_injected);
         let unique = Unique(header.unique);
         let mut bytes = [0u8; INLINE_MAX];
         let len = encode::encode_request(&mut bytes, &header, &[body])?;
-        if expects_reply
-            && !self.inflight.insert(Entry {
+        if let Some(aux) = aux {
+            if !self.inflight.insert(Entry {
                 unique,
                 opcode: Opcode::from(header.opcode),
                 node: NodeId(header.nodeid),
                 origin: Origin::Proxy,
-                aux: [0; 4],
+                aux,
                 deadline: DeadlineId::NONE,
-            })
-        {
-            return None;
+            }) {
+                return None;
+            }
         }
         self.next_injected += 2;
         self.stats.injected += 1;

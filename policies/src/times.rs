@@ -8,9 +8,16 @@
 //! threading. Records are numbered per node (`gen`); a request that must see
 //! the times applied waits for a generation to be done.
 //!
-//! Capacity is fixed at start: a slab of node states with an index and an
-//! intrusive list in acknowledgement order, which gives both the next
-//! deadline (oldest first) and the victim when `max_pending` is exceeded.
+//! A pending record keeps the rules it was acknowledged under: its due time
+//! (acknowledgement + `max_delay`) and its retry budget are stored with it,
+//! so a reload changes neither. A flush the backend refuses goes back to
+//! the node's pending record ([`TimesTable::requeue`], merged under newer
+//! times) with a due time after its back-off, while retries are left.
+//!
+//! Capacity is fixed at start: a slab of node states with an index and a
+//! binary heap of the unscheduled pending records ordered by due time,
+//! which gives both the next deadline and the victim when `max_pending` is
+//! exceeded (the record due first).
 
 use fuseproxy_protocol::flags::{
     FATTR_ATIME, FATTR_ATIME_NOW, FATTR_CTIME, FATTR_FH, FATTR_LOCKOWNER, FATTR_MTIME,
@@ -18,7 +25,7 @@ use fuseproxy_protocol::flags::{
 };
 use fuseproxy_protocol::{NodeId, Setattr, Unique};
 
-use crate::Instant;
+use crate::{Duration, Instant};
 
 /// A time as the wire carries it: seconds and nanoseconds.
 pub type Timespec = (i64, u32);
@@ -132,6 +139,73 @@ impl Times {
 
 const NIL: u32 = u32::MAX;
 
+/// The longest wait between two attempts of one flush, however many
+/// doublings the back-off has had (the longest configurable back-off).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(600);
+
+/// A pending record's retry budget, fixed when it is acknowledged
+/// (6 bytes: packed, so that it takes no more room in a [`NodeTimes`]
+/// than the list links it replaced).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C, packed(2))]
+pub struct Retry {
+    /// Sends still allowed after a failure (0: a failure is final).
+    pub left: u8,
+    /// Times the record has been sent and refused so far.
+    pub sent: u8,
+    /// The first back-off, in microseconds; doubled per retry.
+    pub backoff_us: u32,
+}
+
+impl Retry {
+    /// The budget a record acknowledged under `retries` and `backoff` gets.
+    pub fn new(retries: u32, backoff: Duration) -> Retry {
+        Retry {
+            left: retries.min(u32::from(u8::MAX - 1)) as u8,
+            sent: 0,
+            backoff_us: (backoff.as_nanos() / 1_000).min(u64::from(u32::MAX)) as u32,
+        }
+    }
+
+    /// The wait before the next send after `sent` refusals: the back-off
+    /// times 2^(sent-1), at most [`MAX_BACKOFF`].
+    pub fn backoff(&self) -> Duration {
+        let shift = u32::from(self.sent.max(1) - 1).min(40);
+        let us = u64::from(self.backoff_us).saturating_mul(1 << shift);
+        Duration::from_nanos(us.saturating_mul(1_000).min(MAX_BACKOFF.as_nanos()))
+    }
+
+    /// Merges the budget of newer times into this record's: each update
+    /// keeps at least the retries it was promised.
+    fn absorb(&mut self, newer: &Retry) {
+        if newer.left > self.left {
+            self.left = newer.left;
+            self.backoff_us = newer.backoff_us;
+        }
+    }
+}
+
+/// A flush sent and not yet answered (88 bytes, as a tuple of its first
+/// three fields was: the retry counters fill what was padding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flushing {
+    /// The unique of the proxy's SETATTR.
+    pub unique: Unique,
+    /// The times it carries.
+    pub stamps: Stamps,
+    /// The generation it applies.
+    pub gen: u32,
+    /// Retries left should it be refused.
+    pub left: u8,
+    /// Which send of its times this is (1: the first).
+    pub sent: u8,
+    /// It named a file handle (kept, with the caller, in the flush's
+    /// in-flight entry for a retry).
+    pub fh_set: bool,
+    /// It named a lock owner.
+    pub lock_owner_set: bool,
+}
+
 /// What the proxy holds for one node.
 #[derive(Debug, Clone, Copy)]
 pub struct NodeTimes {
@@ -139,12 +213,16 @@ pub struct NodeTimes {
     pub node: NodeId,
     /// Acknowledged, not yet sent.
     pub pending: Option<Times>,
-    /// When the pending record was first acknowledged (its deadline's base).
-    pub pending_since: Instant,
+    /// When the pending record is to be sent: its first acknowledgement
+    /// plus the `max_delay` then in force, or a retry's back-off; a later
+    /// update can only bring it forward.
+    pub pending_due: Instant,
     /// Generation of the pending record.
     pub pending_gen: u32,
-    /// Sent, awaiting the backend's reply: the flush's unique, times, generation.
-    pub flushing: Option<(Unique, Stamps, u32)>,
+    /// The pending record's retry budget, fixed when acknowledged.
+    pub pending_retry: Retry,
+    /// Sent, awaiting the backend's reply.
+    pub flushing: Option<Flushing>,
     /// The last generation the backend has answered.
     pub done_gen: u32,
     /// Someone waits for the pending record: send it as soon as the flush in
@@ -163,9 +241,8 @@ pub struct NodeTimes {
     pub applied: Option<Stamps>,
     /// Idle, but kept for a listing in flight (the engine's `kept` list).
     pub kept: bool,
-    prev: u32,
-    next: u32,
-    in_list: bool,
+    /// Position in the table's due-time heap; `NIL` when not in it.
+    heap_pos: u32,
 }
 
 impl NodeTimes {
@@ -173,8 +250,9 @@ impl NodeTimes {
         NodeTimes {
             node,
             pending: None,
-            pending_since: Instant::default(),
+            pending_due: Instant::default(),
             pending_gen: 0,
+            pending_retry: Retry::default(),
             flushing: None,
             done_gen: 0,
             urgent: false,
@@ -182,9 +260,7 @@ impl NodeTimes {
             readers: 0,
             applied: None,
             kept: false,
-            prev: NIL,
-            next: NIL,
-            in_list: false,
+            heap_pos: NIL,
         }
     }
 
@@ -193,7 +269,7 @@ impl NodeTimes {
         if self.pending.is_some() {
             Some(self.pending_gen)
         } else {
-            self.flushing.map(|(_, _, g)| g)
+            self.flushing.map(|f| f.gen)
         }
     }
 
@@ -201,8 +277,8 @@ impl NodeTimes {
     /// over flushing. What `stat` must show until the backend has them.
     pub fn overlay(&self) -> Stamps {
         let mut t = self.applied.unwrap_or_default();
-        if let Some((_, f, _)) = &self.flushing {
-            t.merge(f);
+        if let Some(f) = &self.flushing {
+            t.merge(&f.stamps);
         }
         if let Some(p) = &self.pending {
             t.merge(&p.stamps);
@@ -226,10 +302,10 @@ pub struct TimesTable {
     free: Vec<u32>,
     /// Open-addressing index node → slab index; 2× the slab, a power of two.
     index: Vec<u32>,
-    /// The acknowledgement-ordered list of nodes with a pending record not
-    /// yet scheduled (oldest at `head`).
-    head: u32,
-    tail: u32,
+    /// Slab indices of the nodes with a pending record not yet scheduled,
+    /// a binary min-heap by (`pending_due`, slab index). INVARIANT:
+    /// capacity == slab.len(), and `slab[heap[i]].heap_pos == i`.
+    heap: Vec<u32>,
     /// Nodes with a pending record, scheduled or not.
     pending: usize,
 }
@@ -244,8 +320,7 @@ impl TimesTable {
             slab,
             free: (0..capacity as u32).rev().collect(),
             index,
-            head: NIL,
-            tail: NIL,
+            heap: Vec::with_capacity(capacity),
             pending: 0,
         }
     }
@@ -323,7 +398,7 @@ impl TimesTable {
         if !self.slab[s as usize].is_idle() {
             return;
         }
-        self.unlink(s);
+        self.heap_remove(s);
         self.free.push(s);
         self.index[hole] = NIL;
         let mut i = (hole + 1) & self.mask();
@@ -338,44 +413,126 @@ impl TimesTable {
         }
     }
 
-    /// Records a locally acknowledged update. Returns `Some(true)` when it
-    /// was merged into an existing pending record (coalesced), `Some(false)`
-    /// for a new record, `None` when the table is full.
-    pub fn acknowledge(&mut self, now: Instant, node: NodeId, t: &Times) -> Option<bool> {
+    /// Records a locally acknowledged update, to be sent by `due` and
+    /// retried with `retry` (the rules in force now; a record keeps them).
+    /// Returns `Some(true)` when it was merged into an existing pending
+    /// record (coalesced: the record's due time can only come forward, and
+    /// it gets the larger retry budget), `Some(false)` for a new record,
+    /// `None` when the table is full.
+    pub fn acknowledge(
+        &mut self,
+        due: Instant,
+        retry: Retry,
+        node: NodeId,
+        t: &Times,
+    ) -> Option<bool> {
         let s = self.slot_or_insert(node)?;
         let e = &mut self.slab[s as usize];
         if let Some(p) = &mut e.pending {
             p.merge(t);
+            e.pending_retry.absorb(&retry);
+            if due < e.pending_due {
+                e.pending_due = due;
+                self.heap_fix(s);
+            }
             return Some(true);
         }
         e.pending = Some(*t);
-        e.pending_since = now;
-        e.pending_gen = e.done_gen.max(e.flushing.map_or(0, |(_, _, g)| g)) + 1;
+        e.pending_due = due;
+        e.pending_retry = retry;
+        e.pending_gen = e.done_gen.max(e.flushing.map_or(0, |f| f.gen)) + 1;
         self.pending += 1;
-        self.push_back(s);
+        self.heap_push(s);
         Some(false)
     }
 
     /// Takes `node`'s pending record to send it, if it has one and no flush
     /// is in flight for it; the caller sends a SETATTR with `unique`.
-    pub fn start_flush(&mut self, node: NodeId, unique: Unique) -> Option<Times> {
+    /// Returns the times and their retry budget, `sent` counting this send.
+    pub fn start_flush(&mut self, node: NodeId, unique: Unique) -> Option<(Times, Retry)> {
         let (_, s) = self.find(node)?;
         let e = &mut self.slab[s as usize];
         if e.flushing.is_some() {
             return None;
         }
         let t = e.pending.take()?;
-        e.flushing = Some((unique, t.stamps, e.pending_gen));
+        let mut retry = e.pending_retry;
+        retry.sent = retry.sent.saturating_add(1);
+        e.flushing = Some(Flushing {
+            unique,
+            stamps: t.stamps,
+            gen: e.pending_gen,
+            left: retry.left,
+            sent: retry.sent,
+            fh_set: t.fh.is_some(),
+            lock_owner_set: t.lock_owner.is_some(),
+        });
         e.urgent = false;
         self.pending -= 1;
-        self.unlink(s);
-        Some(t)
+        self.heap_remove(s);
+        Some((t, retry))
     }
 
-    /// The backend answered `node`'s flush. Returns the times it carried.
+    /// `node`'s flush in flight, if any.
+    pub fn flushing(&self, node: NodeId) -> Option<Flushing> {
+        self.get(node).and_then(|e| e.flushing)
+    }
+
+    /// The backend refused `node`'s flush and it has retries left: its
+    /// times (`t`, rebuilt by the caller from the flush) become the pending
+    /// record again, under any newer pending times (per field the newer
+    /// value wins), with one retry fewer, due after the back-off (or
+    /// sooner, if the newer times are due sooner). The generation that was
+    /// in flight is not done: what waits on it waits for the retry.
+    /// Returns the budget after the refusal and the due time.
+    pub fn requeue(
+        &mut self,
+        now: Instant,
+        node: NodeId,
+        mut t: Times,
+        backoff_us: u32,
+    ) -> Option<(Retry, Instant)> {
+        let (_, s) = self.find(node)?;
+        let e = &mut self.slab[s as usize];
+        let f = e.flushing.take()?;
+        let retry = Retry {
+            left: f.left.saturating_sub(1),
+            sent: f.sent,
+            backoff_us,
+        };
+        let due = now + retry.backoff();
+        match &mut e.pending {
+            Some(newer) => {
+                t.merge(newer);
+                *newer = t;
+                let mut r = retry;
+                r.absorb(&e.pending_retry);
+                e.pending_retry = r;
+                if due < e.pending_due {
+                    e.pending_due = due;
+                    self.heap_fix(s);
+                }
+            }
+            None => {
+                e.pending = Some(t);
+                e.pending_due = due;
+                e.pending_retry = retry;
+                e.pending_gen = f.gen;
+                self.pending += 1;
+                self.heap_push(s);
+            }
+        }
+        let e = &self.slab[s as usize];
+        Some((e.pending_retry, e.pending_due))
+    }
+
+    /// The backend answered `node`'s flush (applied, or refused for the
+    /// last time). Returns the times it carried and its generation.
     pub fn finish_flush(&mut self, node: NodeId) -> Option<(Stamps, u32)> {
         let e = self.get_mut(node)?;
-        let (_, t, g) = e.flushing.take()?;
+        let Flushing {
+            stamps: t, gen: g, ..
+        } = e.flushing.take()?;
         e.done_gen = g;
         match &mut e.applied {
             Some(a) => a.merge(&t),
@@ -385,60 +542,102 @@ impl TimesTable {
     }
 
     /// Marks `node`'s pending record as wanted now (a flush is in flight, so
-    /// it goes when that one is answered) and takes it off the deadline list.
+    /// it goes when that one is answered) and takes it off the deadline heap.
     pub fn make_urgent(&mut self, node: NodeId) {
         if let Some((_, s)) = self.find(node) {
             if self.slab[s as usize].pending.is_some() {
                 self.slab[s as usize].urgent = true;
-                self.unlink(s);
+                self.heap_remove(s);
             }
         }
     }
 
-    /// The node whose pending record was acknowledged first, among those not
-    /// yet scheduled, with the time of that acknowledgement.
+    /// The node whose pending record is due first, among those not yet
+    /// scheduled, with its due time.
     pub fn oldest(&self) -> Option<(NodeId, Instant)> {
-        (self.head != NIL).then(|| {
-            let e = &self.slab[self.head as usize];
-            (e.node, e.pending_since)
+        self.heap.first().map(|&s| {
+            let e = &self.slab[s as usize];
+            (e.node, e.pending_due)
         })
     }
 
-    fn push_back(&mut self, s: u32) {
-        let e = &mut self.slab[s as usize];
-        if e.in_list {
-            return;
-        }
-        e.in_list = true;
-        e.prev = self.tail;
-        e.next = NIL;
-        if self.tail != NIL {
-            self.slab[self.tail as usize].next = s;
-        } else {
-            self.head = s;
-        }
-        self.tail = s;
+    fn key(&self, i: usize) -> (Instant, u32) {
+        let s = self.heap[i];
+        (self.slab[s as usize].pending_due, s)
     }
 
-    fn unlink(&mut self, s: u32) {
-        let e = self.slab[s as usize];
-        if !e.in_list {
+    fn heap_set(&mut self, i: usize, s: u32) {
+        self.heap[i] = s;
+        self.slab[s as usize].heap_pos = i as u32;
+    }
+
+    fn heap_push(&mut self, s: u32) {
+        if self.slab[s as usize].heap_pos != NIL {
             return;
         }
-        if e.prev != NIL {
-            self.slab[e.prev as usize].next = e.next;
-        } else {
-            self.head = e.next;
+        // INVARIANT: a slab entry is in the heap at most once, so the heap
+        // never outgrows the slab's capacity.
+        self.heap.push(s);
+        self.slab[s as usize].heap_pos = (self.heap.len() - 1) as u32;
+        self.sift_up(self.heap.len() - 1);
+    }
+
+    fn heap_remove(&mut self, s: u32) {
+        let i = self.slab[s as usize].heap_pos;
+        if i == NIL {
+            return;
         }
-        if e.next != NIL {
-            self.slab[e.next as usize].prev = e.prev;
-        } else {
-            self.tail = e.prev;
+        self.slab[s as usize].heap_pos = NIL;
+        let last = self.heap.pop().unwrap_or(s);
+        if i as usize == self.heap.len() {
+            return;
         }
-        let e = &mut self.slab[s as usize];
-        e.in_list = false;
-        e.prev = NIL;
-        e.next = NIL;
+        self.heap_set(i as usize, last);
+        self.sift_up(i as usize);
+        self.sift_down(self.slab[last as usize].heap_pos as usize);
+    }
+
+    /// Restores the heap order after `s`'s due time changed.
+    fn heap_fix(&mut self, s: u32) {
+        let i = self.slab[s as usize].heap_pos;
+        if i != NIL {
+            self.sift_up(i as usize);
+            let i = self.slab[s as usize].heap_pos as usize;
+            self.sift_down(i);
+        }
+    }
+
+    fn sift_up(&mut self, mut i: usize) {
+        while i > 0 {
+            let parent = (i - 1) / 2;
+            if self.key(parent) <= self.key(i) {
+                break;
+            }
+            let (a, b) = (self.heap[parent], self.heap[i]);
+            self.heap_set(parent, b);
+            self.heap_set(i, a);
+            i = parent;
+        }
+    }
+
+    fn sift_down(&mut self, mut i: usize) {
+        loop {
+            let (l, r) = (2 * i + 1, 2 * i + 2);
+            let mut least = i;
+            if l < self.heap.len() && self.key(l) < self.key(least) {
+                least = l;
+            }
+            if r < self.heap.len() && self.key(r) < self.key(least) {
+                least = r;
+            }
+            if least == i {
+                break;
+            }
+            let (a, b) = (self.heap[least], self.heap[i]);
+            self.heap_set(least, b);
+            self.heap_set(i, a);
+            i = least;
+        }
     }
 }
 
@@ -489,14 +688,20 @@ mod tests {
         let mut tab = TimesTable::with_capacity(4);
         let n = NodeId(9);
         let t0 = Instant::from_nanos(0);
-        assert_eq!(tab.acknowledge(t0, n, &t(Some(1), None)), Some(false));
-        assert_eq!(tab.acknowledge(t0, n, &t(None, Some(2))), Some(true));
+        assert_eq!(
+            tab.acknowledge(t0, Retry::default(), n, &t(Some(1), None)),
+            Some(false)
+        );
+        assert_eq!(
+            tab.acknowledge(t0, Retry::default(), n, &t(None, Some(2))),
+            Some(true)
+        );
         assert_eq!(tab.get(n).unwrap().barrier_gen(), Some(1));
-        let sent = tab.start_flush(n, Unique(100)).unwrap();
+        let (sent, _) = tab.start_flush(n, Unique(100)).unwrap();
         assert_eq!(sent.valid(), FATTR_ATIME | FATTR_MTIME);
         // A new update while the flush is in flight opens generation 2,
         // which cannot be sent until generation 1 is answered.
-        tab.acknowledge(t0, n, &t(Some(5), None));
+        tab.acknowledge(t0, Retry::default(), n, &t(Some(5), None));
         assert_eq!(tab.get(n).unwrap().barrier_gen(), Some(2));
         assert!(tab.start_flush(n, Unique(102)).is_none());
         assert_eq!(tab.get(n).unwrap().overlay().atime, Some((5, 0)));
@@ -512,10 +717,20 @@ mod tests {
     fn oldest_first_and_full_table() {
         let mut tab = TimesTable::with_capacity(3);
         for (i, n) in [3u64, 1, 2].iter().enumerate() {
-            tab.acknowledge(Instant::from_nanos(i as u64), NodeId(*n), &t(Some(1), None));
+            tab.acknowledge(
+                Instant::from_nanos(i as u64),
+                Retry::default(),
+                NodeId(*n),
+                &t(Some(1), None),
+            );
         }
         assert!(tab
-            .acknowledge(Instant::from_nanos(9), NodeId(4), &t(Some(1), None))
+            .acknowledge(
+                Instant::from_nanos(9),
+                Retry::default(),
+                NodeId(4),
+                &t(Some(1), None)
+            )
             .is_none());
         assert_eq!(tab.oldest().unwrap().0, NodeId(3));
         tab.make_urgent(NodeId(3));
@@ -523,5 +738,78 @@ mod tests {
         tab.start_flush(NodeId(1), Unique(2));
         assert_eq!(tab.oldest().unwrap().0, NodeId(2));
         assert_eq!(tab.pending(), 2);
+    }
+
+    #[test]
+    fn due_times_order_the_heap_whatever_the_acknowledgement_order() {
+        let mut tab = TimesTable::with_capacity(8);
+        // Acknowledged in this order, with dues from different rules.
+        for (n, due) in [(1u64, 50u64), (2, 10), (3, 30), (4, 20), (5, 40)] {
+            tab.acknowledge(
+                Instant::from_nanos(due),
+                Retry::default(),
+                NodeId(n),
+                &t(Some(1), None),
+            );
+        }
+        // A later update can only bring a record forward.
+        tab.acknowledge(
+            Instant::from_nanos(5),
+            Retry::default(),
+            NodeId(5),
+            &t(Some(2), None),
+        );
+        tab.acknowledge(
+            Instant::from_nanos(99),
+            Retry::default(),
+            NodeId(2),
+            &t(Some(2), None),
+        );
+        let mut order = Vec::new();
+        while let Some((n, due)) = tab.oldest() {
+            order.push((n.0, due.as_nanos()));
+            tab.start_flush(n, Unique(n.0 * 2)).unwrap();
+        }
+        assert_eq!(order, [(5, 5), (2, 10), (4, 20), (3, 30), (1, 50)]);
+    }
+
+    #[test]
+    fn a_refused_flush_goes_back_under_newer_times() {
+        let mut tab = TimesTable::with_capacity(4);
+        let n = NodeId(9);
+        let ms = |m: u64| Instant::from_nanos(m * 1_000_000);
+        let retry = Retry::new(2, Duration::from_millis(100));
+        tab.acknowledge(ms(1000), retry, n, &t(Some(1), Some(1)));
+        let (_, r) = tab.start_flush(n, Unique(100)).unwrap();
+        assert_eq!((r.left, r.sent), (2, 1));
+        // A newer atime while the flush is in flight.
+        tab.acknowledge(ms(5000), retry, n, &t(Some(2), None));
+        let (r, due) = tab
+            .requeue(ms(1000), n, t(Some(1), Some(1)), r.backoff_us)
+            .unwrap();
+        assert_eq!((r.left, r.sent, due), (2, 1, ms(1100)), "the larger budget");
+        let e = tab.get(n).unwrap();
+        let p = e.pending.unwrap().stamps;
+        assert_eq!((p.atime, p.mtime), (Some((2, 0)), Some((1, 0))));
+        assert_eq!((e.pending_gen, e.done_gen), (2, 0));
+        // Alone, the back-off doubles per refusal.
+        let (_, r) = tab.start_flush(n, Unique(102)).unwrap();
+        assert_eq!((r.left, r.sent), (2, 2));
+        let (r, due) = tab
+            .requeue(ms(2000), n, t(Some(2), Some(1)), r.backoff_us)
+            .unwrap();
+        assert_eq!((r.left, r.sent, due), (1, 2, ms(2200)));
+        assert_eq!(tab.oldest(), Some((n, ms(2200))));
+        assert_eq!(
+            tab.get(n).unwrap().pending_gen,
+            2,
+            "the generation in flight"
+        );
+        let huge = Retry {
+            left: 1,
+            sent: 200,
+            backoff_us: u32::MAX,
+        };
+        assert_eq!(huge.backoff(), MAX_BACKOFF);
     }
 }

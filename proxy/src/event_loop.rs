@@ -630,15 +630,37 @@ impl Session {
                 error,
                 atime,
                 mtime,
+                attempts,
             } => {
                 // Its caller was answered long ago: the log is all there is.
+                let tail = if attempts > 1 {
+                    format!("; gave up after {attempts} attempts")
+                } else {
+                    String::new()
+                };
                 error!(
                     self.log,
-                    "applying times to node {} failed in the backend: {} (atime {}, mtime {})",
+                    "applying times to node {} failed in the backend: {} (atime {}, mtime {}){tail}",
                     node.0,
                     nix::errno::Errno::from_raw(-error).desc(),
                     show_time(atime),
                     show_time(mtime)
+                );
+            }
+            Event::FlushRetrying {
+                node,
+                error,
+                attempts,
+                left,
+                after,
+            } => {
+                warn!(
+                    self.log,
+                    "applying times to node {} failed in the backend: {} (attempt {attempts}); \
+                     retrying in {} ms ({left} retries left)",
+                    node.0,
+                    nix::errno::Errno::from_raw(-error).desc(),
+                    after.as_nanos() / 1_000_000
                 );
             }
             Event::TimesLost { nodes } => {

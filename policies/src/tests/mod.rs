@@ -410,11 +410,19 @@ mod times {
     use fuseproxy_protocol::flags::*;
     use zerocopy::FromBytes;
 
-    const FILE: u64 = 7;
+    pub(super) const FILE: u64 = 7;
 
     /// An engine past INIT, with FILE's attributes cached by a LOOKUP.
     pub(super) fn session(config: Config) -> Engine {
-        let mut e = Engine::new(config);
+        started(Engine::new(config))
+    }
+
+    /// [`session`] running `rules`.
+    pub(super) fn session_with(config: Config, rules: crate::Rules) -> Engine {
+        started(Engine::with_rules(config, rules))
+    }
+
+    fn started(mut e: Engine) -> Engine {
         let mut b = Buf::new();
         let init = InitIn {
             major: 7,
@@ -448,7 +456,7 @@ mod times {
         }
     }
 
-    fn lookup(e: &mut Engine, unique: u64, node: u64, uid: u32) {
+    pub(super) fn lookup(e: &mut Engine, unique: u64, node: u64, uid: u32) {
         let mut b = Buf::new();
         let n = request(&mut b, Opcode::Lookup, unique, 1, b"f\0");
         e.handle_request(T0, WALL, SlotId(1), &mut b.0[..n]);
@@ -473,7 +481,13 @@ mod times {
         drain(e);
     }
 
-    fn setattr(e: &mut Engine, now: Instant, unique: u64, uid: u32, arg: SetattrIn) -> Vec<Action> {
+    pub(super) fn setattr(
+        e: &mut Engine,
+        now: Instant,
+        unique: u64,
+        uid: u32,
+        arg: SetattrIn,
+    ) -> Vec<Action> {
         let mut b = Buf::new();
         let h = InHeader {
             opcode: Opcode::Setattr.into(),
@@ -487,7 +501,7 @@ mod times {
         std::iter::from_fn(|| e.poll_action(now)).collect()
     }
 
-    fn times_arg(valid: u32, atime: u64, mtime: u64) -> SetattrIn {
+    pub(super) fn times_arg(valid: u32, atime: u64, mtime: u64) -> SetattrIn {
         SetattrIn {
             valid,
             atime,
@@ -498,7 +512,7 @@ mod times {
     }
 
     /// The attributes in a local answer.
-    fn answered(acts: &[Action]) -> Attr {
+    pub(super) fn answered(acts: &[Action]) -> Attr {
         let [Action::Answer(r), Action::Free(_)] = acts else {
             panic!("not answered locally: {acts:?}")
         };
@@ -506,7 +520,7 @@ mod times {
     }
 
     /// The SETATTR of the proxy's own in `acts`, as (unique, arg).
-    fn flushes(acts: &[Action]) -> Vec<(u64, SetattrIn)> {
+    pub(super) fn flushes(acts: &[Action]) -> Vec<(u64, SetattrIn)> {
         acts.iter()
             .filter_map(|a| match a {
                 Action::Inject(r) => {
@@ -523,15 +537,25 @@ mod times {
             .collect()
     }
 
-    fn answer_flush(e: &mut Engine, unique: u64, error: i32) -> Vec<Action> {
+    pub(super) fn answer_flush(e: &mut Engine, unique: u64, error: i32) -> Vec<Action> {
+        answer_flush_at(e, T0, unique, error)
+    }
+
+    /// [`answer_flush`] at `now`.
+    pub(super) fn answer_flush_at(
+        e: &mut Engine,
+        now: Instant,
+        unique: u64,
+        error: i32,
+    ) -> Vec<Action> {
         let mut b = Buf::new();
         let n = if error == 0 {
             reply(&mut b, unique, AttrOut::default().as_bytes())
         } else {
             raw_reply(&mut b, 16, error, unique, 16)
         };
-        e.handle_reply(T0, SlotId(30), &mut b.0[..n], n);
-        drain(e)
+        e.handle_reply(now, SlotId(30), &mut b.0[..n], n);
+        std::iter::from_fn(|| e.poll_action(now)).collect()
     }
 
     /// The deadline passes: FILE's one pending record is flushed, and the
@@ -544,7 +568,7 @@ mod times {
     }
 
     /// Whether `acts` forward the request held in `slot`.
-    fn released(acts: &[Action], slot: u32) -> bool {
+    pub(super) fn released(acts: &[Action], slot: u32) -> bool {
         acts.iter()
             .any(|a| matches!(a, Action::ForwardRequest(SlotId(s)) if *s == slot))
     }
@@ -895,7 +919,7 @@ mod times {
         assert_eq!(e.stats().times.flush_errors, 1);
         let ev = events(&mut e);
         assert!(
-            ev.iter().any(|x| matches!(x, Event::FlushFailed { node, error: -13, atime: Some((7, 0)), mtime: Some((8, 0)) } if node.0 == FILE)),
+            ev.iter().any(|x| matches!(x, Event::FlushFailed { node, error: -13, atime: Some((7, 0)), mtime: Some((8, 0)), attempts: 1 } if node.0 == FILE)),
             "{ev:?}"
         );
     }
@@ -1059,7 +1083,20 @@ mod times {
     /// order acknowledged, and no request on a node overtakes its times.
     #[test]
     fn every_acknowledged_update_reaches_the_backend_in_order() {
+        ordering_harness(false);
+    }
+
+    /// The harness of the test above. With `refuse`, the policy retries
+    /// failed flushes (up to 100 times) and the backend refuses about one
+    /// flush in four: every update must still reach the backend, once.
+    pub(super) fn ordering_harness(refuse: bool) {
         use std::collections::HashMap;
+        let mut rules = crate::Rules::default();
+        if refuse {
+            rules.times.retries = 100;
+            rules.times.retry_backoff = crate::Duration::from_millis(100);
+        }
+        let mut retried = 0;
         let mut rng = 0x2545_f491_4f6c_dd1du64;
         let mut next = move || {
             rng ^= rng << 13;
@@ -1068,10 +1105,13 @@ mod times {
             rng
         };
         for _round in 0..200 {
-            let mut e = session(Config {
-                max_pending: 3,
-                ..config()
-            });
+            let mut e = session_with(
+                Config {
+                    max_pending: 3,
+                    ..config()
+                },
+                rules.clone(),
+            );
             for node in 20..25u64 {
                 lookup(&mut e, 1000 + node * 2, node, 0);
             }
@@ -1148,10 +1188,13 @@ mod times {
                         if !backend.is_empty() {
                             let i = (next() as usize) % backend.len();
                             let (u, n, m) = backend.remove(i);
-                            if let Some(m) = m {
+                            let refused = refuse && m.is_some() && next() % 4 == 0;
+                            if let (Some(m), false) = (m, refused) {
                                 applied.entry(n).or_default().push(m);
                             }
-                            let len = if m.is_some() {
+                            let len = if refused {
+                                raw_reply(&mut b, 16, -5, u, 16)
+                            } else if m.is_some() {
                                 reply(&mut b, u, AttrOut::default().as_bytes())
                             } else {
                                 reply(&mut b, u, b"data")
@@ -1226,11 +1269,14 @@ mod times {
                 let Some((u, n, m)) = backend.pop() else {
                     break;
                 };
-                if let Some(m) = m {
+                let refused = refuse && m.is_some() && next() % 4 == 0;
+                if let (Some(m), false) = (m, refused) {
                     applied.entry(n).or_default().push(m);
                 }
                 let mut b = Buf::new();
-                let len = if m.is_some() {
+                let len = if refused {
+                    raw_reply(&mut b, 16, -5, u, 16)
+                } else if m.is_some() {
                     reply(&mut b, u, AttrOut::default().as_bytes())
                 } else {
                     reply(&mut b, u, &[])
@@ -1243,6 +1289,8 @@ mod times {
                 0,
                 "every update was acknowledged locally"
             );
+            assert_eq!(e.stats().policy.flush_gave_up, 0);
+            retried += e.stats().policy.flush_retries;
             for (node, ms) in &acked {
                 // Coalescing may skip intermediate values, never the last one,
                 // and what is applied only ever moves forward.
@@ -1258,8 +1306,11 @@ mod times {
                 );
             }
         }
+        assert_eq!(retried > 0, refuse, "retries: {retried}");
     }
 }
+
+mod retry;
 
 mod names_track {
     use super::*;
