@@ -1,0 +1,50 @@
+//! INIT, as the engine rewrites it: the kernel's offer (device-only
+//! capabilities and `[init]`'s mask and writeback rule) and the backend's
+//! answer (clamps to the arena and `[init]`'s caps, writeback forced or
+//! denied); see `crate::init_rule` for the decisions.
+
+use super::{Engine, EIO, IN_HEADER, OUT_HEADER};
+use crate::action::Event;
+use crate::init_rule::limits_for;
+
+impl Engine {
+    pub(super) fn rewrite_init(&mut self, msg: &mut [u8]) {
+        let body = &mut msg[IN_HEADER..];
+        let Some((minor, n)) = self
+            .rules
+            .init
+            .handle_offer(self.config.clear_init_flags, body)
+        else {
+            return;
+        };
+        self.negotiation = n;
+        if n.masked | n.denied != 0 {
+            self.stats.policy.init_rewrites += 1;
+        }
+        self.push_event(Event::InitOffered {
+            minor,
+            offered: n.offered,
+            removed: n.device_only,
+        });
+    }
+
+    pub(super) fn negotiate(&mut self, msg: &mut [u8], error: i32) {
+        if error != 0 {
+            self.push_event(Event::InitFailed { errno: -error });
+            return;
+        }
+        let body = &mut msg[OUT_HEADER..];
+        let arena = limits_for(self.config.max_message);
+        let Ok(a) = self
+            .rules
+            .init
+            .handle_answer(&mut self.negotiation, arena, body)
+        else {
+            self.push_event(Event::InitFailed { errno: EIO });
+            return;
+        };
+        self.stats.policy.init_rewrites += u64::from(a.changes);
+        self.minor = a.before.minor().max(1);
+        self.push_event(a.event(&self.negotiation));
+    }
+}
