@@ -15,54 +15,23 @@
 
 mod common;
 
+use common::policy::{passthrough_backend, ContOnDrop, PolicyFile};
+
 use std::fs;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::stats::{dump_stats, stat_field};
-use common::{wait_until, Mode, Mount, MountBuilder, ProcId, Signal};
+use common::{wait_until, Mode, MountBuilder, Signal};
 
 const EIO: i32 = 5;
 
-/// The proxy's backend: its one passthrough_ll descendant.
-fn backend_of(m: &Mount) -> ProcId {
-    let found: Vec<ProcId> = m
-        .descendants()
-        .into_iter()
-        .filter(|p| {
-            fs::read_to_string(format!("/proc/{}/comm", p.pid))
-                .is_ok_and(|c| c.trim() == "passthrough_ll")
-        })
-        .collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "expected one passthrough_ll, found {found:?}"
-    );
-    found[0]
-}
-
-/// Sends SIGCONT to the backend when dropped. Declared after the `Mount`,
-/// so it drops first and the unmount never waits on a stopped backend.
-struct ContOnDrop(ProcId);
-
-impl Drop for ContOnDrop {
-    fn drop(&mut self) {
-        self.0.signal(Signal::SIGCONT);
-    }
-}
-
 #[test]
 fn a_stopped_backend_costs_one_eio_after_the_deadline_and_the_mount_recovers() {
-    let dir = tempfile::Builder::new()
-        .prefix("fuseproxy-deadlines.")
-        .tempdir()
-        .unwrap();
-    let policy = dir.path().join("policy.toml");
-    fs::write(&policy, "[deadlines]\ndefault = \"1s\"\n").unwrap();
+    let policy = PolicyFile::new("[deadlines]\ndefault = \"1s\"\n");
     // Entry and attribute timeouts 0: every stat reaches the backend.
     let mut m = MountBuilder::passthrough(Mode::Proxy, &["-o", "cache=never"])
-        .proxy_args(["--policy", policy.to_str().unwrap()])
+        .proxy_args(["--policy", policy.arg()])
         .mount();
     fs::write(m.backing_path("f"), b"before").unwrap();
     assert_eq!(fs::metadata(m.path("f")).unwrap().len(), 6);
@@ -70,7 +39,7 @@ fn a_stopped_backend_costs_one_eio_after_the_deadline_and_the_mount_recovers() {
     // Opens the window of the allocation count: from here on, expiry, late
     // replies and the requests that undo them allocate nothing.
     dump_stats(&mut m);
-    let backend = backend_of(&m);
+    let backend = passthrough_backend(&m);
     common::send_signal(backend.pid, Signal::SIGSTOP).expect("SIGSTOP the backend");
     let cont = ContOnDrop(backend);
     assert!(

@@ -6,36 +6,15 @@
 
 mod common;
 
+use common::policy::PolicyFile;
+
 use std::fs;
-use std::io::Write;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::stats::{stat_field, stats_lines};
 use common::tree::pattern;
 use common::{sys, Mode, Mount, MountBuilder};
-
-/// A policy file in its own temporary directory (kept until the guard
-/// drops).
-struct PolicyFile {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl PolicyFile {
-    fn new(text: &str) -> PolicyFile {
-        let dir = tempfile::Builder::new()
-            .prefix("fuseproxy-init.")
-            .tempdir()
-            .unwrap();
-        let path = dir.path().join("policy.toml");
-        fs::File::create(&path)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
-            .unwrap();
-        PolicyFile { _dir: dir, path }
-    }
-}
 
 fn mount_with(policy: &PolicyFile, extra: &[&str]) -> Mount {
     MountBuilder::passthrough(Mode::Proxy, extra)

@@ -5,42 +5,15 @@
 
 mod common;
 
+use common::policy::PolicyFile;
+
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::stats::{dump_stats, stat_field};
 use common::{sys, wait_until, Mode, Mount, MountBuilder, Signal};
-
-/// A policy file in its own temporary directory (kept until the guard
-/// drops).
-struct PolicyFile {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-impl PolicyFile {
-    fn new(text: &str) -> PolicyFile {
-        let dir = tempfile::Builder::new()
-            .prefix("fuseproxy-policy.")
-            .tempdir()
-            .unwrap();
-        let path = dir.path().join("policy.toml");
-        fs::write(&path, text).unwrap();
-        PolicyFile { _dir: dir, path }
-    }
-
-    fn rewrite(&self, text: &str) {
-        // Written whole, then renamed: the reload never reads half a file.
-        let tmp = self.path.with_extension("new");
-        fs::File::create(&tmp)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
-            .unwrap();
-        fs::rename(&tmp, &self.path).unwrap();
-    }
-}
 
 /// passthrough_ll with entry and attribute timeouts 0 (every stat reaches
 /// it), through the proxy with `policy`.

@@ -33,6 +33,8 @@
 
 mod common;
 
+use common::policy::{passthrough_backend, ContOnDrop};
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::fd::OwnedFd;
@@ -46,7 +48,7 @@ use std::time::{Duration, Instant};
 use common::stats::{dump_stats, stat_field, stats_lines};
 use common::sys::{self, ts};
 use common::tree::{self, SnapOpts};
-use common::{wait_until, Mode, Mount, MountBuilder, ProcId, Signal};
+use common::{wait_until, Mode, Mount, MountBuilder, Signal};
 
 /// Uniques of the proxy's own requests have bit 62 set.
 const PROXY_UNIQUE: u64 = 1 << 62;
@@ -91,36 +93,6 @@ fn proxy_over_passthrough(proxy_args: &[&str], extra: &[&str]) -> MountBuilder {
     args.extend(extra);
     args.push("{mnt}");
     MountBuilder::new(Mode::Proxy, Vec::<&str>::new()).raw_proxy_args(args)
-}
-
-/// The proxy's backend: its one passthrough_ll descendant.
-fn backend_of(m: &Mount) -> ProcId {
-    let found: Vec<ProcId> = m
-        .descendants()
-        .into_iter()
-        .filter(|p| {
-            fs::read_to_string(format!("/proc/{}/comm", p.pid))
-                .is_ok_and(|c| c.trim() == "passthrough_ll")
-        })
-        .collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "expected one passthrough_ll under the proxy (pid {}), found {found:?}",
-        m.pid()
-    );
-    found[0]
-}
-
-/// Sends SIGCONT to a backend when dropped, so that a failing test never
-/// leaves it stopped (and the callers blocked on it hung). Declared after
-/// the `Mount`, so it drops first.
-struct ContOnDrop(ProcId);
-
-impl Drop for ContOnDrop {
-    fn drop(&mut self) {
-        self.0.signal(Signal::SIGCONT);
-    }
 }
 
 /// The stats line once nothing waits for the backend (bounded wait), so
@@ -878,7 +850,7 @@ fn stopped_backend_run(forward: bool) {
         fs::metadata(p).unwrap_or_else(|e| panic!("stat {}: {e}", p.display()));
     }
     let pins = pin(&paths);
-    let backend = backend_of(&m);
+    let backend = passthrough_backend(&m);
     let before = quiet_stats(&mut m);
 
     common::send_signal(backend.pid, Signal::SIGSTOP).expect("SIGSTOP the backend");

@@ -58,6 +58,7 @@
 //! Every wait is bounded; polling is every [`POLL_INTERVAL`].
 #![allow(dead_code)]
 
+pub mod policy;
 pub mod stats;
 pub mod sys;
 pub mod tree;

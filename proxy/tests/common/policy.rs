@@ -1,0 +1,72 @@
+//! Policy files for tests, and the backend a test stops under one.
+
+use std::fs;
+use std::io::Write;
+use std::path::PathBuf;
+
+use super::{Mount, ProcId, Signal};
+
+/// A policy file in its own temporary directory, removed when dropped.
+pub struct PolicyFile {
+    _dir: tempfile::TempDir,
+    /// The file.
+    pub path: PathBuf,
+}
+
+impl PolicyFile {
+    /// Writes `text` to a new file.
+    pub fn new(text: &str) -> PolicyFile {
+        let dir = tempfile::Builder::new()
+            .prefix("fuseproxy-policy.")
+            .tempdir()
+            .unwrap();
+        let path = dir.path().join("policy.toml");
+        fs::write(&path, text).unwrap();
+        PolicyFile { _dir: dir, path }
+    }
+
+    /// The path as `--policy` takes it.
+    pub fn arg(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+
+    /// Replaces the text: written whole, then renamed, so that a reload
+    /// never reads half a file.
+    pub fn rewrite(&self, text: &str) {
+        let tmp = self.path.with_extension("new");
+        fs::File::create(&tmp)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .unwrap();
+        fs::rename(&tmp, &self.path).unwrap();
+    }
+}
+
+/// The proxy's backend: its one passthrough_ll descendant.
+pub fn passthrough_backend(m: &Mount) -> ProcId {
+    let found: Vec<ProcId> = m
+        .descendants()
+        .into_iter()
+        .filter(|p| {
+            fs::read_to_string(format!("/proc/{}/comm", p.pid))
+                .is_ok_and(|c| c.trim() == "passthrough_ll")
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one passthrough_ll under the proxy (pid {}), found {found:?}",
+        m.pid()
+    );
+    found[0]
+}
+
+/// Sends SIGCONT to a stopped backend when dropped, so that a failing test
+/// never leaves it stopped (and the callers blocked on it hung). Declare it
+/// after the `Mount`, so that it drops first.
+pub struct ContOnDrop(pub ProcId);
+
+impl Drop for ContOnDrop {
+    fn drop(&mut self) {
+        self.0.signal(Signal::SIGCONT);
+    }
+}
