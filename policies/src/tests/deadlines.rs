@@ -85,13 +85,7 @@ fn a_getattr_past_its_deadline_is_answered_at_the_due_time_and_not_before() {
     assert!(drain(&mut e).is_empty(), "answered early");
     assert_eq!(e.inflight(), 1);
     e.handle_timeout(ms(1000));
-    assert!(matches!(
-        drain(&mut e)[..],
-        [Action::AnswerError {
-            unique: Unique(2),
-            errno: EIO
-        }]
-    ));
+    assert_answered(&mut e, 2, EIO);
     assert_eq!((e.inflight(), e.poll_timeout()), (0, None));
     assert_eq!(e.stats().policy.deadlines_hit, 1);
     assert!(matches!(
@@ -171,24 +165,12 @@ fn per_opcode_limits_override_the_default_and_zero_means_none() {
     assert_eq!(drain(&mut e).len(), 3);
     assert_eq!(e.poll_timeout(), Some(ms(1000)));
     e.handle_timeout(ms(1000));
-    assert!(matches!(
-        drain(&mut e)[..],
-        [Action::AnswerError {
-            unique: Unique(6),
-            errno: ETIMEDOUT
-        }]
-    ));
+    assert_answered(&mut e, 6, ETIMEDOUT);
     assert_eq!(e.poll_timeout(), Some(ms(30_000)));
     e.handle_timeout(ms(29_999));
     assert!(drain(&mut e).is_empty());
     e.handle_timeout(ms(30_000));
-    assert!(matches!(
-        drain(&mut e)[..],
-        [Action::AnswerError {
-            unique: Unique(4),
-            errno: ETIMEDOUT
-        }]
-    ));
+    assert_answered(&mut e, 4, ETIMEDOUT);
     // The GETATTR has no deadline at all.
     assert_eq!((e.poll_timeout(), e.inflight()), (None, 1));
     e.handle_timeout(ms(3_600_000));
@@ -399,22 +381,10 @@ fn a_reload_keeps_the_deadlines_of_requests_in_flight() {
     getattr_at(&mut e, ms(600), 6, 3);
     drain(&mut e);
     e.handle_timeout(ms(1000));
-    assert!(matches!(
-        drain(&mut e)[..],
-        [Action::AnswerError {
-            unique: Unique(2),
-            errno: EIO
-        }]
-    ));
+    assert_answered(&mut e, 2, EIO);
     assert_eq!(e.poll_timeout(), Some(ms(10_500)));
     e.handle_timeout(ms(10_500));
-    assert!(matches!(
-        drain(&mut e)[..],
-        [Action::AnswerError {
-            unique: Unique(4),
-            errno: ETIMEDOUT
-        }]
-    ));
+    assert_answered(&mut e, 4, ETIMEDOUT);
     assert_eq!((e.poll_timeout(), e.inflight()), (None, 1));
 }
 
@@ -425,13 +395,7 @@ fn a_gone_backend_leaves_no_deadline_behind() {
     drain(&mut e);
     e.handle_backend_gone(ms(10));
     assert_eq!(e.poll_timeout(), None);
-    assert!(matches!(
-        drain(&mut e)[..],
-        [Action::AnswerError {
-            unique: Unique(2),
-            errno: EIO
-        }]
-    ));
+    assert_answered(&mut e, 2, EIO);
     e.handle_timeout(ms(1000));
     assert!(drain(&mut e).is_empty());
     assert_eq!(e.stats().policy.deadlines_hit, 0);
@@ -541,13 +505,7 @@ fn an_expired_write_empties_the_attribute_cache() {
     assert!(matches!(drain(&mut e)[..], [Action::ForwardRequest(_)]));
     let clears = e.stats().times.cache_clears;
     e.handle_timeout(ms(1000));
-    assert!(matches!(
-        drain(&mut e)[..],
-        [Action::AnswerError {
-            unique: Unique(10),
-            errno: EIO
-        }]
-    ));
+    assert_answered(&mut e, 10, EIO);
     assert_eq!(e.stats().times.cache_clears, clears + 1);
     let times = SetattrIn {
         valid: 0x420,
@@ -570,4 +528,13 @@ fn an_expired_write_empties_the_attribute_cache() {
     let acts = deliver(&mut e, ms(3000), 10, &[4, 0, 0, 0, 0, 0, 0, 0], 4);
     assert!(matches!(acts[..], [Action::Free(SlotId(4))]));
     assert_eq!(e.stats().policy.late_replies, 1);
+}
+
+/// The only action is an error answer to `unique` with `errno`.
+fn assert_answered(e: &mut Engine, unique: u64, errno: i32) {
+    let acts = drain(e);
+    assert!(
+        matches!(acts[..], [Action::AnswerError { unique: Unique(u), errno: x }] if u == unique && x == errno),
+        "expected only an answer to {unique} with errno {errno}: {acts:?}"
+    );
 }
