@@ -114,10 +114,57 @@ impl fmt::Display for Dur {
     }
 }
 
+/// Reads a string with `parse`; a number gets an error saying what to write
+/// instead (`hint`).
+fn named_value<'de, D, T>(
+    d: D,
+    hint: &'static str,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    struct V<T> {
+        hint: &'static str,
+        parse: fn(&str) -> Result<T, String>,
+    }
+    impl<T> Visitor<'_> for V<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.hint)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            (self.parse)(v).map_err(E::custom)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+            Err(E::custom(format!(
+                "{v} is a bare number: write {}",
+                self.hint
+            )))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+            Err(E::custom(format!(
+                "{v} is a bare number: write {}",
+                self.hint
+            )))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
+            Err(E::custom(format!(
+                "{v} is a bare number: write {}",
+                self.hint
+            )))
+        }
+    }
+    d.deserialize_any(V { hint, parse })
+}
+
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Dur::parse(&s).map_err(de::Error::custom)
+        named_value(
+            d,
+            "a duration with a unit, e.g. \"200ms\" or \"1s\"",
+            Dur::parse,
+        )
     }
 }
 
@@ -152,8 +199,7 @@ impl fmt::Display for Errno {
 
 impl<'de> Deserialize<'de> for Errno {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Errno::named(&s).map_err(de::Error::custom)
+        named_value(d, "an errno's name, e.g. \"EIO\"", Errno::named)
     }
 }
 
@@ -1009,6 +1055,17 @@ mod tests {
     fn forcing_a_masked_capability_is_a_contradiction() {
         let e = err("[init]\nmask = [\"FUSE_WRITEBACK_CACHE\"]\nwriteback_cache = \"force\"\n");
         assert_eq!((e.key.as_str(), e.line), ("init.writeback_cache", 3), "{e}");
+    }
+
+    #[test]
+    fn a_bare_number_for_a_duration_or_errno_says_what_to_write() {
+        let e = err("[fault.GETATTR]\ndelay = 5\n");
+        assert_eq!((e.line, e.key.as_str()), (2, "fault.GETATTR.delay"), "{e}");
+        assert!(e.message.contains("a duration with a unit"), "{e}");
+        let e = err("[deny]\nUNLINK = 1\n");
+        assert!(e.message.contains("an errno's name"), "{e}");
+        let e = err("[deadlines]\ndefault = true\n");
+        assert!(e.message.contains("a duration with a unit"), "{e}");
     }
 
     #[test]
