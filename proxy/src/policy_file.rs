@@ -74,6 +74,8 @@ impl Reloader {
         let slot = Arc::clone(&result);
         std::thread::Builder::new()
             .name("policy-reload".into())
+            // mlockall locks its stack too: TOML's nesting is shallow.
+            .stack_size(512 * 1024)
             .spawn(move || reload_thread(File::from(rx), source, slot, wake))?;
         Ok(Reloader {
             trigger: File::from(tx),
