@@ -112,6 +112,29 @@ impl Engine {
 
     /// The generation a request on `node` must wait for, flushing what is
     /// pending (now, or as soon as the flush in flight is answered).
+    /// The nodes the names of an UNLINK, RMDIR or RENAME stand for, as far
+    /// as the names table knows; `true` when a name is unknown while some
+    /// node has outstanding times (it might be any of them).
+    pub(super) fn named_victims(&self, req: &Request<'_>) -> ([Option<NodeId>; 2], bool) {
+        let dir = req.nodeid().0;
+        let names: [Option<(u64, &[u8])>; 2] = match req.operation() {
+            Operation::Unlink { name } | Operation::Rmdir { name } => [Some((dir, name)), None],
+            Operation::Rename { arg, old, new } => [Some((dir, old)), Some((arg.newdir, new))],
+            Operation::Rename2 { arg, old, new } => [Some((dir, old)), Some((arg.newdir, new))],
+            _ => return ([None; 2], false),
+        };
+        let mut out = [None; 2];
+        let mut unknown = false;
+        for (slot, (parent, name)) in out.iter_mut().zip(names.into_iter().flatten()) {
+            match self.names.get(names::key(parent, name)) {
+                Known::Node(n) => *slot = Some(NodeId(n)),
+                Known::Absent => {}
+                Known::Unknown => unknown = !self.times.is_empty(),
+            }
+        }
+        (out, unknown)
+    }
+
     pub(super) fn barrier(&mut self, node: NodeId) -> Option<u32> {
         let gen = self.times.get(node)?.barrier_gen()?;
         self.flush_node(node);

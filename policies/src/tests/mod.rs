@@ -1075,6 +1075,54 @@ mod times {
         assert!(!acts.iter().any(|a| matches!(a, Action::ForwardRequest(_))));
     }
 
+    /// UNLINK, RMDIR and RENAME name their victim by (directory, name); its
+    /// times go to the backend before the name does (a backend that finds
+    /// files by path would otherwise apply them to nothing).
+    #[test]
+    fn unlink_or_rename_of_a_file_with_pending_times_waits_for_its_flush() {
+        for (op, body) in [
+            (Opcode::Unlink, b"f\0".to_vec()),
+            (
+                Opcode::Rename,
+                [
+                    fuseproxy_protocol::abi::RenameIn { newdir: 1 }.as_bytes(),
+                    b"f\0g\0",
+                ]
+                .concat(),
+            ),
+        ] {
+            let mut e = session(config());
+            setattr(&mut e, T0, 10, 0, times_arg(FATTR_MTIME, 0, 5));
+            let mut b = Buf::new();
+            // Directory 1 has no times of its own: only the victim's hold it.
+            let n = request(&mut b, op, 12, 1, &body);
+            e.handle_request(T0, WALL, SlotId(4), &mut b.0[..n]);
+            let acts = drain(&mut e);
+            let f = flushes(&acts);
+            assert_eq!(f.len(), 1, "{op}: the victim's times go first: {acts:?}");
+            assert!(!released(&acts, 4), "{op} held: {acts:?}");
+            let after = answer_flush(&mut e, f[0].0, 0);
+            assert!(released(&after, 4), "{op} released: {after:?}");
+        }
+    }
+
+    /// A name the engine does not know might be any node with pending times:
+    /// every one is flushed first.
+    #[test]
+    fn unlink_of_an_unknown_name_waits_for_every_flush() {
+        let mut e = session(config());
+        setattr(&mut e, T0, 10, 0, times_arg(FATTR_MTIME, 0, 5));
+        let mut b = Buf::new();
+        let n = request(&mut b, Opcode::Unlink, 12, 1, b"other-name\0");
+        e.handle_request(T0, WALL, SlotId(4), &mut b.0[..n]);
+        let acts = drain(&mut e);
+        let f = flushes(&acts);
+        assert_eq!(f.len(), 1, "{acts:?}");
+        assert!(!released(&acts, 4));
+        let after = answer_flush(&mut e, f[0].0, 0);
+        assert!(released(&after, 4), "{after:?}");
+    }
+
     /// Random sequences of time updates, other requests on the same nodes,
     /// directory listings and clock advances, against a backend that
     /// answers in random order (and the session then shuts down, which
