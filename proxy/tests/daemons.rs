@@ -13,7 +13,9 @@
 //!   the proxy: the status the proxy logs for its backend) and the proxy's;
 //! - what the daemon left behind after unmount where it matters (the
 //!   archives fuse-zip and archivemount rewrite when they are unmounted, the
-//!   directories the pass-through daemons write to).
+//!   directories the pass-through daemons write to);
+//! - the proxy's own warnings and errors in its log (bad replies, failed
+//!   time flushes): none, unless known.
 //!
 //! **Normalised:** each mount gets its own input directory and its own
 //! mountpoint (both unique temporary directories), so those two paths are
@@ -28,12 +30,15 @@
 //! value, otherwise no option (the proxy's only channel today, `/dev/fd/N`).
 //! With the `/dev/fd/N` channel (no option on a proxy without `--channel`,
 //! or `--channel fd`) each daemon's test asserts the differences it is known
-//! to have with that channel (`KNOWN_FD` of each daemon: a failure to start
+//! to have with that channel (`known_fd` of each daemon: a failure to start
 //! with the daemon's own message, or the mount options, source or exit
 //! status that the channel cannot carry) and fails if one of them is gone
 //! (then the expectation must be updated) or a new one appears. With any
-//! other channel every daemon must give exactly the direct results. The test
-//! prints both sides' results and what it expected (`--nocapture`).
+//! other channel every daemon must give exactly the direct results, except
+//! for `known_any`: differences the proxy has whatever the channel (a proxy
+//! bug, a daemon's habit), each with its reason. The test prints both sides'
+//! results and what it expected (`--nocapture`); docs/compat.md has the
+//! table made from them.
 //!
 //! Daemons run in the foreground: `-f` (libfuse, fuse-zip, archivemount,
 //! sshfs ...), `-fg` (gocryptfs), `-o no_detach` (ntfs-3g), and rclone's
@@ -76,7 +81,7 @@ const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 struct Channel {
     /// `["--channel", NAME]` or nothing.
     args: Vec<String>,
-    /// The `/dev/fd/N` channel: `KNOWN_FD` applies.
+    /// The `/dev/fd/N` channel: each daemon's `known_fd` applies.
     is_fd: bool,
     /// For the report.
     describe: String,
@@ -1321,7 +1326,7 @@ fn check(d: &Daemon, ctx: &Ctx) {
     assert_eq!(
         got, want,
         "{}: differences from the direct mount with {} are {got:?}, expected {want:?}\n\
-         (an expected difference that is gone: update this daemon's KNOWN_FD)\n{rep}\
+         (an expected difference that is gone: update this daemon's known_fd)\n{rep}\
          --- proxy's stderr ---\n{log}",
         d.name, ch.describe
     );
