@@ -16,6 +16,37 @@ apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends \
     squashfuse squashfs-tools attr util-linux python3 ca-certificates \
     bindfs fio tar
 
+# The daemon matrix (proxy/tests/daemons.rs, docs/compat.md): unmodified
+# daemons from Debian's packages, each run directly and through the proxy.
+# A package's postinst must not start a system service (openssh-server would
+# start the machine's own sshd): unless the machine already has a
+# policy-rc.d, one that refuses every start stands in place for the install.
+#   libfuse2 daemons: bindfs (above), unionfs-fuse, fuse-zip (zip archives;
+#     `zip` makes its input), archivemount (tar archives; bsdtar from
+#     libarchive-tools makes its input, or tar), encfs (encrypted directory);
+#   ntfs-3g: its own integrated FUSE; its mkntfs makes a small image file;
+#   libfuse3 daemons: fuse-overlayfs, squashfuse (above; squashfs-tools makes
+#     its image), sshfs (+ openssh-server: the sshd on 127.0.0.1 that the
+#     test starts itself with its own config, keys and port; openssh-client:
+#     ssh and ssh-keygen);
+#   Go daemons: gocryptfs (go-fuse), rclone (`mount`: bazil.org/fuse, which
+#     execs fusermount; `mount2`: go-fuse).
+policy_rc=/usr/sbin/policy-rc.d
+own_policy=
+if [ ! -e "$policy_rc" ]; then
+    printf '#!/bin/sh\n# fuseproxy setup.sh: no service starts during the install\nexit 101\n' >"$policy_rc"
+    chmod 0755 "$policy_rc"
+    own_policy=1
+fi
+remove_policy() { if [ -n "$own_policy" ]; then rm -f "$policy_rc"; fi; }
+trap remove_policy EXIT
+apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends \
+    unionfs-fuse fuse-zip zip archivemount libarchive-tools encfs \
+    ntfs-3g fuse-overlayfs sshfs openssh-server openssh-client \
+    gocryptfs rclone
+remove_policy
+trap - EXIT
+
 if ! command -v cargo >/dev/null 2>&1; then
     # A Rust toolchain is expected (rustup's); Debian's is the fallback.
     apt-get install -y -q --no-install-recommends cargo rustc

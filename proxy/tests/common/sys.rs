@@ -91,6 +91,16 @@ pub fn read_to_end(fd: &OwnedFd) -> Res<Vec<u8>> {
     }
 }
 
+/// close(2), with its result: a FUSE daemon may report a failed write
+/// only at FLUSH, which dropping an `OwnedFd` would hide.
+pub fn close(fd: OwnedFd) -> Res<()> {
+    use std::os::fd::IntoRawFd;
+    let raw = fd.into_raw_fd();
+    // SAFETY: `raw` was owned by `fd`, which gave up ownership: it is
+    // closed exactly once, here.
+    cvt(unsafe { libc::close(raw) })
+}
+
 pub fn lseek(fd: &OwnedFd, off: i64, whence: libc::c_int) -> Res<i64> {
     // SAFETY: lseek takes no pointers.
     let r = unsafe { libc::lseek(fd.as_raw_fd(), off, whence) };
