@@ -595,7 +595,11 @@ impl MountBuilder {
             if is_mounted(&m.mnt) {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match stat_with_timeout(&m.mnt, left.max(POLL_INTERVAL)) {
-                    Some(Ok(_)) => return Ok(m),
+                    // Still mounted after the stat: the stat was answered by
+                    // the mount, not by the bare directory of one a failing
+                    // process has just removed.
+                    Some(Ok(_)) if is_mounted(&m.mnt) => return Ok(m),
+                    Some(Ok(_)) => {}
                     Some(Err(_)) => {}
                     None => {
                         let msg = format!(
