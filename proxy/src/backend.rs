@@ -243,7 +243,8 @@ impl Backend {
                 // listener hangs up once no process is left under the filter.
                 if hung_up || !st.success() {
                     return Err(Error::Backend(format!(
-                        "the backend {} before mounting {}",
+                        "the backend (pid {}) {} before mounting {}",
+                        self.pid(),
                         describe(st),
                         mountpoint.display()
                     )));

@@ -185,9 +185,9 @@ fn run(
     }
 
     let arena = arena::Arena::new(cli.arena_size)?;
-    let build = |opts: &MountOptions| -> Result<_, Error> {
+    let build = |opts: &MountOptions| {
         let rules = Rules::compile(policy);
-        let engine = Engine::with_rules(
+        Engine::with_rules(
             Config {
                 max_inflight: cli.max_inflight as usize,
                 max_message: arena::SLOT_SIZE,
@@ -209,11 +209,26 @@ fn run(
                 ..Config::default()
             },
             rules,
-        );
-        let recorder = match &cli.record {
+        )
+    };
+
+    // Before the backend starts, so that a bad path leaves nothing behind,
+    // and before pinning, so that its buffer is locked with the rest. With
+    // the seccomp channel the options are the daemon's, not known yet.
+    let recorder = {
+        let shown = if seccomp {
+            let mut s = "the backend's own mount(2) (seccomp channel)".to_string();
+            for l in &cli.options {
+                s.push_str(&format!(", then -o {l}"));
+            }
+            s
+        } else {
+            opts.to_string()
+        };
+        match &cli.record {
             Some(path) => {
                 let mut note = format!(
-                    "fuseproxy {} on {}; backend: {}; mount options: {opts}",
+                    "fuseproxy {} on {}; backend: {}; mount options: {shown}",
                     env!("CARGO_PKG_VERSION"),
                     canonical.display(),
                     backend_args.join(" "),
@@ -230,11 +245,9 @@ fn run(
                 )?)
             }
             None => None,
-        };
-        Ok((engine, recorder))
+        }
     };
-
-    let (engine, recorder, pinning, device, mount, backend, opts) = if seccomp {
+    let (engine, pinning, device, mount, backend, opts) = if seccomp {
         let pinning = memory::pin();
         let device = mount::open_device()?;
         let mut backend =
@@ -251,11 +264,10 @@ fn run(
         };
         let (mount, opts) = backend.wait_for_mount(&signals, &ctx, &canonical)?;
         // After the mount, with MCL_FUTURE in force: locked as they come.
-        let (engine, recorder) = build(&opts)?;
-        (engine, recorder, pinning, device, mount, backend, opts)
+        let engine = build(&opts);
+        (engine, pinning, device, mount, backend, opts)
     } else {
-        // Before pinning, so that the recorder's buffer is locked with the rest.
-        let (engine, recorder) = build(&opts)?;
+        let engine = build(&opts);
         let pinning = memory::pin();
         let device = mount::open_device()?;
         let mount = mount::Mount::new(&canonical, &device, &opts)?;
@@ -263,7 +275,7 @@ fn run(
         // From here on the mount exists; `mount`'s Drop removes it on any error.
         let backend = backend::Backend::spawn(&argv, pair.theirs)?;
         slog::debug!(log, "started backend pid {}: {:?}", backend.pid(), argv);
-        (engine, recorder, pinning, device, mount, backend, opts)
+        (engine, pinning, device, mount, backend, opts)
     };
 
     let session = event_loop::Session::new(

@@ -58,7 +58,7 @@ use nix::mount::MsFlags;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::uio::{process_vm_readv, RemoteIoVec};
 use nix::unistd::Pid;
-use slog::{debug, info, warn, Logger};
+use slog::{info, warn, Logger};
 
 use crate::mount::Mount;
 use crate::mount_options::MountOptions;
@@ -441,7 +441,7 @@ impl Supervisor {
                 }
                 Some(ctx) => match self.mount(pid, n.id, &call, ctx) {
                     Ok((m, opts)) => {
-                        debug!(self.log, "{call} by {who}: mounted with {opts}");
+                        info!(self.log, "{call} by {who}: made on the proxy's /dev/fuse");
                         self.respond(n.id, Ok(()));
                         Handled::Mounted(m, opts)
                     }
