@@ -1,4 +1,6 @@
-//! The backend: its socketpair, its launch with an inherited fd, its reaping.
+//! The backend: its socketpair, its launch (with an inherited fd, or under
+//! the seccomp channel's filter), its reaping.
+#![allow(unsafe_code)]
 
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -9,6 +11,7 @@ use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::sys::socket::{setsockopt, socketpair, sockopt, AddressFamily, SockFlag, SockType};
 
 use crate::error::Error;
+use crate::seccomp::{Handled, MountContext, Supervisor};
 
 /// Socket buffer size forced on both ends of the pair.
 ///
@@ -78,7 +81,12 @@ pub struct Backend {
     /// with status 0 while its daemon lives on: only the socket tells whether
     /// the backend is alive.
     exit: Option<ExitStatus>,
+    /// The seccomp channel's listener, when the backend runs under it.
+    supervisor: Option<Supervisor>,
 }
+
+/// How long the seccomp channel waits for the backend's mount.
+pub const MOUNT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Backend {
     /// Starts `argv` with `theirs` inherited (close-on-exec cleared just for
@@ -100,7 +108,158 @@ impl Backend {
             })?;
         // Our copy of their end must go, or we would never see their EOF.
         drop(theirs);
-        Ok(Backend { child, exit: None })
+        Ok(Backend {
+            child,
+            exit: None,
+            supervisor: None,
+        })
+    }
+
+    /// Starts `argv` unchanged under the seccomp channel's filter
+    /// ([`crate::seccomp_filter`]), in a process group of its own. The
+    /// listener comes back over a socketpair made for the purpose; `theirs`
+    /// stays with the proxy (close-on-exec) until the daemon's mount puts it
+    /// in the daemon ([`Backend::wait_for_mount`]).
+    pub fn spawn_supervised(
+        argv: &[OsString],
+        theirs: OwnedFd,
+        log: slog::Logger,
+        mountpoint: &std::path::Path,
+    ) -> Result<Backend, Error> {
+        let (program, args) = argv
+            .split_first()
+            .ok_or_else(|| Error::Usage("no backend command after '--'".into()))?;
+        let (ours, child_end) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| Error::Setup(format!("socketpair: {}", e.desc())))?;
+        let prog = crate::seccomp_filter::program();
+        let handoff = child_end.as_raw_fd();
+        let mut cmd = Command::new(program);
+        cmd.args(args).process_group(0);
+        // SAFETY: the closure runs in the child between fork and exec, where
+        // only async-signal-safe code may run: `install` makes raw system
+        // calls (seccomp, sendmsg, close) on memory that exists in the child
+        // (the program, moved into the closure and built before the fork;
+        // stack buffers) and allocates nothing. `handoff` is open in the
+        // child: it is inherited across fork (close-on-exec closes it only
+        // at the exec).
+        unsafe {
+            cmd.pre_exec(move || crate::seccomp_filter::install(&prog, handoff));
+        }
+        let child = cmd.spawn().map_err(|e| {
+            Error::Backend(format!(
+                "cannot start '{}' under the seccomp filter: {e}",
+                program.to_string_lossy()
+            ))
+        })?;
+        drop(child_end);
+        let mut backend = Backend {
+            child,
+            exit: None,
+            supervisor: None,
+        };
+        // The child sent it before exec, and spawn returns after the exec.
+        let listener = match receive_fd(&ours) {
+            Ok(fd) => fd,
+            Err(e) => {
+                backend.stop(std::time::Duration::ZERO);
+                return Err(Error::Setup(format!(
+                    "receiving the seccomp listener from the backend: {e}"
+                )));
+            }
+        };
+        backend.supervisor = Some(Supervisor::new(
+            log,
+            listener,
+            mountpoint.to_path_buf(),
+            theirs,
+        ));
+        Ok(backend)
+    }
+
+    /// The seccomp listener's fd, when the backend runs under it.
+    pub fn listener_fd(&self) -> Option<i32> {
+        self.supervisor.as_ref().map(Supervisor::fd)
+    }
+
+    /// Answers the seccomp calls waiting now. Returns whether the daemon
+    /// unmounted MOUNTPOINT among them.
+    pub fn handle_notifications(&mut self) -> bool {
+        self.supervisor
+            .as_mut()
+            .is_some_and(Supervisor::handle_pending)
+    }
+
+    /// Whether the daemon unmounted MOUNTPOINT itself (seccomp channel).
+    pub fn unmounted_itself(&self) -> bool {
+        self.supervisor
+            .as_ref()
+            .is_some_and(Supervisor::backend_unmounted)
+    }
+
+    /// Seccomp channel: waits up to [`MOUNT_WAIT`] for the daemon's mount of
+    /// MOUNTPOINT and makes it. Ends early, with one line, when the backend
+    /// exits and nothing it started is left to mount, or on SIGINT, SIGTERM
+    /// or SIGHUP (read from `signals`).
+    pub fn wait_for_mount(
+        &mut self,
+        signals: &nix::sys::signalfd::SignalFd,
+        ctx: &MountContext<'_>,
+        mountpoint: &std::path::Path,
+    ) -> Result<(crate::mount::Mount, crate::mount_options::MountOptions), Error> {
+        let deadline = std::time::Instant::now() + MOUNT_WAIT;
+        let tick = std::time::Duration::from_millis(50);
+        loop {
+            let Some(sup) = self.supervisor.as_mut() else {
+                return Err(Error::Setup("no seccomp listener".into()));
+            };
+            let (readable, hung_up) = sup.poll(tick);
+            if readable {
+                if let Handled::Mounted(m, opts) = sup.handle_one(Some(ctx)) {
+                    return Ok((m, opts));
+                }
+                continue;
+            }
+            while let Ok(Some(info)) = signals.read_signal() {
+                use nix::sys::signal::Signal;
+                let sig = Signal::try_from(info.ssi_signo as i32);
+                if let Ok(s @ (Signal::SIGINT | Signal::SIGTERM | Signal::SIGHUP)) = sig {
+                    let st = self.stop(std::time::Duration::ZERO);
+                    return Err(Error::Backend(format!(
+                        "{} before the backend mounted {}; backend (pid {}) {}",
+                        s.as_str(),
+                        mountpoint.display(),
+                        self.pid(),
+                        st.map_or("did not stop".into(), describe)
+                    )));
+                }
+            }
+            if let Some(st) = self.try_reap() {
+                // A daemon that forked before mounting may still mount; the
+                // listener hangs up once no process is left under the filter.
+                if hung_up || !st.success() {
+                    return Err(Error::Backend(format!(
+                        "the backend (pid {}) {} before mounting {}",
+                        self.pid(),
+                        describe(st),
+                        mountpoint.display()
+                    )));
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                let st = self.stop(std::time::Duration::ZERO);
+                return Err(Error::Backend(format!(
+                    "the backend did not mount {} within {} s (stopped: {})",
+                    mountpoint.display(),
+                    MOUNT_WAIT.as_secs(),
+                    st.map_or("did not stop".into(), describe)
+                )));
+            }
+        }
     }
 
     /// The backend's pid (of the process started; a daemonizing backend's
@@ -151,6 +310,8 @@ impl Backend {
     fn wait_for(&mut self, timeout: std::time::Duration) -> Option<ExitStatus> {
         let end = std::time::Instant::now() + timeout;
         loop {
+            // A daemon unmounting at exit waits for its answer.
+            self.handle_notifications();
             if let Some(st) = self.try_reap() {
                 return Some(st);
             }
@@ -160,6 +321,32 @@ impl Backend {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
+}
+
+/// Receives one fd sent with SCM_RIGHTS on `sock`, without waiting.
+fn receive_fd(sock: &OwnedFd) -> Result<OwnedFd, String> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::FromRawFd;
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!(std::os::fd::RawFd);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(|e| e.desc().to_string())?;
+    for c in msg.cmsgs().map_err(|e| e.desc().to_string())? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(&fd) = fds.first() {
+                // SAFETY: the kernel just installed `fd` in this process for
+                // this message; nothing else owns it.
+                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    Err("no fd in the message".into())
 }
 
 /// "exited with status 1", "was killed by signal 9 (SIGKILL)".

@@ -11,18 +11,24 @@ use crate::error::Error;
 const ABOUT: &str = "Mount a FUSE filesystem through a protocol-level proxy.";
 
 const LONG_ABOUT: &str = "\
-fuseproxy mounts MOUNTPOINT itself and runs BACKEND_COMMAND, an unmodified FUSE \
-daemon, with its MOUNTPOINT argument replaced by /dev/fd/N: one end of a socket \
-pair that the daemon's libfuse uses as if it were /dev/fuse. Every FUSE message \
-between the kernel and the daemon passes through the proxy, which forwards it \
-unchanged except where a policy says otherwise.
+fuseproxy mounts MOUNTPOINT itself on its own /dev/fuse and runs BACKEND_COMMAND, \
+an unmodified FUSE daemon, on one end of a socket pair that the daemon uses as if \
+it were /dev/fuse. Every FUSE message between the kernel and the daemon passes \
+through the proxy, which forwards it unchanged except where a policy says otherwise.
 
-Write BACKEND_COMMAND exactly as you would run it without the proxy. The argument \
-equal to MOUNTPOINT is replaced; it is an error if there is none. Mount options in \
+Write BACKEND_COMMAND exactly as you would run it without the proxy, MOUNTPOINT \
+included; it is an error if no argument names MOUNTPOINT. How the daemon gets the \
+socket is the channel (--channel). With the seccomp channel (the default where the \
+kernel supports it) the daemon runs unchanged and mounts as it would alone: the \
+proxy traps that mount(2), hands the daemon its socket in place of /dev/fuse, and \
+makes the mount itself with the daemon's source, type, flags and options, so \
+/proc/mounts reads as with the daemon alone. With the fd channel the argument \
+naming MOUNTPOINT is replaced by /dev/fd/N (libfuse >= 3.3 and go-fuse take that \
+as \"already mounted\"), and the proxy mounts first. Then mount options in \
 the backend's own -o arguments (allow_other, default_permissions, ro, fsname=, \
 subtype=, ...) are applied by the proxy to its mount, since a daemon given /dev/fd/N \
-mounts nothing; they also stay in the backend's command for it to see. The proxy's \
-own -o overrides them. Defaults are libfuse's: nosuid,nodev; no allow_other; type \
+mounts nothing; they also stay in the backend's command for it to see. With either \
+channel the proxy's own -o overrides the daemon's options. Defaults are libfuse's: nosuid,nodev; no allow_other; type \
 fuse.PROGRAM and source PROGRAM unless fsname= or subtype= is given.
 
 The proxy needs root (it mounts with mount(2) and opens /dev/fuse). Every message \
@@ -94,6 +100,17 @@ pub enum TimesArg {
     Forward,
 }
 
+/// How the backend gets its end of the proxy (`--channel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ChannelArg {
+    /// seccomp when the kernel supports it, fd otherwise.
+    Auto,
+    /// The daemon mounts; the proxy traps the call and makes the mount.
+    Seccomp,
+    /// The daemon is given /dev/fd/N; the proxy mounts with its -o options.
+    Fd,
+}
+
 /// Log verbosity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 pub enum LogLevel {
@@ -126,6 +143,35 @@ pub struct Cli {
     /// the mount options found in the backend's own -o. [default: none]
     #[arg(short = 'o', value_name = "OPTIONS", action = ArgAction::Append)]
     pub options: Vec<String>,
+
+    /// How the backend is connected to the proxy.
+    ///
+    /// `seccomp`: the backend runs with its command line unchanged, under a
+    /// seccomp filter that hands its mount(2) and umount(2) calls (and those
+    /// of anything it runs, such as fusermount3) to the proxy; nothing else
+    /// is trapped. When the daemon mounts MOUNTPOINT with a FUSE type, the
+    /// proxy puts its socket in the daemon in place of the daemon's
+    /// /dev/fuse, mounts its own /dev/fuse with the daemon's source, type,
+    /// flags and options (the proxy's -o on top), and tells the daemon it
+    /// worked. The mount is then exactly the one the daemon asked for, and
+    /// daemons that cannot take /dev/fd/N (libfuse2, ntfs-3g, those that run
+    /// fusermount) work. The daemon's unmount of MOUNTPOINT is answered with
+    /// success and leaves the mount to the proxy; any other mount or unmount
+    /// is refused with EPERM and logged. The daemon must mount within 30 s.
+    /// Needs Linux 5.9+ (seccomp user notification with fd injection);
+    /// refused with exit status 2 where the kernel lacks it.
+    ///
+    /// `fd`: the proxy mounts first, with the mount options found in the
+    /// backend's -o arguments and its own -o, and the backend's MOUNTPOINT
+    /// argument is replaced by /dev/fd/N. Only daemons that take /dev/fd/N
+    /// work (libfuse >= 3.3, go-fuse); options a daemon sets in its own code
+    /// are not seen.
+    ///
+    /// `auto` takes seccomp when the kernel supports it, else fd, and says
+    /// which and why at start-up. A backend that speaks only /dev/fd/N and
+    /// never mounts needs `--channel fd`.
+    #[arg(long, value_enum, default_value_t = ChannelArg::Auto, value_name = "CHANNEL")]
+    pub channel: ChannelArg,
 
     /// Log more: -v for debug, -vv for trace. Adds to --log-level.
     #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]

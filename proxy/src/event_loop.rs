@@ -31,6 +31,8 @@ const DEVICE: Token = Token(0);
 const BACKEND: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const RELOADED: Token = Token(3);
+/// The seccomp channel's listener: the backend's mount and umount calls.
+const SECCOMP: Token = Token(4);
 
 /// How long the backend gets to answer DESTROY, and the kernel to end the
 /// connection after the proxy's unmount, before the proxy stops waiting.
@@ -64,6 +66,8 @@ enum Pending {
 pub struct Startup {
     /// The effective mount options, as text.
     pub options: String,
+    /// The channel, and for `auto` why, as text.
+    pub channel: String,
     /// What took effect of mlockall / PR_SET_IO_FLUSHER.
     pub pinning: Pinning,
     /// How long to keep polling without sleeping after traffic.
@@ -140,6 +144,10 @@ impl Session {
             Interest::READABLE | Interest::WRITABLE,
         )?;
         reg(signals.as_raw_fd(), SIGNALS, Interest::READABLE)?;
+        if let Some(fd) = backend.listener_fd() {
+            // Daemons unmount at exit and may run helpers that mount.
+            reg(fd, SECCOMP, Interest::READABLE)?;
+        }
         let reloader = match &startup.policy {
             Some(source) => {
                 let waker = std::sync::Arc::new(
@@ -219,6 +227,10 @@ impl Session {
                     BACKEND => self.socket_readable = true,
                     SIGNALS => self.handle_signals(),
                     RELOADED => self.policy_reloaded(),
+                    // Off the forwarding path: only mount and umount calls.
+                    SECCOMP => {
+                        self.backend.handle_notifications();
+                    }
                     t => warn!(self.log, "event for unknown token {}", t.0),
                 }
             }
@@ -568,16 +580,24 @@ impl Session {
                 let p = self.startup.pinning;
                 info!(
                     self.log,
-                    "mounted {} ({}), backend pid {}, protocol {major}.{minor}, max_write={max_write}, \
-                     mlockall={}, io_flusher={}, arena={}x{}B{}",
+                    "mounted {} ({}), channel {}, backend pid {}, protocol {major}.{minor}, \
+                     max_write={max_write}, mlockall={}, io_flusher={}, arena={}x{}B{}",
                     self.mount.path().display(),
                     self.startup.options,
+                    self.startup.channel,
                     self.backend.pid(),
                     yes(p.mlockall),
-                    match p.io_flusher { Ok(()) => "yes".into(), Err(e) => format!("no ({e})") },
+                    match p.io_flusher {
+                        Ok(()) => "yes".into(),
+                        Err(e) => format!("no ({e})"),
+                    },
                     self.arena.slots(),
                     crate::arena::SLOT_SIZE,
-                    if self.arena.is_locked() { " locked" } else { " NOT locked" },
+                    if self.arena.is_locked() {
+                        " locked"
+                    } else {
+                        " NOT locked"
+                    },
                 );
                 // The three flag sets in one line; their names only at debug,
                 // what the proxy changed by name at info.
@@ -896,24 +916,37 @@ impl Session {
                 self.mount.detach();
                 let st = self.backend.stop(Duration::from_millis(500));
                 let how = self.backend_end.take().unwrap_or_default();
-                let msg = match st {
-                    Some(st) => format!(
-                        "backend (pid {}) {}; {how}",
+                if self.backend.unmounted_itself() && st.is_some_and(|s| s.success()) {
+                    // Seccomp channel: the daemon unmounted MOUNTPOINT and
+                    // ended cleanly, as it does alone after a signal.
+                    info!(
+                        self.log,
+                        "backend (pid {}) unmounted {} itself and exited with status 0; \
+                         mount removed",
                         self.backend.pid(),
-                        describe(st)
-                    ),
-                    None => format!("backend (pid {}) {how}", self.backend.pid()),
-                };
-                let when = if self.engine.is_initialized() {
-                    ""
+                        self.mount.path().display()
+                    );
+                    Ok(())
                 } else {
-                    " before answering INIT"
-                };
-                Err(Error::Backend(format!(
-                    "{msg}{when}; {} waiting requests answered with EIO, mount {} removed",
-                    self.engine.stats().answered_with_error,
-                    self.mount.path().display()
-                )))
+                    let msg = match st {
+                        Some(st) => format!(
+                            "backend (pid {}) {}; {how}",
+                            self.backend.pid(),
+                            describe(st)
+                        ),
+                        None => format!("backend (pid {}) {how}", self.backend.pid()),
+                    };
+                    let when = if self.engine.is_initialized() {
+                        ""
+                    } else {
+                        " before answering INIT"
+                    };
+                    Err(Error::Backend(format!(
+                        "{msg}{when}; {} waiting requests answered with EIO, mount {} removed",
+                        self.engine.stats().answered_with_error,
+                        self.mount.path().display()
+                    )))
+                }
             }
             _ => {
                 // DESTROY is answered (or will not be). SIGTERM first sets

@@ -22,6 +22,8 @@ mod mount;
 mod mount_options;
 mod policy_file;
 mod recorder;
+mod seccomp;
+mod seccomp_filter;
 mod signals;
 
 use std::os::fd::AsRawFd;
@@ -31,7 +33,7 @@ use slog::{o, Drain, Logger};
 
 use fuseproxy_policies::{Config, Engine, Rules, TimesMode};
 
-use crate::cli::{Cli, LogLevel};
+use crate::cli::{ChannelArg, Cli, LogLevel};
 use crate::error::Error;
 use crate::mount_options::{option_lists, MountOptions};
 
@@ -143,6 +145,7 @@ fn run(
         ));
     };
     let canonical = mount::check_mountpoint(mountpoint)?;
+    let (seccomp, channel) = choose_channel(cli.channel)?;
     let mut opts = MountOptions::default();
     let backend_args: Vec<String> = cli
         .backend
@@ -160,12 +163,19 @@ fn run(
     opts.default_subtype(&cli::program_name(&cli.backend));
 
     let pair = backend::channel()?;
-    let argv = cli::rewrite_mountpoint(
+    // Both channels need MOUNTPOINT on the backend's command line: the fd
+    // channel replaces it, the seccomp channel leaves it for the daemon.
+    let rewritten = cli::rewrite_mountpoint(
         &cli.backend,
         mountpoint,
         &canonical,
         pair.theirs.as_raw_fd(),
     )?;
+    let argv = if seccomp {
+        cli.backend.clone()
+    } else {
+        rewritten
+    };
     let program = &argv[0];
     if which(program).is_none() {
         return Err(Error::Backend(format!(
@@ -175,60 +185,98 @@ fn run(
     }
 
     let arena = arena::Arena::new(cli.arena_size)?;
-    let rules = Rules::compile(policy);
-    let engine = Engine::with_rules(
-        Config {
-            max_inflight: cli.max_inflight as usize,
-            max_message: arena::SLOT_SIZE,
-            times: if rules.times.asynchronous {
-                TimesMode::Async
-            } else {
-                TimesMode::Forward
+    let build = |opts: &MountOptions| {
+        let rules = Rules::compile(policy);
+        Engine::with_rules(
+            Config {
+                max_inflight: cli.max_inflight as usize,
+                max_message: arena::SLOT_SIZE,
+                times: if rules.times.asynchronous {
+                    TimesMode::Async
+                } else {
+                    TimesMode::Forward
+                },
+                max_delay: rules.times.max_delay,
+                max_pending: rules.times.max_pending,
+                attr_cache: rules.times.attr_cache,
+                // Each held request keeps its slot; two stay free for the
+                // traffic that releases them.
+                max_held: arena.slots().saturating_sub(2).max(1),
+                default_permissions: opts.default_permissions,
+                // Room for the nodes of a large tree; only with path rules (a
+                // reload cannot add the first ones).
+                path_nodes: if policy.paths.is_empty() { 0 } else { 65_536 },
+                ..Config::default()
             },
-            max_delay: rules.times.max_delay,
-            max_pending: rules.times.max_pending,
-            attr_cache: rules.times.attr_cache,
-            // Each held request keeps its slot; two stay free for the traffic
-            // that releases them.
-            max_held: arena.slots().saturating_sub(2).max(1),
-            default_permissions: opts.default_permissions,
-            // Room for the nodes of a large tree; only with path rules (a
-            // reload cannot add the first ones).
-            path_nodes: if policy.paths.is_empty() { 0 } else { 65_536 },
-            ..Config::default()
-        },
-        rules,
-    );
-    // Before pinning, so that its buffer is locked with the rest.
-    let recorder = match &cli.record {
-        Some(path) => {
-            let mut note = format!(
-                "fuseproxy {} on {}; backend: {}; mount options: {opts}",
-                env!("CARGO_PKG_VERSION"),
-                canonical.display(),
-                backend_args.join(" "),
-            );
-            if note.len() > 4096 {
-                let cut = (0..=4096).rev().find(|&i| note.is_char_boundary(i));
-                note.truncate(cut.unwrap_or(0));
-            }
-            Some(recorder::Recorder::create(
-                path,
-                cli.record_size,
-                cli.record_snaplen,
-                &note,
-            )?)
-        }
-        None => None,
+            rules,
+        )
     };
-    let pinning = memory::pin();
 
-    let device = mount::open_device()?;
-    let mount = mount::Mount::new(&canonical, &device, &opts)?;
-    slog::debug!(log, "mounted {} with {opts}", canonical.display());
-    // From here on the mount exists; `mount`'s Drop removes it on any error.
-    let backend = backend::Backend::spawn(&argv, pair.theirs)?;
-    slog::debug!(log, "started backend pid {}: {:?}", backend.pid(), argv);
+    // Before the backend starts, so that a bad path leaves nothing behind,
+    // and before pinning, so that its buffer is locked with the rest. With
+    // the seccomp channel the options are the daemon's, not known yet.
+    let recorder = {
+        let shown = if seccomp {
+            let mut s = "the backend's own mount(2) (seccomp channel)".to_string();
+            for l in &cli.options {
+                s.push_str(&format!(", then -o {l}"));
+            }
+            s
+        } else {
+            opts.to_string()
+        };
+        match &cli.record {
+            Some(path) => {
+                let mut note = format!(
+                    "fuseproxy {} on {}; backend: {}; mount options: {shown}",
+                    env!("CARGO_PKG_VERSION"),
+                    canonical.display(),
+                    backend_args.join(" "),
+                );
+                if note.len() > 4096 {
+                    let cut = (0..=4096).rev().find(|&i| note.is_char_boundary(i));
+                    note.truncate(cut.unwrap_or(0));
+                }
+                Some(recorder::Recorder::create(
+                    path,
+                    cli.record_size,
+                    cli.record_snaplen,
+                    &note,
+                )?)
+            }
+            None => None,
+        }
+    };
+    let (engine, pinning, device, mount, backend, opts) = if seccomp {
+        let pinning = memory::pin();
+        let device = mount::open_device()?;
+        let mut backend =
+            backend::Backend::spawn_supervised(&argv, pair.theirs, log.clone(), &canonical)?;
+        slog::debug!(
+            log,
+            "started backend pid {} under the seccomp filter: {:?}",
+            backend.pid(),
+            argv
+        );
+        let ctx = seccomp::MountContext {
+            device: &device,
+            overrides: &cli.options,
+        };
+        let (mount, opts) = backend.wait_for_mount(&signals, &ctx, &canonical)?;
+        // After the mount, with MCL_FUTURE in force: locked as they come.
+        let engine = build(&opts);
+        (engine, pinning, device, mount, backend, opts)
+    } else {
+        let engine = build(&opts);
+        let pinning = memory::pin();
+        let device = mount::open_device()?;
+        let mount = mount::Mount::new(&canonical, &device, &opts)?;
+        slog::debug!(log, "mounted {} with {opts}", canonical.display());
+        // From here on the mount exists; `mount`'s Drop removes it on any error.
+        let backend = backend::Backend::spawn(&argv, pair.theirs)?;
+        slog::debug!(log, "started backend pid {}: {:?}", backend.pid(), argv);
+        (engine, pinning, device, mount, backend, opts)
+    };
 
     let session = event_loop::Session::new(
         log.clone(),
@@ -242,12 +290,34 @@ fn run(
         recorder,
         event_loop::Startup {
             options: opts.to_string(),
+            channel,
             pinning,
             spin: std::time::Duration::from_micros(cli.spin_us),
             policy: source.path().is_some().then_some(source),
         },
     )?;
     session.run()
+}
+
+/// The channel to use, and how it was chosen (for the start-up line).
+/// `--channel seccomp` on a kernel without support is a usage error.
+fn choose_channel(arg: ChannelArg) -> Result<(bool, String), Error> {
+    match arg {
+        ChannelArg::Fd => Ok((false, "fd".into())),
+        ChannelArg::Seccomp => match seccomp::support() {
+            Ok(()) => Ok((true, "seccomp".into())),
+            Err(why) => Err(Error::Usage(format!(
+                "--channel seccomp: {why}; use --channel fd (or auto)"
+            ))),
+        },
+        ChannelArg::Auto => match seccomp::support() {
+            Ok(()) => Ok((
+                true,
+                "seccomp (auto: the kernel has seccomp user notification with fd injection)".into(),
+            )),
+            Err(why) => Ok((false, format!("fd (auto: {why})"))),
+        },
+    }
 }
 
 /// Resolves a program as execvp would: a path with a slash as is, otherwise

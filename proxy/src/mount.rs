@@ -121,6 +121,30 @@ impl Mount {
         })
     }
 
+    /// Mounts on `path` with the source, type and flags of `opts` and the
+    /// mount(2) data `data` as is (its `fd=` names the proxy's device): the
+    /// seccomp channel's mount, made with what the daemon asked for.
+    ///
+    /// # Errors
+    /// The errno of mount(2), to be answered to the daemon.
+    pub fn with_data(
+        path: &Path,
+        opts: &MountOptions,
+        data: &str,
+    ) -> Result<Mount, nix::errno::Errno> {
+        nix::mount::mount(
+            Some(opts.source()),
+            path,
+            Some(opts.fstype().as_str()),
+            opts.flags,
+            Some(data),
+        )?;
+        Ok(Mount {
+            path: path.to_path_buf(),
+            mounted: true,
+        })
+    }
+
     /// Where it is mounted.
     pub fn path(&self) -> &Path {
         &self.path

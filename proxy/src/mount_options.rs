@@ -30,6 +30,13 @@ pub struct MountOptions {
     pub max_read: Option<u32>,
     /// `blksize=` (only meaningful for fuseblk; passed through).
     pub blksize: Option<u32>,
+    /// The type is `fuseblk` (`fuseblk.SUBTYPE`): set only from a daemon's
+    /// own mount(2) call (seccomp channel), never from `-o blkdev`.
+    pub blkdev: bool,
+    /// Data options of a daemon's own mount(2) call passed to the kernel as
+    /// given (`rootmode=`, `user_id=`, `group_id=`, and any the proxy does not
+    /// know); empty for the fd channel.
+    pub extra: Vec<String>,
 }
 
 impl Default for MountOptions {
@@ -42,6 +49,8 @@ impl Default for MountOptions {
             subtype: None,
             max_read: None,
             blksize: None,
+            blkdev: false,
+            extra: Vec::new(),
         }
     }
 }
@@ -156,10 +165,88 @@ impl MountOptions {
 
     /// The filesystem type argument of mount(2).
     pub fn fstype(&self) -> String {
+        let base = if self.blkdev { "fuseblk" } else { "fuse" };
         match &self.subtype {
-            Some(s) => format!("fuse.{s}"),
-            None => "fuse".to_string(),
+            Some(s) => format!("{base}.{s}"),
+            None => base.to_string(),
         }
+    }
+
+    /// The options of a daemon's own mount(2) call (seccomp channel): its
+    /// source, type, flags and data, with the data's `fd=N` returned apart.
+    /// `rootmode=`, `user_id=`, `group_id=` and options unknown here are kept
+    /// as given in [`MountOptions::extra`]; the known ones land in their
+    /// fields, so that the proxy's `-o`, applied after, overrides them.
+    ///
+    /// # Errors
+    /// A type that is not `fuse`, `fuse.*`, `fuseblk` or `fuseblk.*`, a
+    /// data string without a numeric `fd=`, or a bad number.
+    pub fn from_call(
+        source: Option<&str>,
+        fstype: &str,
+        flags: MsFlags,
+        data: &str,
+    ) -> Result<(MountOptions, i32), OptionError> {
+        let err = |option: &str, reason| OptionError {
+            option: option.to_string(),
+            reason,
+        };
+        let (blkdev, subtype) = match fstype.split_once('.') {
+            Some(("fuse", s)) if !s.is_empty() => (false, Some(s.to_string())),
+            Some(("fuseblk", s)) if !s.is_empty() => (true, Some(s.to_string())),
+            None if fstype == "fuse" => (false, None),
+            None if fstype == "fuseblk" => (true, None),
+            _ => return Err(err(fstype, "is not a FUSE filesystem type")),
+        };
+        let mut m = MountOptions {
+            flags,
+            // The kernel shows "none" for a NULL source; so does this.
+            fsname: Some(source.unwrap_or("none").to_string()),
+            subtype,
+            blkdev,
+            ..MountOptions::default()
+        };
+        let mut fd = None;
+        // The kernel splits mount(2) data at commas, without escapes.
+        for opt in data.split(',').filter(|o| !o.is_empty()) {
+            let number = |v: &str| v.parse::<u32>().map_err(|_| err(opt, "needs a number"));
+            match opt.split_once('=') {
+                Some(("fd", v)) => {
+                    fd = Some(v.parse::<i32>().map_err(|_| err(opt, "needs a number"))?)
+                }
+                Some(("max_read", v)) => m.max_read = Some(number(v)?),
+                Some(("blksize", v)) => m.blksize = Some(number(v)?),
+                None if opt == "allow_other" => m.allow_other = true,
+                None if opt == "default_permissions" => m.default_permissions = true,
+                _ => m.extra.push(opt.to_string()),
+            }
+        }
+        let fd = fd.ok_or_else(|| err(data, "has no fd= (the FUSE device)"))?;
+        Ok((m, fd))
+    }
+
+    /// The data argument of mount(2) for options from [`MountOptions::from_call`]:
+    /// `fd=` names the proxy's device, everything else as the daemon gave
+    /// it, with the proxy's `-o` applied.
+    pub fn data_as_given(&self, fd: i32) -> String {
+        let mut d = format!("fd={fd}");
+        for o in &self.extra {
+            d.push(',');
+            d.push_str(o);
+        }
+        if self.default_permissions {
+            d.push_str(",default_permissions");
+        }
+        if self.allow_other {
+            d.push_str(",allow_other");
+        }
+        if let Some(n) = self.max_read {
+            d.push_str(&format!(",max_read={n}"));
+        }
+        if let Some(n) = self.blksize {
+            d.push_str(&format!(",blksize={n}"));
+        }
+        d
     }
 
     /// The data argument of mount(2) for the fuse filesystem.
@@ -306,6 +393,43 @@ mod tests {
         assert!(m.apply("max_read=x", true).is_err());
         assert!(m.apply("fsname=", true).is_err());
         assert!(m.apply("bogus,writeback", false).is_ok());
+    }
+
+    #[test]
+    fn a_daemons_call_then_proxy_overrides() {
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOATIME;
+        let (mut m, fd) = MountOptions::from_call(
+            Some("/srv/src"),
+            "fuse.bindfs",
+            flags,
+            "fd=7,rootmode=40000,user_id=0,group_id=0,allow_other,max_read=131072",
+        )
+        .unwrap();
+        assert_eq!(fd, 7);
+        assert_eq!(
+            (m.source(), m.fstype().as_str()),
+            ("/srv/src", "fuse.bindfs")
+        );
+        assert_eq!(m.flags, flags);
+        assert!(m.allow_other && !m.default_permissions);
+        assert_eq!(
+            m.data_as_given(3),
+            "fd=3,rootmode=40000,user_id=0,group_id=0,allow_other,max_read=131072"
+        );
+        m.apply("default_permissions,ro,fsname=data", true).unwrap();
+        assert!(m.flags.contains(MsFlags::MS_RDONLY | MsFlags::MS_NOATIME));
+        assert_eq!(m.source(), "data");
+        assert_eq!(
+            m.data_as_given(3),
+            "fd=3,rootmode=40000,user_id=0,group_id=0,default_permissions,allow_other,\
+             max_read=131072"
+        );
+        let (b, _) = MountOptions::from_call(None, "fuseblk", flags, "fd=4,blksize=4096").unwrap();
+        assert_eq!((b.source(), b.fstype().as_str()), ("none", "fuseblk"));
+        assert_eq!(b.blksize, Some(4096));
+        assert!(MountOptions::from_call(None, "tmpfs", flags, "fd=4").is_err());
+        assert!(MountOptions::from_call(None, "fuse.x", flags, "rootmode=40000").is_err());
+        assert!(MountOptions::from_call(None, "fuse.", flags, "fd=4").is_err());
     }
 
     #[test]

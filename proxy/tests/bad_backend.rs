@@ -17,7 +17,8 @@
 //! unknown unique. The `correct` mode is the control: no bad replies.
 //!
 //! Proxy mode is forced (`raw_proxy_args`): the script can only speak to a
-//! proxy, through the `/dev/fd/N` the proxy gives it.
+//! proxy, through the `/dev/fd/N` the proxy gives it; it never mounts, so
+//! it runs with `--channel fd`.
 
 mod common;
 
@@ -39,6 +40,8 @@ const CALL_BOUND: Duration = Duration::from_secs(5);
 fn mount_bad(mode: &str) -> Mount {
     MountBuilder::new(Mode::Proxy, Vec::<&str>::new())
         .raw_proxy_args([
+            "--channel",
+            "fd",
             "--record",
             "{dir}/session.fcap",
             "{mnt}",

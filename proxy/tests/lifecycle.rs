@@ -407,11 +407,13 @@ fn sighup_ends_the_proxy() {
     signal_ends_the_proxy(Signal::SIGHUP);
 }
 
-/// Processes whose command line contains both `/dev/fd/` (the proxy's
-/// rewrite, so never the proxy itself) and `needle` (a unique temporary
-/// path), as [`ProcId`]s.
+/// Processes other than the proxy whose command line contains `needle` (a
+/// unique temporary path), as [`ProcId`]s. The proxy's own command line
+/// names the test's binary first, the backend's (with `/dev/fd/N` under the
+/// fd channel, unchanged under seccomp) comes after `--`.
 fn find_backends(needle: &Path) -> Vec<ProcId> {
     let needle = needle.to_string_lossy().into_owned();
+    let proxy = common::proxy_bin().into_os_string().into_encoded_bytes();
     let mut out = Vec::new();
     let Ok(rd) = fs::read_dir("/proc") else {
         return out;
@@ -423,8 +425,9 @@ fn find_backends(needle: &Path) -> Vec<ProcId> {
         let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
+        let is_proxy = cmd.split(|&b| b == 0).next() == Some(proxy.as_slice());
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.contains("/dev/fd/") && cmd.contains(&needle) {
+        if !is_proxy && cmd.contains(&needle) {
             if let Some(p) = proc_id(pid) {
                 out.push(p);
             }
