@@ -464,6 +464,22 @@ fn prep_rclone_mount2(d: &Path, _: &Ctx) -> Vec<String> {
 /// rclone EIO) and the proxy logs the error. Seen with --record: the
 /// flush waits for the parent the proxy saw at LOOKUP, not the one the
 /// RENAME gave.
+/// libfuse 3 and go-fuse leave their loop cleanly only when read(2) on
+/// /dev/fuse fails with ENODEV, which the kernel gives after an unmount. The
+/// proxy's socket can only end with EOF ("short read on fuse device", EIO)
+/// or with the proxy's SIGTERM, which libfuse 3 records as an error (the
+/// exit status then depends on which comes first): they exit non-zero
+/// whatever the channel. Issue 9's "same exit status" is not met for them.
+const SOCKET_EXIT: &str = "libfuse 3 / go-fuse exit non-zero when their channel is a \
+     socket: EOF is a short read, SIGTERM an error; only /dev/fuse's ENODEV ends them cleanly";
+
+/// libfuse 2's high-level API ignores a SETATTR that sets mtime alone (atime
+/// UTIME_OMIT), so directly stat shows the directory's real mtime; the
+/// proxy (`--times async`) answers the update itself and shows the time
+/// set until the backend's next reply. `--times forward` matches direct.
+const LIBFUSE2_MTIME: &str = "libfuse 2 ignores an mtime-only SETATTR; the proxy's \
+     --times async answer shows the mtime set, a direct mount the real one";
+
 /// fuse-overlayfs 1.10 answers READs with vmsplice + splice into its channel
 /// although FUSE_SPLICE_WRITE was not negotiated (strace); spliced into the
 /// proxy's SOCK_SEQPACKET socket, one reply arrives as several datagrams
@@ -472,7 +488,8 @@ fn prep_rclone_mount2(d: &Path, _: &Ctx) -> Vec<String> {
 /// quietly and the kernel falls back to one-page READs, whose replies fit:
 /// the workload's results are right, but a large O_DIRECT read would fail.
 const OVERLAY_SPLICE: &str = "fuse-overlayfs splices READ replies into the socket: \
-     several datagrams per reply, dropped by the proxy as bad replies (EIO)";
+     several datagrams per reply, dropped by the proxy as bad replies (EIO); and it \
+     exits 1 (see SOCKET_EXIT)";
 
 // libfuse2 (2.9.9) knows nothing of /dev/fd/N: each daemon rejects it on
 // its own check of the mountpoint path (realpath of a socket's
@@ -485,8 +502,8 @@ const BINDFS: Daemon = Daemon {
     prepare: prep_bindfs,
     post: Post::Tree(&["src"]),
     known_fd: &[Known::StartFails("Failed to resolve mount point `/dev/fd/")],
-    known_any: &[],
-    known_any_why: "",
+    known_any: &[Known::Record("stat mtime w/sub")],
+    known_any_why: LIBFUSE2_MTIME,
 };
 
 const UNIONFS: Daemon = Daemon {
@@ -496,8 +513,8 @@ const UNIONFS: Daemon = Daemon {
     prepare: prep_unionfs,
     post: Post::Tree(&["rw", "ro"]),
     known_fd: &[Known::StartFails("fuse: bad mount point `/dev/fd/")],
-    known_any: &[],
-    known_any_why: "",
+    known_any: &[Known::Record("stat mtime w/sub")],
+    known_any_why: LIBFUSE2_MTIME,
 };
 
 const FUSE_ZIP: Daemon = Daemon {
@@ -507,8 +524,8 @@ const FUSE_ZIP: Daemon = Daemon {
     prepare: prep_fuse_zip,
     post: Post::Archive("a.zip"),
     known_fd: &[Known::StartFails("fuse: bad mount point `/dev/fd/")],
-    known_any: &[],
-    known_any_why: "",
+    known_any: &[Known::Record("stat mtime w/sub")],
+    known_any_why: LIBFUSE2_MTIME,
 };
 
 const ARCHIVEMOUNT: Daemon = Daemon {
@@ -521,8 +538,8 @@ const ARCHIVEMOUNT: Daemon = Daemon {
     known_fd: &[Known::StartFails(
         "Problem with mountpoint: Not a directory",
     )],
-    known_any: &[],
-    known_any_why: "",
+    known_any: &[Known::Record("stat mtime w/sub")],
+    known_any_why: LIBFUSE2_MTIME,
 };
 
 const ENCFS: Daemon = Daemon {
@@ -533,8 +550,8 @@ const ENCFS: Daemon = Daemon {
     post: Post::Nothing,
     // It offers to create "/dev/fd/N/" (stdin is /dev/null: no).
     known_fd: &[Known::StartFails("Unable to locate mount point, aborting.")],
-    known_any: &[],
-    known_any_why: "",
+    known_any: &[Known::Record("stat mtime w/sub")],
+    known_any_why: LIBFUSE2_MTIME,
 };
 
 const NTFS_3G: Daemon = Daemon {
@@ -565,12 +582,8 @@ const FUSE_OVERLAYFS: Daemon = Daemon {
     post: Post::Tree(&["lower", "upper"]),
     // It mounts with MS_NOATIME, without MS_NOSUID, and with
     // default_permissions,allow_other from its code, not its command line.
-    known_fd: &[
-        Known::MountOptions,
-        Known::SuperOptions,
-        Known::DaemonExit("exit 1"),
-    ],
-    known_any: &[Known::ProxyWarns("bad repl")],
+    known_fd: &[Known::MountOptions, Known::SuperOptions],
+    known_any: &[Known::ProxyWarns("bad repl"), Known::DaemonExit("exit 1")],
     known_any_why: OVERLAY_SPLICE,
 };
 
@@ -580,9 +593,9 @@ const SQUASHFUSE: Daemon = Daemon {
     read_only: true,
     prepare: prep_squashfuse,
     post: Post::Nothing,
-    known_fd: &[Known::DaemonExit("exit 8")],
-    known_any: &[],
-    known_any_why: "",
+    known_fd: &[],
+    known_any: &[Known::DaemonExit("exit 8")],
+    known_any_why: SOCKET_EXIT,
 };
 
 const SQUASHFUSE_LL: Daemon = Daemon {
@@ -591,9 +604,9 @@ const SQUASHFUSE_LL: Daemon = Daemon {
     read_only: true,
     prepare: prep_squashfuse_ll,
     post: Post::Nothing,
-    known_fd: &[Known::DaemonExit("exit 5")],
-    known_any: &[],
-    known_any_why: "",
+    known_fd: &[],
+    known_any: &[Known::DaemonExit("exit 5|exit 241")],
+    known_any_why: SOCKET_EXIT,
 };
 
 const SSHFS: Daemon = Daemon {
@@ -603,9 +616,9 @@ const SSHFS: Daemon = Daemon {
     prepare: prep_sshfs,
     post: Post::Tree(&["remote"]),
     // It sets fsname=user@host:/path in its code.
-    known_fd: &[Known::Source, Known::DaemonExit("exit 1")],
-    known_any: &[],
-    known_any_why: "",
+    known_fd: &[Known::Source],
+    known_any: &[Known::DaemonExit("exit 1")],
+    known_any_why: SOCKET_EXIT,
 };
 
 // go-fuse takes /dev/fd/N ("magic mountpoint").
@@ -619,13 +632,9 @@ const GOCRYPTFS: Daemon = Daemon {
     // fsname= is the cipher directory and max_read= is passed to the mount
     // in code; at exit it tries to unmount /dev/fd/N (through fusermount),
     // fails and exits 15.
-    known_fd: &[
-        Known::Source,
-        Known::SuperOptions,
-        Known::DaemonExit("exit 15"),
-    ],
-    known_any: &[],
-    known_any_why: "",
+    known_fd: &[Known::Source, Known::SuperOptions],
+    known_any: &[Known::DaemonExit("exit 15")],
+    known_any_why: SOCKET_EXIT,
 };
 
 /// rclone keeps no access time: directly, stat after `touch -d` shows the
@@ -633,7 +642,8 @@ const GOCRYPTFS: Daemon = Daemon {
 /// (`--times async`) with the times laid over the attributes, so the atime
 /// set is what stat shows.
 const RCLONE_ATIME: &str = "rclone stores no atime; the proxy's --times async \
-     answer shows the atime set, a direct mount the current time";
+     answer shows the atime set, a direct mount the current time; and go-fuse \
+     exits by the proxy's SIGTERM (see SOCKET_EXIT)";
 
 const RCLONE_MOUNT: Daemon = Daemon {
     name: "rclone-mount",
@@ -656,8 +666,11 @@ const RCLONE_MOUNT2: Daemon = Daemon {
     post: Post::Tree(&["src"]),
     // The source is the remote's path, set in code; go-fuse's server does
     // not return when its channel closes, and the proxy's SIGTERM ends it.
-    known_fd: &[Known::Source, Known::DaemonExit("exit 143")],
-    known_any: &[Known::Record("stat times w/sub/moved")],
+    known_fd: &[Known::Source],
+    known_any: &[
+        Known::Record("stat times w/sub/moved"),
+        Known::DaemonExit("exit 143"),
+    ],
     known_any_why: RCLONE_ATIME,
 };
 
@@ -1299,6 +1312,7 @@ fn check(d: &Daemon, ctx: &Ctx) {
         }
     }
     want.sort();
+    want.dedup();
     got.sort();
     let log = &proxied.log;
     let known_warns: Vec<&str> = expected
@@ -1338,10 +1352,11 @@ fn check(d: &Daemon, ctx: &Ctx) {
                     d.name
                 );
             }
-            Known::DaemonExit(status) => assert_eq!(
-                proxied.daemon_exit, *status,
-                "{}: the daemon's exit status through the proxy\n{rep}",
-                d.name
+            Known::DaemonExit(status) => assert!(
+                status.split('|').any(|st| proxied.daemon_exit == st),
+                "{}: the daemon's exit status through the proxy is {:?}, expected one of {status:?}\n{rep}",
+                d.name,
+                proxied.daemon_exit
             ),
             Known::Source | Known::MountOptions | Known::SuperOptions | Known::Record(_) => {}
             Known::ProxyWarns(text) => assert!(
