@@ -101,7 +101,7 @@ struct Held {
     /// Not sent before this (a `[fault]` delay).
     not_before: Option<Instant>,
     /// (node, generation) pairs that must be answered first.
-    deps: [(NodeId, u32); 4],
+    deps: [(NodeId, u32); 2],
     ndeps: usize,
     /// Wait until no times are outstanding at all (DESTROY).
     all: bool,
@@ -341,7 +341,7 @@ impl Engine {
             self.forget_paths(&req);
         }
 
-        let mut deps = [(NodeId(0), 0u32); 4];
+        let mut deps = [(NodeId(0), 0u32); 2];
         let mut aux = [0u64; 4];
         let mut ndeps = 0;
         let mut all = false;
@@ -382,16 +382,11 @@ impl Engine {
                     aux[0] = 1;
                 }
             } else {
-                // The nodes a name of the request stands for (UNLINK's,
-                // RENAME's victims) are "that file" too: a backend that
-                // finds files by path would apply their times to nothing
-                // once the name is gone.
-                let (victims, unknown) = self.named_victims(&req);
-                all |= unknown;
-                for n in [Some(node), second, victims[0], victims[1]]
-                    .into_iter()
-                    .flatten()
-                {
+                // Not the nodes an UNLINK's or RENAME's names stand for: the
+                // kernel's own time flush before each of them (writeback
+                // mounts) is what coalescing saves; a flush that then finds
+                // the last name gone is moot (see `flush_answered`).
+                for n in [Some(node), second].into_iter().flatten() {
                     if let Some(gen) = self.barrier(n) {
                         deps[ndeps] = (n, gen);
                         ndeps += 1;

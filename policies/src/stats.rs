@@ -68,6 +68,9 @@ pub struct TimesStats {
     pub flushes: u64,
     /// Of those, answered with an error.
     pub flush_errors: u64,
+    /// Of those, answered ENOENT or ESTALE after the file's last name was
+    /// removed: nobody can see the times any more (not counted as errors).
+    pub flush_moot: u64,
     /// Requests held until a flush was answered.
     pub held: u64,
     /// Times the attribute cache was emptied because a removed name was not

@@ -241,6 +241,9 @@ pub struct NodeTimes {
     pub applied: Option<Stamps>,
     /// Idle, but kept for a listing in flight (the engine's `kept` list).
     pub kept: bool,
+    /// The file's last name was removed (its cached link count reached 0):
+    /// a flush that fails with ENOENT or ESTALE is moot, not an error.
+    pub unlinked: bool,
     /// Position in the table's due-time heap; `NIL` when not in it.
     heap_pos: u32,
 }
@@ -260,6 +263,7 @@ impl NodeTimes {
             readers: 0,
             applied: None,
             kept: false,
+            unlinked: false,
             heap_pos: NIL,
         }
     }

@@ -1007,7 +1007,7 @@ impl Session {
             "stats: requests={} forwarded={} replies={} notifications={} answered_with_error={} \
              injected={} bad_replies={} inflight={} free_slots={}/{} stale_writes={} rejected_writes={} \
              times_acked={} times_coalesced={} times_forwarded={} times_flushes={} times_flush_errors={} \
-             times_pending={} held={} cache_clears={} denied={} faulted={} delayed={} \
+             times_flush_moot={} times_pending={} held={} cache_clears={} denied={} faulted={} delayed={} \
              deadlines_hit={} late_replies={} flush_retries={} flush_gave_up={} init_rewrites={} \
              writeback_opens={} cache_changed={} negative_entries={} reloads={} \
              allocations={allocations}",
@@ -1028,6 +1028,7 @@ impl Session {
             s.times.forwarded_sync,
             s.times.flushes,
             s.times.flush_errors,
+            s.times.flush_moot,
             self.engine.pending_times(),
             s.times.held,
             s.times.cache_clears,

@@ -27,6 +27,8 @@ use crate::Instant;
 
 /// open(2)'s O_TRUNC, as the kernel passes it in `fuse_open_in.flags`.
 const O_TRUNC: u32 = 0o1000;
+/// A stale file handle: what sshfs answers for a path that is gone.
+const ESTALE: i32 = 116;
 /// renameat2(2)'s RENAME_EXCHANGE.
 const RENAME_EXCHANGE: u32 = 2;
 
@@ -112,29 +114,6 @@ impl Engine {
 
     /// The generation a request on `node` must wait for, flushing what is
     /// pending (now, or as soon as the flush in flight is answered).
-    /// The nodes the names of an UNLINK, RMDIR or RENAME stand for, as far
-    /// as the names table knows; `true` when a name is unknown while some
-    /// node has outstanding times (it might be any of them).
-    pub(super) fn named_victims(&self, req: &Request<'_>) -> ([Option<NodeId>; 2], bool) {
-        let dir = req.nodeid().0;
-        let names: [Option<(u64, &[u8])>; 2] = match req.operation() {
-            Operation::Unlink { name } | Operation::Rmdir { name } => [Some((dir, name)), None],
-            Operation::Rename { arg, old, new } => [Some((dir, old)), Some((arg.newdir, new))],
-            Operation::Rename2 { arg, old, new } => [Some((dir, old)), Some((arg.newdir, new))],
-            _ => return ([None; 2], false),
-        };
-        let mut out = [None; 2];
-        let mut unknown = false;
-        for (slot, (parent, name)) in out.iter_mut().zip(names.into_iter().flatten()) {
-            match self.names.get(names::key(parent, name)) {
-                Known::Node(n) => *slot = Some(NodeId(n)),
-                Known::Absent => {}
-                Known::Unknown => unknown = !self.times.is_empty(),
-            }
-        }
-        (out, unknown)
-    }
-
     pub(super) fn barrier(&mut self, node: NodeId) -> Option<u32> {
         let gen = self.times.get(node)?.barrier_gen()?;
         self.flush_node(node);
@@ -435,6 +414,11 @@ impl Engine {
                     c.attr.nlink = c.attr.nlink.saturating_sub(1);
                     c.times_unknown = true;
                     c.derived = true;
+                    if c.attr.nlink == 0 {
+                        if let Some(e) = self.times.get_mut(NodeId(n)) {
+                            e.unlinked = true;
+                        }
+                    }
                 }
             }
             Known::Absent => {}
@@ -548,7 +532,14 @@ impl Engine {
         let Some(flushing) = self.times.flushing(node) else {
             return;
         };
-        if error != 0 {
+        // The file's last name was removed after the times were
+        // acknowledged: a backend that finds files by path (sshfs,
+        // gocryptfs, rclone) no longer can, and nobody can see the times.
+        let moot = (error == -ENOENT || error == -ESTALE)
+            && self.times.get(node).is_some_and(|e| e.unlinked);
+        if moot {
+            self.stats.times.flush_moot += 1;
+        } else if error != 0 {
             self.stats.times.flush_errors += 1;
             if flushing.left > 0 && !self.backend_gone {
                 self.retry_flush(node, error, aux);
@@ -558,7 +549,7 @@ impl Engine {
         let Some((t, _)) = self.times.finish_flush(node) else {
             return;
         };
-        if error != 0 {
+        if error != 0 && !moot {
             if flushing.sent > 1 {
                 self.stats.policy.flush_gave_up += 1;
             }
