@@ -74,6 +74,16 @@ fn force_buffers(fd: &OwnedFd) -> Result<(), Error> {
     Ok(())
 }
 
+/// How the backend's end of the socketpair reaches a supervised backend.
+pub enum Handoff {
+    /// Seccomp channel: the proxy keeps it (close-on-exec) until the
+    /// daemon's mount puts it in the daemon's process.
+    Hold(OwnedFd),
+    /// Fd channel: inherited at its number (`/dev/fd/N` on the command
+    /// line); the proxy has mounted already.
+    Inherit(OwnedFd),
+}
+
 /// The running backend, as far as the proxy can know it.
 pub struct Backend {
     child: Child,
@@ -92,20 +102,37 @@ impl Backend {
     /// Starts `argv` with `theirs` inherited (close-on-exec cleared just for
     /// this spawn) in a process group of its own, so that a Ctrl-C on the
     /// terminal reaches the proxy, which then shuts the backend down in order.
-    pub fn spawn(argv: &[OsString], theirs: OwnedFd) -> Result<Backend, Error> {
+    ///
+    /// With `user` (`--backend-user`), the child drops to those ids, with no
+    /// supplementary groups and no capabilities, before exec
+    /// ([`crate::backend_user::drop_to`]).
+    pub fn spawn(
+        argv: &[OsString],
+        theirs: OwnedFd,
+        user: Option<crate::backend_user::Ids>,
+    ) -> Result<Backend, Error> {
         let (program, args) = argv
             .split_first()
             .ok_or_else(|| Error::Usage("no backend command after '--'".into()))?;
         let fd = theirs.as_raw_fd();
         fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))
             .map_err(|e| Error::Setup(format!("fcntl: {}", e.desc())))?;
-        let child = Command::new(program)
-            .args(args)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| {
-                Error::Backend(format!("cannot start '{}': {e}", program.to_string_lossy()))
-            })?;
+        let mut cmd = Command::new(program);
+        cmd.args(args).process_group(0);
+        if let Some(ids) = user {
+            // SAFETY: the closure runs in the child between fork and exec:
+            // both functions make raw system calls on stack memory only
+            // (async-signal-safe, no allocation); `ids` is Copy, moved in.
+            unsafe {
+                cmd.pre_exec(move || {
+                    crate::seccomp_filter::unblock_all_signals()?;
+                    crate::backend_user::drop_to(ids)
+                });
+            }
+        }
+        let child = cmd.spawn().map_err(|e| {
+            Error::Backend(format!("cannot start '{}': {e}", program.to_string_lossy()))
+        })?;
         // Our copy of their end must go, or we would never see their EOF.
         drop(theirs);
         Ok(Backend {
@@ -120,11 +147,22 @@ impl Backend {
     /// listener comes back over a socketpair made for the purpose; `theirs`
     /// stays with the proxy (close-on-exec) until the daemon's mount puts it
     /// in the daemon ([`Backend::wait_for_mount`]).
+    ///
+    /// With [`Handoff::Inherit`] (the fd channel with `--backend-user`) the
+    /// socket is inherited instead and the mount exists already: the filter
+    /// is there only to refuse and log every mount and unmount the daemon
+    /// tries.
+    ///
+    /// With `user`, the child first enters a private mount namespace where
+    /// /dev/null stands at /dev/fuse (seccomp channel only), installs the
+    /// filter while still root, then drops to the user's ids without
+    /// groups or capabilities ([`crate::backend_user`]).
     pub fn spawn_supervised(
         argv: &[OsString],
-        theirs: OwnedFd,
+        handoff: Handoff,
         log: slog::Logger,
         mountpoint: &std::path::Path,
+        user: Option<crate::backend_user::Ids>,
     ) -> Result<Backend, Error> {
         let (program, args) = argv
             .split_first()
@@ -137,18 +175,35 @@ impl Backend {
         )
         .map_err(|e| Error::Setup(format!("socketpair: {}", e.desc())))?;
         let prog = crate::seccomp_filter::program();
-        let handoff = child_end.as_raw_fd();
+        let listener_out = child_end.as_raw_fd();
+        let stand_in = user.is_some() && matches!(handoff, Handoff::Hold(_));
+        if let Handoff::Inherit(theirs) = &handoff {
+            fcntl(theirs.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::empty()))
+                .map_err(|e| Error::Setup(format!("fcntl: {}", e.desc())))?;
+        }
         let mut cmd = Command::new(program);
         cmd.args(args).process_group(0);
         // SAFETY: the closure runs in the child between fork and exec, where
-        // only async-signal-safe code may run: `install` makes raw system
-        // calls (seccomp, sendmsg, close) on memory that exists in the child
-        // (the program, moved into the closure and built before the fork;
-        // stack buffers) and allocates nothing. `handoff` is open in the
+        // only async-signal-safe code may run: `hide_fuse_device`, `install`
+        // and `drop_to` make raw system calls (unshare, mount, seccomp,
+        // sendmsg, close, setgroups, setresgid, setresuid, capset, prctl,
+        // capget) on memory that exists in the child (the program, moved
+        // into the closure and built before the fork; static strings; stack
+        // buffers) and allocate nothing. `listener_out` is open in the
         // child: it is inherited across fork (close-on-exec closes it only
-        // at the exec).
+        // at the exec). The order matters: the namespace's mounts before
+        // the filter (which traps mount(2)), the filter while still root.
         unsafe {
-            cmd.pre_exec(move || crate::seccomp_filter::install(&prog, handoff));
+            cmd.pre_exec(move || {
+                if stand_in {
+                    crate::backend_user::hide_fuse_device()?;
+                }
+                crate::seccomp_filter::install(&prog, listener_out)?;
+                match user {
+                    Some(ids) => crate::backend_user::drop_to(ids),
+                    None => Ok(()),
+                }
+            });
         }
         let child = cmd.spawn().map_err(|e| {
             Error::Backend(format!(
@@ -172,12 +227,17 @@ impl Backend {
                 )));
             }
         };
-        backend.supervisor = Some(Supervisor::new(
-            log,
-            listener,
-            mountpoint.to_path_buf(),
-            theirs,
-        ));
+        backend.supervisor = Some(match handoff {
+            Handoff::Hold(theirs) => {
+                Supervisor::new(log, listener, mountpoint.to_path_buf(), theirs, stand_in)
+            }
+            Handoff::Inherit(theirs) => {
+                // Our copy of their end must go, or we would never see
+                // their EOF.
+                drop(theirs);
+                Supervisor::already_mounted(log, listener, mountpoint.to_path_buf())
+            }
+        });
         Ok(backend)
     }
 

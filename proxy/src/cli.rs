@@ -78,6 +78,12 @@ EXAMPLES:
         printf '[deny]\\nread_only = true\\n' > ro.toml
         fuseproxy --policy ro.toml /mnt/data -- passthrough_ll -f -o source=/srv/data /mnt/data
 
+    Run the daemon as nobody, without capabilities or access to /dev/fuse
+    (the mount is then nobody's: add -o allow_other for other users, root
+    included):
+        chown nobody /srv/data
+        fuseproxy --backend-user nobody /mnt/data -- passthrough_ll -f -o source=/srv/data /mnt/data
+
     Check a policy file without mounting (prints it with every default):
         fuseproxy --check --policy policies/examples/never-hang.toml
 
@@ -172,6 +178,45 @@ pub struct Cli {
     /// never mounts needs `--channel fd`.
     #[arg(long, value_enum, default_value_t = ChannelArg::Auto, value_name = "CHANNEL")]
     pub channel: ChannelArg,
+
+    /// Run the backend as USER (a name or a number), in GROUP if given, else
+    /// in USER's primary group; never as root.
+    ///
+    /// The daemon then has that uid and gid as its real, effective and saved
+    /// ids, no supplementary groups, and no capabilities at all (effective,
+    /// permitted, inheritable and ambient sets empty): it cannot mount or
+    /// unmount anything, and cannot open the real /dev/fuse (root's, mode
+    /// 0600). The proxy alone mounts, and only the one FUSE mount at
+    /// MOUNTPOINT; any other mount or unmount the daemon or anything it runs
+    /// asks for is refused with EPERM and logged. Recommended whenever the
+    /// daemon does not need root for its own work: a compromised or buggy
+    /// daemon then holds no more than that user's rights.
+    ///
+    /// With the seccomp channel every daemon works this way: it is started
+    /// in a private mount namespace (its `/` a slave of the host's) where
+    /// /dev/null is bind-mounted over /dev/fuse, so that libfuse's (or
+    /// fusermount's) open of /dev/fuse succeeds on that stand-in before its
+    /// mount(2), which the proxy traps as usual; the filter is installed
+    /// while still root, then the ids are dropped and no_new_privs is set,
+    /// so that nothing the daemon runs regains root: a setuid fusermount
+    /// (which bazil.org/fuse daemons such as rclone mount always run) runs
+    /// as USER, and its mount(2) is trapped all the same. fusermount makes
+    /// its own checks as USER, as it would without the proxy: the
+    /// mountpoint must be writable by USER, and allow_other among the
+    /// daemon's options needs user_allow_other in /etc/fuse.conf (the
+    /// proxy's own -o allow_other does not). The mount has the daemon's
+    /// user_id=UID: without allow_other only USER can use it, root
+    /// included, as with a direct mount by USER.
+    ///
+    /// With the fd channel the daemon is given /dev/fd/N and needs no
+    /// namespace; only daemons that take /dev/fd/N work. Its mount and
+    /// unmount calls are also trapped, refused and logged where the kernel
+    /// supports the seccomp channel.
+    ///
+    /// An unknown user or group is an error (exit status 2). [default: the
+    /// backend runs as the proxy's user, root]
+    #[arg(long, value_name = "USER[:GROUP]", value_parser = crate::backend_user::parse)]
+    pub backend_user: Option<crate::backend_user::BackendUser>,
 
     /// Log more: -v for debug, -vv for trace. Adds to --log-level.
     #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
@@ -450,5 +495,15 @@ mod tests {
         assert_eq!(cli.backend, os(&["fs", "/m"]));
         assert!(Cli::try_parse_from(["fuseproxy", "/m", "fs", "/m"]).is_err());
         assert!(Cli::try_parse_from(["fuseproxy", "/m", "--"]).is_err());
+        assert_eq!(cli.backend_user, None);
+        let as_user = |spec: &str| {
+            Cli::try_parse_from(["fuseproxy", "--backend-user", spec, "/m", "--", "fs", "/m"])
+        };
+        if nix::unistd::User::from_name("nobody").is_ok_and(|u| u.is_some()) {
+            let u = as_user("nobody").unwrap().backend_user.unwrap();
+            assert_eq!(u.user, "nobody");
+        }
+        let e = as_user("no-such-user-here").unwrap_err().to_string();
+        assert!(e.contains("no user 'no-such-user-here'"), "{e}");
     }
 }

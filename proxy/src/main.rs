@@ -12,6 +12,7 @@
 mod alloc_count;
 mod arena;
 mod backend;
+mod backend_user;
 mod channel;
 mod cli;
 mod device;
@@ -247,11 +248,31 @@ fn run(
             None => None,
         }
     };
+    let user = cli
+        .backend_user
+        .as_ref()
+        .map(backend_user::BackendUser::ids);
+    if let Some(u) = &cli.backend_user {
+        slog::info!(
+            log,
+            "the backend runs as {u}, without supplementary groups or capabilities{}",
+            if seccomp {
+                ", with /dev/null at /dev/fuse in a mount namespace of its own"
+            } else {
+                ""
+            }
+        );
+    }
     let (engine, pinning, device, mount, backend, opts) = if seccomp {
         let pinning = memory::pin();
         let device = mount::open_device()?;
-        let mut backend =
-            backend::Backend::spawn_supervised(&argv, pair.theirs, log.clone(), &canonical)?;
+        let mut backend = backend::Backend::spawn_supervised(
+            &argv,
+            backend::Handoff::Hold(pair.theirs),
+            log.clone(),
+            &canonical,
+            user,
+        )?;
         slog::debug!(
             log,
             "started backend pid {} under the seccomp filter: {:?}",
@@ -273,7 +294,18 @@ fn run(
         let mount = mount::Mount::new(&canonical, &device, &opts)?;
         slog::debug!(log, "mounted {} with {opts}", canonical.display());
         // From here on the mount exists; `mount`'s Drop removes it on any error.
-        let backend = backend::Backend::spawn(&argv, pair.theirs)?;
+        let backend = match (user, seccomp::support()) {
+            // Unprivileged, the daemon cannot mount anyway; under the filter
+            // its attempts are also refused in the proxy's log.
+            (Some(_), Ok(())) => backend::Backend::spawn_supervised(
+                &argv,
+                backend::Handoff::Inherit(pair.theirs),
+                log.clone(),
+                &canonical,
+                user,
+            )?,
+            _ => backend::Backend::spawn(&argv, pair.theirs, user)?,
+        };
         slog::debug!(log, "started backend pid {}: {:?}", backend.pid(), argv);
         (engine, pinning, device, mount, backend, opts)
     };

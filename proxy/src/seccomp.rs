@@ -12,7 +12,9 @@
 //!    a relative target against the caller's `/proc/PID/cwd`, then checks
 //!    `SECCOMP_IOCTL_NOTIF_ID_VALID` before trusting them (the caller could
 //!    have died and its pid been reused between receiving and reading);
-//! 2. checks that the caller's fd named by `fd=N` is a FUSE device, and puts
+//! 2. checks that the caller's fd named by `fd=N` is a FUSE device (under
+//!    `--backend-user`, /dev/null, which stands at /dev/fuse in the daemon's
+//!    mount namespace: see [`crate::backend_user`]), and puts
 //!    the backend's end of the socketpair in its place
 //!    (`SECCOMP_IOCTL_NOTIF_ADDFD` with `SECCOMP_ADDFD_FLAG_SETFD`, which
 //!    closes the caller's /dev/fuse), keeping its close-on-exec flag;
@@ -73,6 +75,11 @@ const MAX_STRING: usize = 4096;
 
 /// The misc device /dev/fuse is: major 10, minor 229.
 const FUSE_DEV: (u64, u64) = (10, 229);
+
+/// /dev/null: major 1, minor 3. With `--backend-user` it stands at
+/// /dev/fuse in the daemon's mount namespace ([`crate::backend_user`]), so
+/// the fd named by `fd=` is /dev/null there.
+const NULL_DEV: (u64, u64) = (1, 3);
 
 /// Whether this kernel supports the seccomp channel; the reason when not.
 ///
@@ -334,12 +341,23 @@ pub struct Supervisor {
     mounted: bool,
     /// The daemon has unmounted MOUNTPOINT itself (and was told it worked).
     unmounted: bool,
+    /// `--backend-user`: /dev/null stands at /dev/fuse for the daemon, and
+    /// is accepted as the fd named by `fd=`.
+    stand_in: bool,
 }
 
 impl Supervisor {
     /// Takes the listener received from the child and the backend's end of
     /// the socketpair (close-on-exec: the backend never inherits it).
-    pub fn new(log: Logger, listener: OwnedFd, mountpoint: PathBuf, socket: OwnedFd) -> Self {
+    /// `stand_in`: the daemon runs with /dev/null at /dev/fuse
+    /// (`--backend-user`), so its device fd is /dev/null.
+    pub fn new(
+        log: Logger,
+        listener: OwnedFd,
+        mountpoint: PathBuf,
+        socket: OwnedFd,
+        stand_in: bool,
+    ) -> Self {
         Supervisor {
             log,
             listener,
@@ -347,6 +365,23 @@ impl Supervisor {
             socket: Some(socket),
             mounted: false,
             unmounted: false,
+            stand_in,
+        }
+    }
+
+    /// For a daemon given `/dev/fd/N` after the proxy mounted (the fd
+    /// channel with `--backend-user`): every FUSE mount is refused (one per
+    /// session, made already), and so is anything else but an unmount of
+    /// MOUNTPOINT; each refusal is logged.
+    pub fn already_mounted(log: Logger, listener: OwnedFd, mountpoint: PathBuf) -> Self {
+        Supervisor {
+            log,
+            listener,
+            mountpoint,
+            socket: None,
+            mounted: true,
+            unmounted: false,
+            stand_in: false,
         }
     }
 
@@ -491,8 +526,15 @@ impl Supervisor {
                 .map_err(|e| (Errno::EINVAL, e.to_string()))?;
         }
         let fd_path = format!("/proc/{pid}/fd/{fd}");
+        // The fd is replaced whatever it is, so check it is the device the
+        // daemon opened for this mount and not some other file of its own.
+        // Under --backend-user the daemon's /dev/fuse is /dev/null (it
+        // cannot open the real one): that is the device fd then.
         match std::fs::metadata(&fd_path) {
-            Ok(m) if m.file_type().is_char_device() && dev_pair(m.rdev()) == FUSE_DEV => {}
+            Ok(m)
+                if m.file_type().is_char_device()
+                    && (dev_pair(m.rdev()) == FUSE_DEV
+                        || (self.stand_in && dev_pair(m.rdev()) == NULL_DEV)) => {}
             _ => return Err((Errno::EINVAL, format!("its fd {fd} is not /dev/fuse"))),
         }
         let cloexec = fd_is_cloexec(pid, fd);

@@ -8,8 +8,10 @@
 //! fall back to mount(2), and lets every other call through untouched:
 //! nothing on a daemon's steady-state path is trapped. It is inherited by
 //! everything the daemon runs, a setuid `fusermount3` included (the proxy
-//! runs as root with CAP_SYS_ADMIN, so no `PR_SET_NO_NEW_PRIVS` is needed,
-//! and none is set: it would stop fusermount3's setuid).
+//! runs as root with CAP_SYS_ADMIN, so no `PR_SET_NO_NEW_PRIVS` is needed
+//! to install it, and none is set for a root backend: it would stop
+//! fusermount3's setuid. Under `--backend-user` it is set after the filter,
+//! and fusermount3 runs as the user: see [`crate::backend_user`]).
 //!
 //! The architecture is checked first (`seccomp_data.arch`): the native one
 //! and its 32-bit compat ABI (i386 on x86_64, arm on aarch64) each get their
@@ -252,19 +254,7 @@ pub fn program() -> Vec<libc::sock_filter> {
 /// on memory the caller owns; no allocation (an `io::Error` from an errno
 /// does not allocate).
 pub fn install(prog: &[libc::sock_filter], handoff: RawFd) -> io::Result<()> {
-    // The proxy blocks the signals its signalfd reads, and std's fork path
-    // (taken because of pre_exec) keeps the mask across exec, unlike its
-    // posix_spawn path: unblock everything, or the daemon never sees the
-    // SIGTERM that ends it cleanly.
-    // SAFETY: sigemptyset writes the sigset_t it is given, a local; the
-    // second call reads it and changes this thread's mask only.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        if libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
+    unblock_all_signals()?;
     let fprog = libc::sock_fprog {
         len: prog.len() as libc::c_ushort,
         filter: prog.as_ptr() as *mut libc::sock_filter,
@@ -303,6 +293,26 @@ pub fn install(prog: &[libc::sock_filter], handoff: RawFd) -> io::Result<()> {
     // function, and is not used after this close.
     unsafe { libc::close(listener) };
     sent
+}
+
+/// Clears the signal mask of the calling thread.
+///
+/// The proxy blocks the signals its signalfd reads, and std's fork path
+/// (taken whenever there is a `pre_exec`) keeps the mask across exec,
+/// unlike its posix_spawn path: a child started with a `pre_exec` must
+/// unblock everything, or the daemon never sees the SIGTERM that ends it
+/// cleanly. Async-signal-safe.
+pub fn unblock_all_signals() -> io::Result<()> {
+    // SAFETY: sigemptyset writes the sigset_t it is given, a local; the
+    // second call reads it and changes this thread's mask only.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        if libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Space for one SCM_RIGHTS message with one fd: CMSG_SPACE(4) is 24 on

@@ -31,6 +31,8 @@
 //!   - `MountBuilder::passthrough(mode, &["-o", "xattr"])` is the common case:
 //!     `passthrough_ll -f -o source={backing} [EXTRA...] {mnt}`.
 //!   - `.raw_proxy_args(args)` replaces the whole proxy argv (CLI tests).
+//!   - `.dirs_owned_by(uid, gid)` chowns `mnt/` and `backing/` before the
+//!     start (a backend run as another user).
 //! - [`Mount`]: the guard. Accessors `mountpoint()`, `backing()`, `dir()`,
 //!   `path(rel)`, `pid()`, `mode()`; the log via `proxy_log()`/`log_path()`;
 //!   `send_signal(sig)`, `wait_exit(timeout) -> Option<ExitStatus>`,
@@ -443,6 +445,7 @@ pub struct MountBuilder {
     backend: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     mount_timeout: Duration,
+    owner: Option<(u32, u32)>,
 }
 
 impl MountBuilder {
@@ -461,6 +464,7 @@ impl MountBuilder {
             backend: backend.into_iter().map(|s| s.as_ref().to_owned()).collect(),
             env: Vec::new(),
             mount_timeout: MOUNT_TIMEOUT,
+            owner: None,
         }
     }
 
@@ -507,6 +511,13 @@ impl MountBuilder {
         self
     }
 
+    /// Gives `mnt/` and `backing/` to `uid:gid` before the process starts
+    /// (for a backend run as that user: `--backend-user`).
+    pub fn dirs_owned_by(mut self, uid: u32, gid: u32) -> Self {
+        self.owner = Some((uid, gid));
+        self
+    }
+
     /// How long `mount()` waits (default [`MOUNT_TIMEOUT`]).
     pub fn mount_timeout(mut self, t: Duration) -> Self {
         self.mount_timeout = t;
@@ -531,6 +542,11 @@ impl MountBuilder {
         for d in [&dir, &mnt, &backing] {
             fs::create_dir_all(d).expect("create test directories");
             fs::set_permissions(d, fs::Permissions::from_mode(0o755)).expect("chmod 0755");
+        }
+        if let Some((uid, gid)) = self.owner {
+            for d in [&mnt, &backing] {
+                std::os::unix::fs::chown(d, Some(uid), Some(gid)).expect("chown");
+            }
         }
         let sub = |a: &OsString| substitute(a, &dir, &mnt, &backing);
         let backend: Vec<OsString> = self.backend.iter().map(sub).collect();
