@@ -228,7 +228,7 @@ pub struct Cli {
 
     /// Bytes of message buffers, allocated and locked at start (suffixes K, M,
     /// G). Cut into slots of 1 MiB + 4 KiB, the largest FUSE message; at least
-    /// two slots are made. When all are busy the proxy stops reading requests
+    /// four slots are made. When all are busy the proxy stops reading requests
     /// until one frees up.
     #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = parse_size)]
     pub arena_size: usize,

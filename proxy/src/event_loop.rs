@@ -13,7 +13,7 @@ use nix::sys::signalfd::SignalFd;
 use slog::{debug, error, info, warn, Logger};
 
 use fuseproxy_policies::{Action, Engine, Event, Inline, Instant, SlotId, Stats};
-use fuseproxy_protocol::{encode, flags, Request, Unique};
+use fuseproxy_protocol::{encode, flags, unique_of, Request, Unique};
 
 use crate::alloc_count;
 use crate::arena::Arena;
@@ -23,14 +23,17 @@ use crate::device::{self, Read, Write};
 use crate::error::Error;
 use crate::memory::Pinning;
 use crate::mount::unmount_in_background;
-use crate::mount::Mount;
+use crate::mount::{self as mounting, Mount};
+use crate::notifier::Notifier;
 use crate::policy_file::{PolicySource, Reloader};
 use crate::recorder::{self, Recorder};
 
 const DEVICE: Token = Token(0);
 const BACKEND: Token = Token(1);
 const SIGNALS: Token = Token(2);
-const RELOADED: Token = Token(3);
+/// The policy reload thread or the notification writer has something back
+/// (one waker for both: mio allows one per Poll).
+const WAKE: Token = Token(3);
 /// The seccomp channel's listener: the backend's mount and umount calls.
 const SECCOMP: Token = Token(4);
 
@@ -39,6 +42,15 @@ const SECCOMP: Token = Token(4);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Bad replies after the first are summed up at most this often.
 const BAD_REPLY_REPORT: Duration = Duration::from_secs(1);
+/// Free slots a notification may not take from the loop: one to read a
+/// request, one to read the backend's reply to it (see `deliver_notification`).
+const NOTIFY_RESERVE: usize = 2;
+/// How long a notification may wait for a slot to come back from the writer,
+/// with the backend's channel unread, before it is dropped.
+const NOTIFY_STALL: Duration = Duration::from_secs(1);
+/// How long the notification writer gets to end at the end of the session
+/// before the connection is aborted under it.
+const NOTIFY_GRACE: Duration = Duration::from_secs(1);
 
 /// Where the session is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +120,22 @@ pub struct Session {
     /// Write errors from the device, counted (not logged per message).
     stale_writes: u64,
     rejected_writes: u64,
+    /// Writes the backend's notifications, off this thread.
+    notifier: Notifier,
+    /// A notification waiting for the writer to give back a slot; the
+    /// backend's channel is not read meanwhile. At most one.
+    parked: Option<SlotId>,
+    /// When `parked` is dropped if no slot has come back.
+    park_until: Option<std::time::Instant>,
+    /// A notification was dropped after NOTIFY_STALL: the writer is stuck in
+    /// the kernel. Until it gives a slot back, notifications that find no
+    /// slot are dropped at once.
+    notify_stalled: bool,
+    /// Notifications dropped because the writer was stuck.
+    dropped_notifications: u64,
+    /// The mount's FUSE connection (/sys/fs/fuse/connections), once mounted:
+    /// to abort it under a writer stuck in the kernel at the end.
+    connection: Option<u64>,
     /// The allocation counter at the end of the previous stats dump.
     alloc_mark: u64,
     /// `--record`: the session's messages, written at the end.
@@ -148,12 +176,15 @@ impl Session {
             // Daemons unmount at exit and may run helpers that mount.
             reg(fd, SECCOMP, Interest::READABLE)?;
         }
+        let waker = std::sync::Arc::new(
+            mio::Waker::new(poll.registry(), WAKE)
+                .map_err(|e| Error::Setup(format!("eventfd: {e}")))?,
+        );
+        let notifier = Notifier::start(&device, arena.slots(), waker.clone())
+            .map_err(|e| Error::Setup(format!("notification writer: {e}")))?;
         let reloader = match &startup.policy {
             Some(source) => {
-                let waker = std::sync::Arc::new(
-                    mio::Waker::new(poll.registry(), RELOADED)
-                        .map_err(|e| Error::Setup(format!("eventfd: {e}")))?,
-                );
+                let waker = waker.clone();
                 let wake = move || {
                     let _ = waker.wake();
                 };
@@ -189,6 +220,12 @@ impl Session {
             bad_report_at: None,
             stale_writes: 0,
             rejected_writes: 0,
+            notifier,
+            parked: None,
+            park_until: None,
+            notify_stalled: false,
+            dropped_notifications: 0,
+            connection: None,
             alloc_mark: alloc_count::allocations(),
             recorder,
             reloader,
@@ -226,7 +263,8 @@ impl Session {
                     // found out by trying (recv/send report the state).
                     BACKEND => self.socket_readable = true,
                     SIGNALS => self.handle_signals(),
-                    RELOADED => self.policy_reloaded(),
+                    // What came back from the writer is taken by pump().
+                    WAKE => self.policy_reloaded(),
                     // Off the forwarding path: only mount and umount calls.
                     SECCOMP => {
                         self.backend.handle_notifications();
@@ -252,11 +290,16 @@ impl Session {
             let ns = t.as_nanos().saturating_sub(self.now().as_nanos());
             now + Duration::from_nanos(ns)
         });
-        [engine, self.grace_until, self.bad_report_at]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|t| t.saturating_duration_since(now))
+        [
+            engine,
+            self.grace_until,
+            self.bad_report_at,
+            self.park_until,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|t| t.saturating_duration_since(now))
     }
 
     fn handle_deadlines(&mut self) {
@@ -265,6 +308,10 @@ impl Session {
         if self.engine.poll_timeout().is_some_and(|t| t <= now) {
             self.engine.handle_timeout(now);
             self.run_actions();
+        }
+        if self.park_until.is_some_and(|t| t <= wall) {
+            self.park_until = None;
+            self.notify_stall();
         }
         if self.bad_report_at.is_some_and(|t| t <= wall) {
             self.bad_report_at = None;
@@ -280,7 +327,7 @@ impl Session {
                     "the kernel kept the connection {}s after the unmount; aborting it",
                     SHUTDOWN_GRACE.as_secs()
                 );
-                self.device = None;
+                self.close_device();
                 self.kernel_gone();
             } else if self.phase == Phase::KernelGone {
                 warn!(
@@ -298,7 +345,8 @@ impl Session {
     fn pump(&mut self) -> bool {
         let mut any = false;
         loop {
-            let mut progress = self.flush_pending();
+            let mut progress = self.notifications_back();
+            progress |= self.flush_pending();
             progress |= self.read_replies();
             progress |= self.read_requests();
             if !progress {
@@ -348,7 +396,7 @@ impl Session {
                     self.arena.release(slot);
                     self.device_readable = false;
                     error!(self.log, "reading /dev/fuse failed: {}", e.desc());
-                    self.device = None;
+                    self.close_device();
                     self.kernel_gone();
                 }
             }
@@ -358,7 +406,9 @@ impl Session {
 
     fn read_replies(&mut self) -> bool {
         let mut progress = false;
-        while self.socket_readable && self.backend_end.is_none() {
+        // A parked notification holds the backend's channel until the writer
+        // gives a slot back or NOTIFY_STALL passes.
+        while self.socket_readable && self.backend_end.is_none() && self.parked.is_none() {
             let Some(sock) = self.socket.as_ref() else {
                 break;
             };
@@ -482,6 +532,9 @@ impl Session {
                     }
                     self.forward(Pending::Injected(req))
                 }
+                Action::DeliverReply(slot) if unique_of(self.arena.msg(slot)).is_none() => {
+                    self.deliver_notification(slot)
+                }
                 Action::DeliverReply(slot) => {
                     self.write_device_slot(slot);
                     self.arena.release(slot);
@@ -505,6 +558,130 @@ impl Session {
         }
         let outcome = device::write(dev.as_fd(), self.arena.msg(slot));
         self.count_write(outcome);
+    }
+
+    /// A notification (unique 0) goes to the writer thread: written here, it
+    /// could wait in the kernel for a lock held by a caller that waits for a
+    /// reply only this thread can deliver (see `notifier`).
+    ///
+    /// Why this cannot deadlock on slots: a notification is lent only while
+    /// NOTIFY_RESERVE slots stay free, so lent notifications never take the
+    /// slots the loop needs to read a request and the backend's reply to it.
+    /// Otherwise it is parked (one at most) and the backend's channel is not
+    /// read until a slot comes back, which the writer does within
+    /// microseconds unless a write is stuck in the kernel. Stuck means waiting
+    /// for a reply behind the parked notification on the channel, so after
+    /// NOTIFY_STALL the parked one is dropped (counted, logged) and so is
+    /// every notification that finds no slot until the writer moves again:
+    /// replies keep flowing, and the stuck write ends once they are
+    /// delivered. Holding, or writing inline, would hang the mount instead.
+    fn deliver_notification(&mut self, slot: SlotId) {
+        if self.device.is_none() {
+            self.arena.release(slot);
+        } else if self.arena.free() >= NOTIFY_RESERVE {
+            self.lend_notification(slot);
+        } else if self.notify_stalled || self.parked.is_some() {
+            self.arena.release(slot);
+            self.dropped_notifications += 1;
+        } else {
+            self.parked = Some(slot);
+            self.park_until = Some(std::time::Instant::now() + NOTIFY_STALL);
+        }
+    }
+
+    fn lend_notification(&mut self, slot: SlotId) {
+        if let Some(r) = self.recorder.as_mut() {
+            r.reply_to_kernel(self.arena.msg(slot), false);
+        }
+        let lent = self.arena.lend(slot);
+        if let Err(lent) = self.notifier.hand(lent) {
+            // The writer is closed (the device is being given up) or gone.
+            let slot = self.arena.reclaim(lent);
+            self.arena.release(slot);
+            self.dropped_notifications += 1;
+        }
+    }
+
+    /// Takes back what the writer has written, counts the outcomes, and
+    /// hands it a parked notification if there is room now.
+    fn notifications_back(&mut self) -> bool {
+        let mut progress = false;
+        while let Some((lent, outcome)) = self.notifier.take() {
+            let slot = self.arena.reclaim(lent);
+            self.arena.release(slot);
+            self.count_write(outcome);
+            self.notify_stalled = false;
+            progress = true;
+        }
+        if let Some(slot) = self.parked {
+            if self.arena.free() >= NOTIFY_RESERVE || self.device.is_none() {
+                self.parked = None;
+                self.park_until = None;
+                self.deliver_notification(slot);
+                progress = true;
+            }
+        }
+        progress
+    }
+
+    /// No slot came back within NOTIFY_STALL: the writer is stuck in the
+    /// kernel, most likely waiting for a reply queued behind the parked
+    /// notification. Drop it so that the channel is read again.
+    fn notify_stall(&mut self) {
+        let Some(slot) = self.parked.take() else {
+            return;
+        };
+        self.arena.release(slot);
+        self.dropped_notifications += 1;
+        self.notify_stalled = true;
+        warn!(
+            self.log,
+            "a notification has been in the kernel for over {}s ({} waiting behind it);              notifications that find no free slot are dropped until it returns ({} so far)",
+            NOTIFY_STALL.as_secs(),
+            self.notifier.outstanding().saturating_sub(1),
+            self.dropped_notifications
+        );
+    }
+
+    /// Gives up the device: the connection ends once the writer, which holds
+    /// the same open file, has closed its descriptor too.
+    fn close_device(&mut self) {
+        self.device = None;
+        self.notifier.close();
+    }
+
+    /// Ends the writer at the end of the session. A writer stuck in the
+    /// kernel keeps the device open, so closing descriptors cannot abort the
+    /// connection that would release it: abort it through fusectl.
+    fn stop_notifier(&mut self) {
+        self.close_device();
+        if !self.notifier.wait(NOTIFY_GRACE) {
+            match self.connection.map(mounting::abort_connection) {
+                Some(Ok(())) => warn!(
+                    self.log,
+                    "a notification was still in the kernel {}s after the end;                      connection aborted through fusectl",
+                    NOTIFY_GRACE.as_secs()
+                ),
+                Some(Err(e)) => error!(
+                    self.log,
+                    "a notification is stuck in the kernel and the connection                      cannot be aborted through fusectl: {e}"
+                ),
+                None => error!(
+                    self.log,
+                    "a notification is stuck in the kernel and the mount's connection                      is unknown (abort it in /sys/fs/fuse/connections)"
+                ),
+            }
+            if !self.notifier.wait(SHUTDOWN_GRACE) {
+                error!(
+                    self.log,
+                    "the notification writer is still stuck; exiting without it"
+                );
+            }
+        }
+        self.notifications_back();
+        if let Some(slot) = self.parked.take() {
+            self.arena.release(slot);
+        }
     }
 
     fn answer_error(&mut self, unique: Unique, errno: i32) {
@@ -577,6 +754,8 @@ impl Session {
                 denied,
                 forced,
             } => {
+                // Mounted by now, whichever the channel.
+                self.connection = mounting::connection_id(self.mount.path());
                 let p = self.startup.pinning;
                 info!(
                     self.log,
@@ -845,7 +1024,7 @@ impl Session {
         if self.signalled > 1 || self.phase != Phase::Running {
             if self.device.is_some() && self.phase != Phase::BackendGone {
                 warn!(self.log, "{} again: aborting the connection", sig.as_str());
-                self.device = None;
+                self.close_device();
                 self.kernel_gone();
             }
             return;
@@ -912,7 +1091,7 @@ impl Session {
                 // Every waiting request has been answered (run_actions after
                 // handle_backend_gone). Abort the connection so that nothing
                 // new waits on a dead backend, then remove the mount.
-                self.device = None;
+                self.stop_notifier();
                 self.mount.detach();
                 let st = self.backend.stop(Duration::from_millis(500));
                 let how = self.backend_end.take().unwrap_or_default();
@@ -949,6 +1128,7 @@ impl Session {
                 }
             }
             _ => {
+                self.stop_notifier();
                 // DESTROY is answered (or will not be). SIGTERM first sets
                 // libfuse's "exited" flag, so that the end of the channel that
                 // follows ends its loop cleanly rather than as a "short read";
@@ -1006,6 +1186,7 @@ impl Session {
             self.log,
             "stats: requests={} forwarded={} replies={} notifications={} answered_with_error={} \
              injected={} bad_replies={} inflight={} free_slots={}/{} stale_writes={} rejected_writes={} \
+             dropped_notifications={} \
              times_acked={} times_coalesced={} times_forwarded={} times_flushes={} times_flush_errors={} \
              times_flush_moot={} times_pending={} held={} cache_clears={} denied={} faulted={} delayed={} \
              deadlines_hit={} late_replies={} flush_retries={} flush_gave_up={} init_rewrites={} \
@@ -1023,6 +1204,7 @@ impl Session {
             self.arena.slots(),
             self.stale_writes,
             self.rejected_writes,
+            self.dropped_notifications,
             s.times.acked_locally,
             s.times.coalesced,
             s.times.forwarded_sync,

@@ -21,6 +21,7 @@ mod event_loop;
 mod memory;
 mod mount;
 mod mount_options;
+mod notifier;
 mod policy_file;
 mod recorder;
 mod seccomp;

@@ -56,6 +56,37 @@ pub fn is_mount_point(path: &Path) -> bool {
         .any(|p| unescape_octal(p).as_slice() == want)
 }
 
+/// The FUSE connection of the mount at `path` (canonical): its number in
+/// /sys/fs/fuse/connections, which is the superblock's device number in the
+/// kernel's encoding (`major << 20 | minor`, fs/fuse/control.c). Read from
+/// /proc/self/mountinfo, never from the mount itself.
+pub fn connection_id(path: &Path) -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.as_os_str().as_encoded_bytes();
+    // The topmost mount at the path: mountinfo lists mounts in order.
+    let dev = info
+        .lines()
+        .rev()
+        .find(|l| {
+            let fields: Vec<&str> = l.split(' ').collect();
+            let fstype = l.split(" - ").nth(1).and_then(|r| r.split(' ').next());
+            fields
+                .get(4)
+                .is_some_and(|p| unescape_octal(p).as_slice() == want)
+                && fstype.is_some_and(|t| t == "fuse" || t.starts_with("fuse."))
+        })?
+        .split(' ')
+        .nth(2)?;
+    let (major, minor) = dev.split_once(':')?;
+    Some((major.parse::<u64>().ok()? << 20) | minor.parse::<u64>().ok()?)
+}
+
+/// Aborts FUSE connection `id` through fusectl, as `echo 1 > .../abort`
+/// does: every request waiting in it ends with ENOTCONN.
+pub fn abort_connection(id: u64) -> std::io::Result<()> {
+    std::fs::write(format!("/sys/fs/fuse/connections/{id}/abort"), "1")
+}
+
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
 fn unescape_octal(s: &str) -> Vec<u8> {
     let b = s.as_bytes();

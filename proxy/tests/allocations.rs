@@ -184,3 +184,60 @@ fn no_allocations_with(extra: &[&str], before_window: impl FnOnce(&mut Mount)) {
         );
     }
 }
+
+/// Notifications go to the writer thread over preallocated channels and
+/// come back with a wake-up: no allocation on either thread. libfuse's
+/// `notify_inval_entry` invalidates the root's entry every second once it has
+/// been looked up; lookups of missing names run meanwhile.
+#[test]
+fn notifications_do_not_allocate() {
+    let example = common::build_example("notify_inval_entry");
+    let mut m = MountBuilder::new(
+        Mode::Proxy,
+        [
+            example.to_str().unwrap(),
+            "-f",
+            "--update-interval=1",
+            "--timeout=30",
+            "{mnt}",
+        ],
+    )
+    .mount();
+    if m.mode() != Mode::Proxy {
+        return;
+    }
+    // Looks up the current entry (so that its rename is notified), then
+    // missing names for `d`.
+    let run = |m: &Mount, d: Duration| {
+        let t0 = Instant::now();
+        let mut i = 0u64;
+        while t0.elapsed() < d {
+            if i.is_multiple_of(500) {
+                let name = fs::read_dir(m.mountpoint())
+                    .unwrap()
+                    .next()
+                    .unwrap()
+                    .unwrap()
+                    .file_name();
+                fs::symlink_metadata(m.path(name)).unwrap();
+            }
+            assert!(fs::symlink_metadata(m.path(format!("missing-{i}"))).is_err());
+            i += 1;
+        }
+    };
+    run(&m, Duration::from_millis(2500));
+    let first = dump_stats(&mut m);
+    run(&m, Duration::from_millis(3500));
+    let second = dump_stats(&mut m);
+    eprintln!("before: {first}\nafter:  {second}");
+    let notifications = stat_field(&second, "notifications") - stat_field(&first, "notifications");
+    assert!(
+        notifications >= 2,
+        "only {notifications} notifications: {second}"
+    );
+    assert_eq!(
+        stat_field(&second, "allocations"),
+        0,
+        "the proxy allocated while delivering {notifications} notifications: {second}"
+    );
+}
