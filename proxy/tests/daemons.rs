@@ -658,7 +658,10 @@ const RCLONE_MOUNT: Daemon = Daemon {
     // bazil.org/fuse always runs /usr/bin/fusermount (fusermount3), which
     // mounts on /dev/fd/N: a socket, ENOENT.
     known_fd: &[Known::StartFails("fusermount: mount failed")],
-    known_any: &[Known::Record("stat times w/sub/moved")],
+    known_any: &[
+        Known::MayRecord("stat times w/sub/moved"),
+        Known::DaemonExit("exit 143"),
+    ],
     known_any_why: RCLONE_ATIME,
 };
 
