@@ -191,18 +191,7 @@ fn no_allocations_with(extra: &[&str], before_window: impl FnOnce(&mut Mount)) {
 /// been looked up; lookups of missing names run meanwhile.
 #[test]
 fn notifications_do_not_allocate() {
-    let example = common::build_example("notify_inval_entry");
-    let mut m = MountBuilder::new(
-        Mode::Proxy,
-        [
-            example.to_str().unwrap(),
-            "-f",
-            "--update-interval=1",
-            "--timeout=30",
-            "{mnt}",
-        ],
-    )
-    .mount();
+    let mut m = common::notify_inval_entry_mount();
     if m.mode() != Mode::Proxy {
         return;
     }

@@ -44,17 +44,6 @@ fn proxied() -> bool {
     yes
 }
 
-fn installed(program: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        eprintln!("SKIPPED: {program} is not installed (Debian package; see scripts/setup.sh)");
-    }
-    found
-}
-
 /// The proxy's arguments: the channel, the user, and allow_other (the
 /// mount is nobody's, user_id=65534: without it root, the test, could not
 /// use it, as with a direct mount by nobody).
@@ -273,7 +262,7 @@ fn bindfs_libfuse2_seccomp_as_nobody() {
     if !proxied() {
         return;
     }
-    if !installed("bindfs") {
+    if !common::installed("bindfs") {
         return;
     }
     let mut m = MountBuilder::new(Mode::Proxy, ["bindfs", "-f", "{backing}", "{mnt}"])
@@ -293,7 +282,7 @@ fn rclone_mount_seccomp_as_nobody_through_fusermount() {
     if !proxied() {
         return;
     }
-    if !installed("rclone") {
+    if !common::installed("rclone") {
         return;
     }
     // fusermount checks, as the user, that the mountpoint is writable by

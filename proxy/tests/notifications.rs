@@ -74,18 +74,7 @@ fn proxy_stacks(pid: i32) -> String {
 
 #[test]
 fn inval_entry_during_lookups_does_not_hang() {
-    let example = common::build_example("notify_inval_entry");
-    let mut m = MountBuilder::new(
-        Mode::Proxy,
-        [
-            example.to_str().unwrap(),
-            "-f",
-            "--update-interval=1",
-            "--timeout=30",
-            "{mnt}",
-        ],
-    )
-    .mount();
+    let mut m = common::notify_inval_entry_mount();
     let mnt = m.mountpoint().to_path_buf();
     let abort = fusectl_abort(&mnt).expect("the mount's fusectl entry");
     look_up_the_entry(&mnt).expect("lookup of the root's entry");

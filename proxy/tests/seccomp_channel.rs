@@ -31,17 +31,6 @@ use common::{wait_until, Mode, Mount, MountBuilder, Signal};
 const SECCOMP: [&str; 2] = ["--channel", "seccomp"];
 const EXIT_BOUND: Duration = Duration::from_secs(15);
 
-fn installed(program: &str) -> bool {
-    let found = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        eprintln!("SKIPPED: {program} is not installed (Debian package; see scripts/setup.sh)");
-    }
-    found
-}
-
 /// The fields of a /proc/mounts line that must match: source, type,
 /// options (the mount point differs).
 fn proc_mounts_line(m: &Mount) -> String {
@@ -146,7 +135,7 @@ fn bindfs(mode: Mode) -> MountBuilder {
 
 #[test]
 fn bindfs_libfuse2_works_and_matches_direct() {
-    if !installed("bindfs") {
+    if !common::installed("bindfs") {
         return;
     }
     let direct = bindfs(Mode::Direct).mount();
@@ -163,7 +152,7 @@ fn bindfs_libfuse2_works_and_matches_direct() {
 
 #[test]
 fn bindfs_own_unmount_is_answered_and_the_proxy_ends_cleanly() {
-    if !installed("bindfs") {
+    if !common::installed("bindfs") {
         return;
     }
     let mut m = bindfs(Mode::Proxy).mount();
@@ -199,7 +188,7 @@ fn bindfs_own_unmount_is_answered_and_the_proxy_ends_cleanly() {
 
 #[test]
 fn fuse_overlayfs_keeps_the_options_it_sets_in_code() {
-    if !installed("fuse-overlayfs") {
+    if !common::installed("fuse-overlayfs") {
         return;
     }
     // fuse-overlayfs checks its directories at start: a shell makes them,
@@ -225,7 +214,7 @@ fn fuse_overlayfs_keeps_the_options_it_sets_in_code() {
 
 #[test]
 fn rclone_mount_runs_fusermount_and_works() {
-    if !installed("rclone") {
+    if !common::installed("rclone") {
         return;
     }
     let b = |mode| {

@@ -913,3 +913,32 @@ pub fn all_threads_stopped(pid: i32) -> bool {
             == Some('T')
     })
 }
+
+/// Whether `program` is on PATH; says SKIPPED and why when it is not.
+pub fn installed(program: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("SKIPPED: {program} is not installed (Debian package; see scripts/setup.sh)");
+    }
+    found
+}
+
+/// libfuse's `notify_inval_entry` example through the proxy: it sends an
+/// INVAL_ENTRY notification every second from a thread of its own.
+pub fn notify_inval_entry_mount() -> Mount {
+    let example = build_example("notify_inval_entry");
+    MountBuilder::new(
+        Mode::Proxy,
+        [
+            example.to_str().unwrap(),
+            "-f",
+            "--update-interval=1",
+            "--timeout=30",
+            "{mnt}",
+        ],
+    )
+    .mount()
+}
