@@ -87,7 +87,12 @@ impl Engine {
             | Operation::Mkdir { name, .. }
             | Operation::Symlink { name, .. }
             | Operation::Link { name, .. }
-            | Operation::Create { name, .. } => *aux3 = name_hash(name),
+            | Operation::Create { name, .. }
+                if self.paths.capacity() > 0 =>
+            {
+                // Only a path table learns from it: no hashing otherwise.
+                *aux3 = name_hash(name)
+            }
             Operation::Forget(_) => self.paths.forget(node.0),
             _ => {}
         }
