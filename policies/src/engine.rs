@@ -337,9 +337,6 @@ impl Engine {
                 deadline,
             } => (not_before, deadline),
         };
-        if opcode == Opcode::BatchForget {
-            self.forget_paths(&req);
-        }
 
         let mut deps = [(NodeId(0), 0u32); 2];
         let mut aux = [0u64; 4];

@@ -81,6 +81,9 @@ impl Engine {
         aux3: &mut u64,
     ) -> Verdict {
         let (unique, opcode, node) = (req.unique(), req.opcode(), req.nodeid());
+        let tracking = self.paths.capacity() > 0;
+        // One look at the body for what the path table needs of it.
+        let mut rename = None;
         match req.operation() {
             Operation::Lookup { name }
             | Operation::Mknod { name, .. }
@@ -88,12 +91,23 @@ impl Engine {
             | Operation::Symlink { name, .. }
             | Operation::Link { name, .. }
             | Operation::Create { name, .. }
-                if self.paths.capacity() > 0 =>
+                if tracking =>
             {
                 // Only a path table learns from it: no hashing otherwise.
                 *aux3 = name_hash(name)
             }
+            Operation::Rename { arg, old, new } if tracking => {
+                rename = Some((arg.newdir, old, new));
+            }
+            Operation::Rename2 { arg, old, new } if tracking => {
+                rename = Some((arg.newdir, old, new));
+            }
             Operation::Forget(_) => self.paths.forget(node.0),
+            Operation::BatchForget { items, .. } => {
+                for f in items {
+                    self.paths.forget(f.nodeid);
+                }
+            }
             _ => {}
         }
         let scope = self.paths.scope(node.0, &self.rules.paths);
@@ -121,24 +135,16 @@ impl Engine {
             Some(d) if !deadlines::is_exempt(opcode) => Some((d, rules.deadlines.errno)),
             _ => None,
         };
-        let (arg_newdir, old, new) = match req.operation() {
-            Operation::Rename { arg, old, new } => (arg.newdir, old, new),
-            Operation::Rename2 { arg, old, new } => (arg.newdir, old, new),
-            _ => {
-                return Verdict::Pass {
-                    not_before,
-                    deadline,
-                }
+        if let Some((newdir, old, new)) = rename {
+            if !self.rules.paths.is_empty() && self.renames.len() < MAX_RENAMES {
+                self.renames.push(PendingRename {
+                    unique,
+                    olddir: node.0,
+                    old: name_hash(old),
+                    newdir,
+                    new: name_hash(new),
+                });
             }
-        };
-        if !self.rules.paths.is_empty() && self.renames.len() < MAX_RENAMES {
-            self.renames.push(PendingRename {
-                unique,
-                olddir: node.0,
-                old: name_hash(old),
-                newdir: arg_newdir,
-                new: name_hash(new),
-            });
         }
         Verdict::Pass {
             not_before,
@@ -154,15 +160,6 @@ impl Engine {
             && init_rule::rewrite_open_flags(&mut msg[IN_HEADER..])
         {
             self.stats.policy.writeback_opens += 1;
-        }
-    }
-
-    /// BATCH_FORGET: the path table drops every node it names.
-    pub(super) fn forget_paths(&mut self, req: &Request<'_>) {
-        if let Operation::BatchForget { items, .. } = req.operation() {
-            for f in items {
-                self.paths.forget(f.nodeid);
-            }
         }
     }
 
