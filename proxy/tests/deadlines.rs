@@ -15,14 +15,14 @@
 
 mod common;
 
-use common::policy::{passthrough_backend, ContOnDrop, PolicyFile};
+use common::policy::{passthrough_backend, stop_backend, PolicyFile};
 
 use std::fs;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::stats::{dump_stats, stat_field};
-use common::{wait_until, Mode, MountBuilder, Signal};
+use common::{wait_until, Mode, MountBuilder};
 
 const EIO: i32 = 5;
 
@@ -74,14 +74,7 @@ fn stopped_backend(policy: &str, expected: std::ops::Range<Duration>, undo: Undo
     // replies and the requests that undo them allocate nothing.
     dump_stats(&mut m);
     let backend = passthrough_backend(&m);
-    common::send_signal(backend.pid, Signal::SIGSTOP).expect("SIGSTOP the backend");
-    let cont = ContOnDrop(backend);
-    assert!(
-        wait_until(Duration::from_secs(5), || common::all_threads_stopped(
-            backend.pid
-        )),
-        "the backend's threads did not all stop within 5 s"
-    );
+    let cont = stop_backend(backend);
 
     let (tx, rx) = mpsc::channel();
     let path = m.path("f");

@@ -10,7 +10,6 @@ use common::policy::PolicyFile;
 
 use std::fs;
 use std::os::fd::OwnedFd;
-use std::time::Duration;
 
 use common::stats::{stat_field, stats_lines};
 use common::tree::pattern;
@@ -47,18 +46,6 @@ fn flags_in(line: &str, what: &str) -> u64 {
         .take_while(char::is_ascii_hexdigit)
         .collect();
     u64::from_str_radix(&hex, 16).unwrap_or_else(|_| panic!("bad flags after {what}: {line}"))
-}
-
-/// A user's umount, then the proxy's exit (status 0); returns its log.
-fn unmount(m: &mut Mount) -> String {
-    let st = m.umount().expect("umount did not return");
-    assert!(st.success(), "umount {}: {st}", m.mountpoint().display());
-    let st = m
-        .wait_exit(Duration::from_secs(20))
-        .expect("the proxy did not exit after umount");
-    let log = m.proxy_log();
-    assert!(st.success(), "proxy: {st}\n{log}");
-    log
 }
 
 fn open(path: &std::path::Path, flags: libc::c_int) -> OwnedFd {
@@ -226,7 +213,7 @@ fn forced_writeback_keeps_data_byte_identical_on_the_backing_store() {
         );
     }
 
-    let log = unmount(&mut m);
+    let log = m.umount_and_exit();
     for (name, content) in &expected {
         let got = fs::read(m.backing_path(name)).unwrap();
         let first = got.iter().zip(content.iter()).position(|(a, b)| a != b);
@@ -264,6 +251,6 @@ fn denied_writeback_is_removed_from_a_backend_that_asks_for_it() {
     let data = pattern(7, 100_000);
     fs::write(m.path("f"), &data).unwrap();
     assert_eq!(fs::read(m.path("f")).unwrap(), data);
-    unmount(&mut m);
+    m.umount_and_exit();
     assert_eq!(fs::read(m.backing_path("f")).unwrap(), data);
 }

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::stats::{dump_stats, stat_field};
-use common::{Mode, MountBuilder};
+use common::Mode;
 
 /// How long the lookups run: at least this many notifications are sent.
 const RUN: Duration = Duration::from_secs(6);
@@ -172,33 +172,17 @@ fn inval_entry_during_lookups_does_not_hang() {
 /// session.
 #[test]
 fn a_stuck_notification_does_not_keep_the_proxy_from_exiting() {
-    let example = common::build_example("notify_inval_entry");
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.toml");
-    fs::write(&policy, "").unwrap();
-    let mut m = MountBuilder::new(
-        Mode::Proxy,
-        [
-            example.to_str().unwrap(),
-            "-f",
-            "--update-interval=1",
-            "--timeout=30",
-            "{mnt}",
-        ],
-    )
-    .proxy_args(["--policy", policy.to_str().unwrap()])
-    .mount();
+    let policy = common::policy::PolicyFile::new("");
+    let mut m = common::notify_inval_entry()
+        .proxy_args(["--policy", policy.arg()])
+        .mount();
     if m.mode() != Mode::Proxy {
         return;
     }
     let mnt = m.mountpoint().to_path_buf();
     look_up_the_entry(&mnt).expect("lookup of the root's entry");
 
-    fs::write(
-        &policy,
-        "[fault]\nseed = 1\n[fault.LOOKUP]\ndelay = \"60s\"\n",
-    )
-    .unwrap();
+    policy.rewrite("[fault]\nseed = 1\n[fault.LOOKUP]\ndelay = \"60s\"\n");
     m.send_signal(common::Signal::SIGHUP).unwrap();
     assert!(
         m.wait_log("reloaded", Duration::from_secs(5)),

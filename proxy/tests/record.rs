@@ -52,17 +52,6 @@ fn workload(m: &Mount) {
     fs::remove_file(m.path("b")).unwrap();
 }
 
-/// Unmounts as a user would and waits for the proxy to write the capture.
-fn finish(m: &mut Mount) -> String {
-    assert!(m.umount().is_some_and(|s| s.success()), "umount failed");
-    let st = m
-        .wait_exit(Duration::from_secs(20))
-        .expect("the proxy did not exit after umount");
-    let log = m.proxy_log();
-    assert!(st.success(), "proxy: {st}\n{log}");
-    log
-}
-
 fn header<T: FromBytes>(bytes: &[u8]) -> T {
     T::read_from_prefix(bytes).expect("a FUSE header").0
 }
@@ -71,7 +60,7 @@ fn header<T: FromBytes>(bytes: &[u8]) -> T {
 fn a_session_is_recorded_whole() {
     let mut m = recording(&[]);
     workload(&m);
-    let log = finish(&mut m);
+    let log = m.umount_and_exit();
     let capture = fs::read(m.dir().join("session.fcap")).expect("the capture file");
     let stats_line = stats_lines(&log).pop().expect("a final stats line");
     assert!(log.contains("recorded "), "{log}");
@@ -177,7 +166,7 @@ fn a_session_is_recorded_whole() {
 fn a_full_buffer_keeps_a_prefix_and_counts_the_rest() {
     let mut m = recording(&["--record-size", "4K"]);
     workload(&m);
-    let log = finish(&mut m);
+    let log = m.umount_and_exit();
     assert!(log.contains("did not fit --record-size"), "{log}");
     let capture = fs::read(m.dir().join("session.fcap")).unwrap();
     assert!(capture.len() <= 4096);

@@ -33,7 +33,7 @@
 
 mod common;
 
-use common::policy::{passthrough_backend, ContOnDrop};
+use common::policy::{passthrough_backend, stop_backend};
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -853,14 +853,7 @@ fn stopped_backend_run(forward: bool) {
     let backend = passthrough_backend(&m);
     let before = quiet_stats(&mut m);
 
-    common::send_signal(backend.pid, Signal::SIGSTOP).expect("SIGSTOP the backend");
-    let cont = ContOnDrop(backend);
-    assert!(
-        wait_until(Duration::from_secs(5), || common::all_threads_stopped(
-            backend.pid
-        )),
-        "the backend's threads did not all stop within 5 s"
-    );
+    let cont = stop_backend(backend);
 
     let done = Arc::new(AtomicUsize::new(0));
     let (tx, rx) = mpsc::channel::<WorkerDone>();

@@ -690,6 +690,19 @@ pub struct Mount {
 }
 
 impl Mount {
+    /// A user's `umount`, then the proxy's exit, which must be status 0
+    /// (bounded waits); returns the proxy's log.
+    pub fn umount_and_exit(&mut self) -> String {
+        let st = self.umount().expect("umount did not return");
+        assert!(st.success(), "umount {}: {st}", self.mountpoint().display());
+        let st = self
+            .wait_exit(Duration::from_secs(20))
+            .expect("the proxy did not exit after umount");
+        let log = self.proxy_log();
+        assert!(st.success(), "proxy: {st}\n{log}");
+        log
+    }
+
     pub fn mode(&self) -> Mode {
         self.mode
     }
@@ -929,6 +942,11 @@ pub fn installed(program: &str) -> bool {
 /// libfuse's `notify_inval_entry` example through the proxy: it sends an
 /// INVAL_ENTRY notification every second from a thread of its own.
 pub fn notify_inval_entry_mount() -> Mount {
+    notify_inval_entry().mount()
+}
+
+/// [`notify_inval_entry_mount`]'s builder, for tests that add proxy options.
+pub fn notify_inval_entry() -> MountBuilder {
     let example = build_example("notify_inval_entry");
     MountBuilder::new(
         Mode::Proxy,
@@ -940,5 +958,4 @@ pub fn notify_inval_entry_mount() -> Mount {
             "{mnt}",
         ],
     )
-    .mount()
 }

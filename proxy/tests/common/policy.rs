@@ -4,7 +4,9 @@ use std::fs;
 use std::io::Write;
 use std::path::PathBuf;
 
-use super::{Mount, ProcId, Signal};
+use std::time::Duration;
+
+use super::{all_threads_stopped, send_signal, wait_until, Mount, ProcId, Signal};
 
 /// A policy file in its own temporary directory, removed when dropped.
 pub struct PolicyFile {
@@ -69,4 +71,16 @@ impl Drop for ContOnDrop {
     fn drop(&mut self) {
         self.0.signal(Signal::SIGCONT);
     }
+}
+
+/// SIGSTOPs `backend` and waits (bounded) until every thread of it has
+/// stopped (SIGSTOP is delivered asynchronously); the guard SIGCONTs it.
+pub fn stop_backend(backend: ProcId) -> ContOnDrop {
+    send_signal(backend.pid, Signal::SIGSTOP).expect("SIGSTOP the backend");
+    let cont = ContOnDrop(backend);
+    assert!(
+        wait_until(Duration::from_secs(5), || all_threads_stopped(backend.pid)),
+        "the backend's threads did not all stop within 5 s"
+    );
+    cont
 }
