@@ -636,7 +636,8 @@ impl Session {
         self.notify_stalled = true;
         warn!(
             self.log,
-            "a notification has been in the kernel for over {}s ({} waiting behind it);              notifications that find no free slot are dropped until it returns ({} so far)",
+            "a notification has been in the kernel for over {}s ({} waiting behind it); \
+             notifications that find no free slot are dropped until it returns ({} so far)",
             NOTIFY_STALL.as_secs(),
             self.notifier.outstanding().saturating_sub(1),
             self.dropped_notifications
@@ -659,16 +660,19 @@ impl Session {
             match self.connection.map(mounting::abort_connection) {
                 Some(Ok(())) => warn!(
                     self.log,
-                    "a notification was still in the kernel {}s after the end;                      connection aborted through fusectl",
+                    "a notification was still in the kernel {}s after the end; \
+                     connection aborted through fusectl",
                     NOTIFY_GRACE.as_secs()
                 ),
                 Some(Err(e)) => error!(
                     self.log,
-                    "a notification is stuck in the kernel and the connection                      cannot be aborted through fusectl: {e}"
+                    "a notification is stuck in the kernel and the connection \
+                     cannot be aborted through fusectl: {e}"
                 ),
                 None => error!(
                     self.log,
-                    "a notification is stuck in the kernel and the mount's connection                      is unknown (abort it in /sys/fs/fuse/connections)"
+                    "a notification is stuck in the kernel and the mount's connection \
+                     is unknown (abort it in /sys/fs/fuse/connections)"
                 ),
             }
             if !self.notifier.wait(SHUTDOWN_GRACE) {
