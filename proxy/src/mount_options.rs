@@ -234,6 +234,14 @@ impl MountOptions {
             d.push(',');
             d.push_str(o);
         }
+        self.push_kernel_options(&mut d);
+        d
+    }
+
+    /// Appends the options the fuse filesystem itself takes that the proxy
+    /// may override (`-o`): permission checks, other users, read size,
+    /// block size.
+    fn push_kernel_options(&self, d: &mut String) {
         if self.default_permissions {
             d.push_str(",default_permissions");
         }
@@ -246,24 +254,12 @@ impl MountOptions {
         if let Some(n) = self.blksize {
             d.push_str(&format!(",blksize={n}"));
         }
-        d
     }
 
     /// The data argument of mount(2) for the fuse filesystem.
     pub fn data(&self, fd: i32, rootmode: u32, uid: u32, gid: u32) -> String {
         let mut d = format!("fd={fd},rootmode={rootmode:o},user_id={uid},group_id={gid}");
-        if self.default_permissions {
-            d.push_str(",default_permissions");
-        }
-        if self.allow_other {
-            d.push_str(",allow_other");
-        }
-        if let Some(n) = self.max_read {
-            d.push_str(&format!(",max_read={n}"));
-        }
-        if let Some(n) = self.blksize {
-            d.push_str(&format!(",blksize={n}"));
-        }
+        self.push_kernel_options(&mut d);
         d
     }
 }
