@@ -72,6 +72,7 @@ use fuseproxy_protocol::abi::{EntryOut, OpenOut};
 use fuseproxy_protocol::{NodeId, Opcode, Unique};
 use zerocopy::FromBytes;
 
+use crate::index_heap::{IndexHeap, Slots, NIL};
 use crate::Instant;
 
 /// Expired requests remembered for their late replies.
@@ -103,8 +104,8 @@ struct Node {
     due: Instant,
     unique: Unique,
     errno: i32,
-    /// While registered: its index in `heap`. While free: the next free
-    /// node, or `u32::MAX`.
+    /// While registered: its position in `heap`. While free: the next
+    /// free node, or `u32::MAX`.
     link: u32,
 }
 
@@ -114,10 +115,9 @@ struct Node {
 pub struct Deadlines {
     /// INVARIANT: `nodes.len()` is the capacity and never changes.
     nodes: Vec<Node>,
-    /// Node indices ordered as a min-heap by `(due, unique)`.
-    /// INVARIANT: `nodes[heap[i]].link == i` for every `i`; capacity
-    /// `nodes.len()`, never exceeded.
-    heap: Vec<u32>,
+    /// Node indices ordered by `(due, unique)`; a node's `link` is its
+    /// position there while registered.
+    heap: IndexHeap,
     /// Head of the free list through `Node::link`, or `u32::MAX`.
     free: u32,
 }
@@ -140,7 +140,7 @@ impl Deadlines {
             .collect();
         Deadlines {
             nodes,
-            heap: Vec::with_capacity(capacity),
+            heap: IndexHeap::with_capacity(capacity),
             free: 0,
         }
     }
@@ -161,44 +161,31 @@ impl Deadlines {
             return None;
         }
         let id = self.free;
-        let pos = self.heap.len() as u32;
         let node = &mut self.nodes[id as usize];
         self.free = node.link;
         *node = Node {
             due,
             unique,
             errno,
-            link: pos,
+            link: NIL,
         };
-        self.heap.push(id);
-        self.sift_up(pos as usize);
+        self.heap.push(&mut self.nodes[..], id);
         Some(DeadlineId(id))
     }
 
     /// Removes a registered deadline; `NONE` or a stale handle is ignored.
     pub fn remove(&mut self, id: DeadlineId) {
-        let Some(node) = self.nodes.get(id.0 as usize) else {
-            return;
-        };
-        let pos = node.link as usize;
-        if self.heap.get(pos) != Some(&id.0) {
+        if (id.0 as usize) >= self.nodes.len() || !self.heap.holds(&self.nodes[..], id.0) {
             return;
         }
-        let last = self.heap.len() - 1;
-        self.swap(pos, last);
-        self.heap.pop();
-        let node = &mut self.nodes[id.0 as usize];
-        node.link = self.free;
+        self.heap.remove(&mut self.nodes[..], id.0);
+        self.nodes[id.0 as usize].link = self.free;
         self.free = id.0;
-        if pos < self.heap.len() {
-            self.sift_down(pos);
-            self.sift_up(pos);
-        }
     }
 
     /// The earliest deadline: (due, unique, errno, handle).
     pub fn peek(&self) -> Option<(Instant, Unique, i32, DeadlineId)> {
-        let &id = self.heap.first()?;
+        let id = self.heap.first()?;
         let n = &self.nodes[id as usize];
         Some((n.due, n.unique, n.errno, DeadlineId(id)))
     }
@@ -209,45 +196,19 @@ impl Deadlines {
             self.remove(id);
         }
     }
+}
 
-    fn key(&self, pos: usize) -> (Instant, u64) {
-        let n = &self.nodes[self.heap[pos] as usize];
+impl Slots for [Node] {
+    type Key = (Instant, u64);
+    fn key(&self, slot: u32) -> (Instant, u64) {
+        let n = &self[slot as usize];
         (n.due, n.unique.0)
     }
-
-    fn swap(&mut self, a: usize, b: usize) {
-        self.heap.swap(a, b);
-        self.nodes[self.heap[a] as usize].link = a as u32;
-        self.nodes[self.heap[b] as usize].link = b as u32;
+    fn pos(&self, slot: u32) -> u32 {
+        self[slot as usize].link
     }
-
-    fn sift_up(&mut self, mut pos: usize) {
-        while pos > 0 {
-            let parent = (pos - 1) / 2;
-            if self.key(pos) >= self.key(parent) {
-                break;
-            }
-            self.swap(pos, parent);
-            pos = parent;
-        }
-    }
-
-    fn sift_down(&mut self, mut pos: usize) {
-        loop {
-            let (l, r) = (2 * pos + 1, 2 * pos + 2);
-            let mut least = pos;
-            if l < self.heap.len() && self.key(l) < self.key(least) {
-                least = l;
-            }
-            if r < self.heap.len() && self.key(r) < self.key(least) {
-                least = r;
-            }
-            if least == pos {
-                break;
-            }
-            self.swap(pos, least);
-            pos = least;
-        }
+    fn set_pos(&mut self, slot: u32, pos: u32) {
+        self[slot as usize].link = pos;
     }
 }
 
@@ -419,9 +380,10 @@ mod tests {
     fn drain(d: &mut Deadlines) -> Vec<u64> {
         let mut out = Vec::new();
         while let Some((due, u, _, id)) = d.peek() {
-            for (i, &n) in d.heap.iter().enumerate() {
-                assert_eq!(d.nodes[n as usize].link as usize, i);
-                assert!(d.key(i) >= (due, u.0));
+            let held = (0..d.nodes.len() as u32).filter(|&n| d.heap.holds(&d.nodes[..], n));
+            assert_eq!(held.clone().count(), d.len());
+            for n in held {
+                assert!(d.nodes[..].key(n) >= (due, u.0));
             }
             d.remove(id);
             out.push(u.0);

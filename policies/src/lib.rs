@@ -26,6 +26,7 @@ pub mod deny;
 mod engine;
 pub mod errno;
 pub mod fault;
+pub mod index_heap;
 pub mod inflight;
 pub mod init_rule;
 mod instant;

@@ -25,6 +25,7 @@ use fuseproxy_protocol::flags::{
 };
 use fuseproxy_protocol::{NodeId, Setattr, Unique};
 
+use crate::index_heap::{IndexHeap, Slots, NIL};
 use crate::{Duration, Instant};
 
 /// A time as the wire carries it: seconds and nanoseconds.
@@ -136,8 +137,6 @@ impl Times {
         v
     }
 }
-
-const NIL: u32 = u32::MAX;
 
 /// The longest wait between two attempts of one flush, however many
 /// doublings the back-off has had (the longest configurable back-off).
@@ -307,9 +306,8 @@ pub struct TimesTable {
     /// Open-addressing index node → slab index; 2× the slab, a power of two.
     index: Vec<u32>,
     /// Slab indices of the nodes with a pending record not yet scheduled,
-    /// a binary min-heap by (`pending_due`, slab index). INVARIANT:
-    /// capacity == slab.len(), and `slab[heap[i]].heap_pos == i`.
-    heap: Vec<u32>,
+    /// ordered by (`pending_due`, slab index).
+    heap: IndexHeap,
     /// Nodes with a pending record, scheduled or not.
     pending: usize,
 }
@@ -324,7 +322,7 @@ impl TimesTable {
             slab,
             free: (0..capacity as u32).rev().collect(),
             index,
-            heap: Vec::with_capacity(capacity),
+            heap: IndexHeap::with_capacity(capacity),
             pending: 0,
         }
     }
@@ -559,89 +557,36 @@ impl TimesTable {
     /// The node whose pending record is due first, among those not yet
     /// scheduled, with its due time.
     pub fn oldest(&self) -> Option<(NodeId, Instant)> {
-        self.heap.first().map(|&s| {
+        self.heap.first().map(|s| {
             let e = &self.slab[s as usize];
             (e.node, e.pending_due)
         })
     }
 
-    fn key(&self, i: usize) -> (Instant, u32) {
-        let s = self.heap[i];
-        (self.slab[s as usize].pending_due, s)
-    }
-
-    fn heap_set(&mut self, i: usize, s: u32) {
-        self.heap[i] = s;
-        self.slab[s as usize].heap_pos = i as u32;
-    }
-
     fn heap_push(&mut self, s: u32) {
-        if self.slab[s as usize].heap_pos != NIL {
-            return;
-        }
-        // INVARIANT: a slab entry is in the heap at most once, so the heap
-        // never outgrows the slab's capacity.
-        self.heap.push(s);
-        self.slab[s as usize].heap_pos = (self.heap.len() - 1) as u32;
-        self.sift_up(self.heap.len() - 1);
+        self.heap.push(&mut self.slab[..], s);
     }
 
     fn heap_remove(&mut self, s: u32) {
-        let i = self.slab[s as usize].heap_pos;
-        if i == NIL {
-            return;
-        }
-        self.slab[s as usize].heap_pos = NIL;
-        let last = self.heap.pop().unwrap_or(s);
-        if i as usize == self.heap.len() {
-            return;
-        }
-        self.heap_set(i as usize, last);
-        self.sift_up(i as usize);
-        self.sift_down(self.slab[last as usize].heap_pos as usize);
+        self.heap.remove(&mut self.slab[..], s);
     }
 
     /// Restores the heap order after `s`'s due time changed.
     fn heap_fix(&mut self, s: u32) {
-        let i = self.slab[s as usize].heap_pos;
-        if i != NIL {
-            self.sift_up(i as usize);
-            let i = self.slab[s as usize].heap_pos as usize;
-            self.sift_down(i);
-        }
+        self.heap.fix(&mut self.slab[..], s);
     }
+}
 
-    fn sift_up(&mut self, mut i: usize) {
-        while i > 0 {
-            let parent = (i - 1) / 2;
-            if self.key(parent) <= self.key(i) {
-                break;
-            }
-            let (a, b) = (self.heap[parent], self.heap[i]);
-            self.heap_set(parent, b);
-            self.heap_set(i, a);
-            i = parent;
-        }
+impl Slots for [NodeTimes] {
+    type Key = (Instant, u32);
+    fn key(&self, s: u32) -> (Instant, u32) {
+        (self[s as usize].pending_due, s)
     }
-
-    fn sift_down(&mut self, mut i: usize) {
-        loop {
-            let (l, r) = (2 * i + 1, 2 * i + 2);
-            let mut least = i;
-            if l < self.heap.len() && self.key(l) < self.key(least) {
-                least = l;
-            }
-            if r < self.heap.len() && self.key(r) < self.key(least) {
-                least = r;
-            }
-            if least == i {
-                break;
-            }
-            let (a, b) = (self.heap[least], self.heap[i]);
-            self.heap_set(least, b);
-            self.heap_set(i, a);
-            i = least;
-        }
+    fn pos(&self, s: u32) -> u32 {
+        self[s as usize].heap_pos
+    }
+    fn set_pos(&mut self, s: u32, pos: u32) {
+        self[s as usize].heap_pos = pos;
     }
 }
 
