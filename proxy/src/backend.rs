@@ -93,6 +93,9 @@ pub struct Backend {
     exit: Option<ExitStatus>,
     /// The seccomp channel's listener, when the backend runs under it.
     supervisor: Option<Supervisor>,
+    /// The aborted device the backend inherited, and the inode of its
+    /// socket: what [`Backend::end_cleanly`] swaps.
+    end: Option<(crate::clean_end::EndDevice, u64)>,
 }
 
 /// How long the seccomp channel waits for the backend's mount.
@@ -110,6 +113,7 @@ impl Backend {
         argv: &[OsString],
         theirs: OwnedFd,
         user: Option<crate::backend_user::Ids>,
+        end: Option<crate::clean_end::EndDevice>,
     ) -> Result<Backend, Error> {
         let (program, args) = argv
             .split_first()
@@ -117,18 +121,26 @@ impl Backend {
         let fd = theirs.as_raw_fd();
         fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))
             .map_err(|e| Error::Setup(format!("fcntl: {}", e.desc())))?;
+        let end = end.map(|e| (e, socket_inode(&theirs)));
+        let end_fd = end.as_ref().map(|(e, _)| e.fd());
         let mut cmd = Command::new(program);
         cmd.args(args).process_group(0);
-        if let Some(ids) = user {
-            // SAFETY: the closure runs in the child between fork and exec:
-            // both functions make raw system calls on stack memory only
-            // (async-signal-safe, no allocation); `ids` is Copy, moved in.
-            unsafe {
-                cmd.pre_exec(move || {
-                    crate::seccomp_filter::unblock_all_signals()?;
-                    crate::backend_user::drop_to(ids)
-                });
-            }
+        // SAFETY: the closure runs in the child between fork and exec: the
+        // functions make raw system calls (fcntl, sigprocmask, setgroups,
+        // setres[ug]id, capset, prctl) on stack memory only
+        // (async-signal-safe, no allocation); `ids` and `end_fd` are Copy,
+        // moved in.
+        unsafe {
+            cmd.pre_exec(move || {
+                inherit(end_fd)?;
+                match user {
+                    Some(ids) => {
+                        crate::seccomp_filter::unblock_all_signals()?;
+                        crate::backend_user::drop_to(ids)
+                    }
+                    None => Ok(()),
+                }
+            });
         }
         let child = cmd.spawn().map_err(|e| {
             Error::Backend(format!("cannot start '{}': {e}", program.to_string_lossy()))
@@ -139,6 +151,7 @@ impl Backend {
             child,
             exit: None,
             supervisor: None,
+            end,
         })
     }
 
@@ -163,6 +176,7 @@ impl Backend {
         log: slog::Logger,
         mountpoint: &std::path::Path,
         user: Option<crate::backend_user::Ids>,
+        end: Option<crate::clean_end::EndDevice>,
     ) -> Result<Backend, Error> {
         let (program, args) = argv
             .split_first()
@@ -181,6 +195,11 @@ impl Backend {
             fcntl(theirs.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::empty()))
                 .map_err(|e| Error::Setup(format!("fcntl: {}", e.desc())))?;
         }
+        let end = end.map(|e| {
+            let (Handoff::Hold(s) | Handoff::Inherit(s)) = &handoff;
+            (e, socket_inode(s))
+        });
+        let end_fd = end.as_ref().map(|(e, _)| e.fd());
         let mut cmd = Command::new(program);
         cmd.args(args).process_group(0);
         // SAFETY: the closure runs in the child between fork and exec, where
@@ -195,6 +214,7 @@ impl Backend {
         // the filter (which traps mount(2)), the filter while still root.
         unsafe {
             cmd.pre_exec(move || {
+                inherit(end_fd)?;
                 if stand_in {
                     crate::backend_user::hide_fuse_device()?;
                 }
@@ -216,6 +236,7 @@ impl Backend {
             child,
             exit: None,
             supervisor: None,
+            end,
         };
         // The child sent it before exec, and spawn returns after the exec.
         let listener = match receive_fd(&ours) {
@@ -351,6 +372,29 @@ impl Backend {
         self.wait_for(timeout).is_some()
     }
 
+    /// Ends the daemon as a direct unmount would: its socket becomes an
+    /// aborted FUSE device, whose reads fail with ENODEV
+    /// ([`crate::clean_end`]). Returns false, having logged why, when that
+    /// cannot be done; the caller then ends it with [`Backend::terminate`].
+    pub fn end_cleanly(&mut self, log: &slog::Logger) -> bool {
+        let Some((end, ino)) = &self.end else {
+            return false;
+        };
+        let done = crate::clean_end::hand_over(*ino, end);
+        for f in &done.failed {
+            slog::warn!(
+                log,
+                "cannot give the backend its end of session (ENODEV): {f}"
+            );
+        }
+        slog::debug!(
+            log,
+            "the backend's socket is an aborted FUSE device in {} process(es)",
+            done.swapped
+        );
+        done.swapped > 0 && done.failed.is_empty()
+    }
+
     /// Waits up to `timeout` for the child to exit, then SIGTERM, then SIGKILL.
     /// Only the process the proxy started is signalled, by pid.
     pub fn stop(&mut self, timeout: std::time::Duration) -> Option<ExitStatus> {
@@ -381,6 +425,19 @@ impl Backend {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
+}
+
+/// Clears close-on-exec on `fd` in the child (between fork and exec).
+fn inherit(fd: Option<std::os::fd::RawFd>) -> std::io::Result<()> {
+    if let Some(fd) = fd {
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
+    }
+    Ok(())
+}
+
+/// The inode of a socket, as `/proc/PID/fd` shows it (`socket:[INO]`).
+fn socket_inode(fd: &OwnedFd) -> u64 {
+    nix::sys::stat::fstat(fd.as_raw_fd()).map_or(0, |st| st.st_ino)
 }
 
 /// Receives one fd sent with SCM_RIGHTS on `sock`, without waiting.

@@ -55,7 +55,8 @@ The format is described with an annotated example in the README and in \
 policies/examples/.
 
 Life cycle: SIGINT or SIGTERM unmount the filesystem, send the daemon a DESTROY, \
-wait for it to exit and end with status 0; so does `umount MOUNTPOINT`. SIGHUP \
+make its reads fail with ENODEV as after a direct unmount (so that it ends as it \
+would alone), wait for it to exit and end with status 0; so does `umount MOUNTPOINT`. SIGHUP \
 reloads the policy file when one is given (a valid file applies to requests read \
 after it, time updates already acknowledged keep the rules they were made under, \
 and a broken file is refused with its error in the log while the old policy stays \

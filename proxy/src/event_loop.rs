@@ -1133,11 +1133,13 @@ impl Session {
             }
             _ => {
                 self.stop_notifier();
-                // DESTROY is answered (or will not be). SIGTERM first sets
-                // libfuse's "exited" flag, so that the end of the channel that
-                // follows ends its loop cleanly rather than as a "short read";
-                // closing the channel also ends a daemonized backend.
-                self.backend.terminate(Duration::from_millis(100));
+                // DESTROY is answered (or will not be). The daemon's reads
+                // now fail with ENODEV, as after a direct unmount; failing
+                // that, SIGTERM. Closing the channel then ends whatever
+                // still holds it (a daemonized backend included).
+                if !self.backend.end_cleanly(&self.log) {
+                    self.backend.terminate(Duration::from_millis(100));
+                }
                 self.socket = None;
                 let st = self.backend.stop(SHUTDOWN_GRACE);
                 if let Some(st) = st {

@@ -14,6 +14,7 @@ mod arena;
 mod backend;
 mod backend_user;
 mod channel;
+mod clean_end;
 mod cli;
 mod device;
 mod error;
@@ -264,6 +265,17 @@ fn run(
             }
         );
     }
+    let end = match clean_end::EndDevice::new() {
+        Ok(e) => Some(e),
+        Err(e) => {
+            slog::info!(
+                log,
+                "no aborted FUSE device for the backend's end ({e}): it will be ended \
+                 with SIGTERM and EOF"
+            );
+            None
+        }
+    };
     let (engine, pinning, device, mount, backend, opts) = if seccomp {
         let pinning = memory::pin();
         let device = mount::open_device()?;
@@ -273,6 +285,7 @@ fn run(
             log.clone(),
             &canonical,
             user,
+            end,
         )?;
         slog::debug!(
             log,
@@ -304,8 +317,9 @@ fn run(
                 log.clone(),
                 &canonical,
                 user,
+                end,
             )?,
-            _ => backend::Backend::spawn(&argv, pair.theirs, user)?,
+            _ => backend::Backend::spawn(&argv, pair.theirs, user, end)?,
         };
         slog::debug!(log, "started backend pid {}: {:?}", backend.pid(), argv);
         (engine, pinning, device, mount, backend, opts)
