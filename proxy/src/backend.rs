@@ -91,11 +91,56 @@ pub struct Backend {
     /// with status 0 while its daemon lives on: only the socket tells whether
     /// the backend is alive.
     exit: Option<ExitStatus>,
-    /// The seccomp channel's listener, when the backend runs under it.
-    supervisor: Option<Supervisor>,
+    /// What answers the backend's mounts (seccomp or fusermount channel).
+    warden: Option<Warden>,
     /// The aborted device the backend inherited, and the inode of its
     /// socket: what [`Backend::end_cleanly`] swaps.
     end: Option<(crate::clean_end::EndDevice, u64)>,
+}
+
+/// What answers a supervised backend's mount and unmount requests.
+enum Warden {
+    /// Its mount(2) and umount2(2) calls, trapped.
+    Seccomp(Supervisor),
+    /// Its fusermount runs, served.
+    Fusermount(crate::fusermount::Server),
+}
+
+impl Warden {
+    fn fd(&self) -> i32 {
+        match self {
+            Warden::Seccomp(s) => s.fd(),
+            Warden::Fusermount(s) => s.fd(),
+        }
+    }
+
+    fn poll(&self, timeout: std::time::Duration) -> (bool, bool) {
+        match self {
+            Warden::Seccomp(s) => s.poll(timeout),
+            Warden::Fusermount(s) => s.poll(timeout),
+        }
+    }
+
+    fn handle_one(&mut self, ctx: Option<&MountContext<'_>>) -> Handled {
+        match self {
+            Warden::Seccomp(s) => s.handle_one(ctx),
+            Warden::Fusermount(s) => s.handle_one(ctx),
+        }
+    }
+
+    fn handle_pending(&mut self) -> bool {
+        match self {
+            Warden::Seccomp(s) => s.handle_pending(),
+            Warden::Fusermount(s) => s.handle_pending(),
+        }
+    }
+
+    fn backend_unmounted(&self) -> bool {
+        match self {
+            Warden::Seccomp(s) => s.backend_unmounted(),
+            Warden::Fusermount(s) => s.backend_unmounted(),
+        }
+    }
 }
 
 /// How long the seccomp channel waits for the backend's mount.
@@ -150,7 +195,7 @@ impl Backend {
         Ok(Backend {
             child,
             exit: None,
-            supervisor: None,
+            warden: None,
             end,
         })
     }
@@ -235,7 +280,7 @@ impl Backend {
         let mut backend = Backend {
             child,
             exit: None,
-            supervisor: None,
+            warden: None,
             end,
         };
         // The child sent it before exec, and spawn returns after the exec.
@@ -248,7 +293,7 @@ impl Backend {
                 )));
             }
         };
-        backend.supervisor = Some(match handoff {
+        backend.warden = Some(Warden::Seccomp(match handoff {
             Handoff::Hold(theirs) => {
                 Supervisor::new(log, listener, mountpoint.to_path_buf(), theirs, stand_in)
             }
@@ -258,28 +303,113 @@ impl Backend {
                 drop(theirs);
                 Supervisor::already_mounted(log, listener, mountpoint.to_path_buf())
             }
-        });
+        }));
+        Ok(backend)
+    }
+
+    /// Starts `argv` unchanged for the fusermount channel
+    /// ([`crate::fusermount`]): in a mount namespace of its own where this
+    /// executable stands at every fusermount program in `targets`, without
+    /// CAP_SYS_ADMIN (with `user`: as that user, without any capability,
+    /// /dev/null at /dev/fuse). `theirs` stays with the proxy until the
+    /// stand-in asks for it.
+    pub fn spawn_fusermount(
+        argv: &[OsString],
+        theirs: OwnedFd,
+        log: slog::Logger,
+        mountpoint: &std::path::Path,
+        user: Option<crate::backend_user::Ids>,
+        end: Option<crate::clean_end::EndDevice>,
+        targets: &[std::path::PathBuf],
+    ) -> Result<Backend, Error> {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let (program, args) = argv
+            .split_first()
+            .ok_or_else(|| Error::Usage("no backend command after '--'".into()))?;
+        let end = end.map(|e| (e, socket_inode(&theirs)));
+        let end_fd = end.as_ref().map(|(e, _)| e.fd());
+        if !crate::fusermount::on_shared_mount(mountpoint) {
+            slog::warn!(
+                log,
+                "{} is on a private mount: the daemon will not see its own mount in its \
+                 namespace (go-fuse daemons fail); make the mount it is on shared \
+                 (mount --make-shared) if the daemon needs that",
+                mountpoint.display()
+            );
+        }
+        let mut server = crate::fusermount::Server::new(log, mountpoint.to_path_buf(), theirs)?;
+        let exe = std::env::current_exe()
+            .map_err(|e| Error::Setup(format!("finding the proxy's own executable: {e}")))?;
+        let cstr = |p: &std::path::Path| {
+            CString::new(p.as_os_str().as_bytes())
+                .map_err(|_| Error::Setup(format!("a NUL in {}", p.display())))
+        };
+        let exe = cstr(&exe)?;
+        let targets = targets
+            .iter()
+            .map(|t| cstr(t))
+            .collect::<Result<Vec<CString>, Error>>()?;
+        let mut cmd = Command::new(program);
+        cmd.args(args).process_group(0);
+        // SAFETY: the closure runs in the child between fork and exec: the
+        // functions it calls make raw system calls (fcntl, unshare, mount,
+        // prctl, capget, capset, setgroups, setres[ug]id) on strings made
+        // before the fork (moved in) and on stack memory; nothing allocates.
+        unsafe {
+            cmd.pre_exec(move || {
+                inherit(end_fd)?;
+                if user.is_some() {
+                    crate::backend_user::hide_fuse_device()?;
+                } else {
+                    crate::backend_user::private_namespace()?;
+                }
+                for t in &targets {
+                    crate::backend_user::bind(&exe, t)?;
+                }
+                match user {
+                    Some(ids) => {
+                        crate::seccomp_filter::unblock_all_signals()?;
+                        crate::backend_user::drop_to(ids)
+                    }
+                    None => crate::backend_user::drop_mount_capability(),
+                }
+            });
+        }
+        let child = cmd.spawn().map_err(|e| {
+            Error::Backend(format!(
+                "cannot start '{}' for the fusermount channel: {e}",
+                program.to_string_lossy()
+            ))
+        })?;
+        let mut backend = Backend {
+            child,
+            exit: None,
+            warden: None,
+            end,
+        };
+        if let Err(e) = server.listen_for(backend.pid()) {
+            backend.stop(std::time::Duration::ZERO);
+            return Err(e);
+        }
+        backend.warden = Some(Warden::Fusermount(server));
         Ok(backend)
     }
 
     /// The seccomp listener's fd, when the backend runs under it.
     pub fn listener_fd(&self) -> Option<i32> {
-        self.supervisor.as_ref().map(Supervisor::fd)
+        self.warden.as_ref().map(Warden::fd)
     }
 
     /// Answers the seccomp calls waiting now. Returns whether the daemon
     /// unmounted MOUNTPOINT among them.
     pub fn handle_notifications(&mut self) -> bool {
-        self.supervisor
-            .as_mut()
-            .is_some_and(Supervisor::handle_pending)
+        self.warden.as_mut().is_some_and(Warden::handle_pending)
     }
 
     /// Whether the daemon unmounted MOUNTPOINT itself (seccomp channel).
     pub fn unmounted_itself(&self) -> bool {
-        self.supervisor
-            .as_ref()
-            .is_some_and(Supervisor::backend_unmounted)
+        self.warden.as_ref().is_some_and(Warden::backend_unmounted)
     }
 
     /// Seccomp channel: waits up to [`MOUNT_WAIT`] for the daemon's mount of
@@ -295,8 +425,8 @@ impl Backend {
         let deadline = std::time::Instant::now() + MOUNT_WAIT;
         let tick = std::time::Duration::from_millis(50);
         loop {
-            let Some(sup) = self.supervisor.as_mut() else {
-                return Err(Error::Setup("no seccomp listener".into()));
+            let Some(sup) = self.warden.as_mut() else {
+                return Err(Error::Setup("no mount listener".into()));
             };
             let (readable, hung_up) = sup.poll(tick);
             if readable {

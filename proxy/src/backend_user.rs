@@ -187,9 +187,19 @@ fn check(rc: libc::c_int) -> io::Result<()> {
 ///
 /// Async-signal-safe: three system calls on static strings.
 pub fn hide_fuse_device() -> io::Result<()> {
+    private_namespace()?;
+    bind(c"/dev/null", c"/dev/fuse")
+}
+
+/// In the child, as root: a mount namespace of its own, whose `/` is a
+/// recursive slave of the host's (the host's mounts still propagate in,
+/// nothing made here propagates out).
+///
+/// Async-signal-safe: two system calls on static strings.
+pub fn private_namespace() -> io::Result<()> {
     // SAFETY: unshare(2) takes a flag word and touches no memory of ours.
     check(unsafe { libc::unshare(libc::CLONE_NEWNS) })?;
-    // SAFETY: mount(2) reads the NUL-terminated static strings passed (or
+    // SAFETY: mount(2) reads the NUL-terminated static string passed (or
     // NULL where the call ignores the argument); the kernel keeps no pointer.
     check(unsafe {
         libc::mount(
@@ -199,17 +209,78 @@ pub fn hide_fuse_device() -> io::Result<()> {
             libc::MS_REC | libc::MS_SLAVE,
             std::ptr::null(),
         )
-    })?;
-    // SAFETY: as above: static NUL-terminated strings, NULL type and data
-    // (ignored for a bind).
+    })
+}
+
+/// In the child: bind-mounts `source` over `target`.
+///
+/// Async-signal-safe: one system call on strings made before the fork.
+pub fn bind(source: &std::ffi::CStr, target: &std::ffi::CStr) -> io::Result<()> {
+    // SAFETY: mount(2) reads the two NUL-terminated strings (alive for the
+    // call: borrowed) and ignores type and data for a bind (NULL).
     check(unsafe {
         libc::mount(
-            c"/dev/null".as_ptr(),
-            c"/dev/fuse".as_ptr(),
+            source.as_ptr(),
+            target.as_ptr(),
             std::ptr::null(),
             libc::MS_BIND,
             std::ptr::null(),
         )
+    })
+}
+
+/// `CAP_SYS_ADMIN`, the capability mount(2) needs.
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// In the child, as root: CAP_SYS_ADMIN out of the bounding set (so that no
+/// exec, setuid or not, gives it back) and out of the current sets, so that
+/// the daemon's own mount(2) fails with EPERM and its library runs
+/// fusermount instead (the fusermount channel). The other capabilities
+/// stay: the daemon is still root for its own work.
+///
+/// Async-signal-safe: raw system calls on stack memory.
+pub fn drop_mount_capability() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    check(unsafe {
+        libc::prctl(
+            libc::PR_CAPBSET_DROP,
+            CAP_SYS_ADMIN as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    })?;
+    let mut header = CapHeader {
+        version: CAP_V3,
+        pid: 0,
+    };
+    let mut caps = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: capget(2) writes two data structs (version 3) to `caps`, on
+    // this stack frame, and may write the header's version.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut header as *mut CapHeader,
+            caps.as_mut_ptr(),
+        ) as libc::c_int
+    })?;
+    let bit = !(1u32 << CAP_SYS_ADMIN); // in the first of the two words
+    caps[0].effective &= bit;
+    caps[0].permitted &= bit;
+    caps[0].inheritable &= bit;
+    header.version = CAP_V3;
+    // SAFETY: capset(2) reads one header and two data structs (version 3),
+    // on this stack frame. Lowering sets is always allowed.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            caps.as_ptr(),
+        ) as libc::c_int
     })
 }
 

@@ -110,10 +110,13 @@ pub enum TimesArg {
 /// How the backend gets its end of the proxy (`--channel`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ChannelArg {
-    /// seccomp when the kernel supports it, fd otherwise.
+    /// seccomp when the kernel supports it, else fusermount when a
+    /// fusermount program exists, else fd.
     Auto,
     /// The daemon mounts; the proxy traps the call and makes the mount.
     Seccomp,
+    /// The daemon mounts through fusermount; the proxy's stand-in answers.
+    Fusermount,
     /// The daemon is given /dev/fd/N; the proxy mounts with its -o options.
     Fd,
 }

@@ -19,6 +19,8 @@ mod cli;
 mod device;
 mod error;
 mod event_loop;
+mod fusermount;
+mod fusermount_helper;
 mod memory;
 mod mount;
 mod mount_options;
@@ -44,6 +46,10 @@ use crate::mount_options::{option_lists, MountOptions};
 static ALLOC: alloc_count::Counting = alloc_count::Counting;
 
 fn main() {
+    // The fusermount channel's stand-in is this executable under that name.
+    if let Some(name) = fusermount_helper::invoked_as_fusermount() {
+        std::process::exit(fusermount_helper::run(&name));
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -148,7 +154,10 @@ fn run(
         ));
     };
     let canonical = mount::check_mountpoint(mountpoint)?;
-    let (seccomp, channel) = choose_channel(cli.channel)?;
+    let (chosen, channel) = choose_channel(cli.channel)?;
+    let seccomp = chosen == Chosen::Seccomp;
+    // The daemon mounts itself (its options are its own, seen when it asks).
+    let daemon_mounts = chosen != Chosen::Fd;
     let mut opts = MountOptions::default();
     let backend_args: Vec<String> = cli
         .backend
@@ -166,15 +175,15 @@ fn run(
     opts.default_subtype(&cli::program_name(&cli.backend));
 
     let pair = backend::channel()?;
-    // Both channels need MOUNTPOINT on the backend's command line: the fd
-    // channel replaces it, the seccomp channel leaves it for the daemon.
+    // Every channel needs MOUNTPOINT on the backend's command line: the fd
+    // channel replaces it, the others leave it for the daemon.
     let rewritten = cli::rewrite_mountpoint(
         &cli.backend,
         mountpoint,
         &canonical,
         pair.theirs.as_raw_fd(),
     )?;
-    let argv = if seccomp {
+    let argv = if daemon_mounts {
         cli.backend.clone()
     } else {
         rewritten
@@ -219,8 +228,12 @@ fn run(
     // and before pinning, so that its buffer is locked with the rest. With
     // the seccomp channel the options are the daemon's, not known yet.
     let recorder = {
-        let shown = if seccomp {
-            let mut s = "the backend's own mount(2) (seccomp channel)".to_string();
+        let shown = if daemon_mounts {
+            let mut s = if seccomp {
+                "the backend's own mount(2) (seccomp channel)".to_string()
+            } else {
+                "the backend's fusermount (fusermount channel)".to_string()
+            };
             for l in &cli.options {
                 s.push_str(&format!(", then -o {l}"));
             }
@@ -258,7 +271,7 @@ fn run(
         slog::info!(
             log,
             "the backend runs as {u}, without supplementary groups or capabilities{}",
-            if seccomp {
+            if daemon_mounts {
                 ", with /dev/null at /dev/fuse in a mount namespace of its own"
             } else {
                 ""
@@ -276,17 +289,28 @@ fn run(
             None
         }
     };
-    let (engine, pinning, device, mount, backend, opts) = if seccomp {
+    let (engine, pinning, device, mount, backend, opts) = if daemon_mounts {
         let pinning = memory::pin();
         let device = mount::open_device()?;
-        let mut backend = backend::Backend::spawn_supervised(
-            &argv,
-            backend::Handoff::Hold(pair.theirs),
-            log.clone(),
-            &canonical,
-            user,
-            end,
-        )?;
+        let mut backend = match &chosen {
+            Chosen::Fusermount(targets) => backend::Backend::spawn_fusermount(
+                &argv,
+                pair.theirs,
+                log.clone(),
+                &canonical,
+                user,
+                end,
+                targets,
+            )?,
+            _ => backend::Backend::spawn_supervised(
+                &argv,
+                backend::Handoff::Hold(pair.theirs),
+                log.clone(),
+                &canonical,
+                user,
+                end,
+            )?,
+        };
         slog::debug!(
             log,
             "started backend pid {} under the seccomp filter: {:?}",
@@ -346,23 +370,51 @@ fn run(
     session.run()
 }
 
+/// The channel taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Chosen {
+    Seccomp,
+    /// With the fusermount programs the stand-in will be bound over.
+    Fusermount(Vec<std::path::PathBuf>),
+    Fd,
+}
+
 /// The channel to use, and how it was chosen (for the start-up line).
-/// `--channel seccomp` on a kernel without support is a usage error.
-fn choose_channel(arg: ChannelArg) -> Result<(bool, String), Error> {
+/// A channel named on the command line that this system cannot give is a
+/// usage error, with the reason.
+fn choose_channel(arg: ChannelArg) -> Result<(Chosen, String), Error> {
+    let fusermount = || {
+        let targets = fusermount::stand_in_targets();
+        if targets.is_empty() {
+            Err("no fusermount program to stand in for (install fuse3's fusermount3)".to_string())
+        } else {
+            Ok(targets)
+        }
+    };
     match arg {
-        ChannelArg::Fd => Ok((false, "fd".into())),
+        ChannelArg::Fd => Ok((Chosen::Fd, "fd".into())),
         ChannelArg::Seccomp => match seccomp::support() {
-            Ok(()) => Ok((true, "seccomp".into())),
+            Ok(()) => Ok((Chosen::Seccomp, "seccomp".into())),
             Err(why) => Err(Error::Usage(format!(
-                "--channel seccomp: {why}; use --channel fd (or auto)"
+                "--channel seccomp: {why}; use --channel fusermount or fd (or auto)"
             ))),
         },
-        ChannelArg::Auto => match seccomp::support() {
-            Ok(()) => Ok((
-                true,
+        ChannelArg::Fusermount => match fusermount() {
+            Ok(t) => Ok((Chosen::Fusermount(t), "fusermount".into())),
+            Err(why) => Err(Error::Usage(format!(
+                "--channel fusermount: {why}; use --channel fd (or auto)"
+            ))),
+        },
+        ChannelArg::Auto => match (seccomp::support(), fusermount()) {
+            (Ok(()), _) => Ok((
+                Chosen::Seccomp,
                 "seccomp (auto: the kernel has seccomp user notification with fd injection)".into(),
             )),
-            Err(why) => Ok((false, format!("fd (auto: {why})"))),
+            (Err(why), Ok(t)) => {
+                let shown = format!("fusermount (auto: {why})");
+                Ok((Chosen::Fusermount(t), shown))
+            }
+            (Err(why), Err(why2)) => Ok((Chosen::Fd, format!("fd (auto: {why}; {why2})"))),
         },
     }
 }

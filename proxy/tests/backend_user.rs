@@ -258,6 +258,43 @@ fn passthrough_ll_fd_channel_as_nobody() {
 }
 
 #[test]
+fn passthrough_ll_fusermount_channel_as_nobody() {
+    if !proxied() {
+        return;
+    }
+    let mut m = probing_passthrough("fusermount").mount();
+    let log = m.proxy_log();
+    assert!(log.contains("channel fusermount"), "{log}");
+    // libfuse's own mount(2) failed (no capability), it ran fusermount3,
+    // which here is the proxy's stand-in; the mount has the user's ids.
+    assert!(
+        log.contains("(fusermount3): made on the proxy's /dev/fuse"),
+        "{log}"
+    );
+    let info = m.mount_info().expect("mounted");
+    assert!(
+        info.super_options.contains("user_id=65534,group_id=65534"),
+        "{}",
+        info.super_options
+    );
+    write_read(&m);
+    let d = daemon(&m, "passthrough_ll");
+    let status = assert_unprivileged(d.pid);
+    eprintln!("daemon pid {}: {status}", d.pid);
+    assert_eq!(dev_fuse_numbers(Some(d.pid)), "1:3");
+    let out = m.stdout_log();
+    eprintln!("probe as the daemon's user:\n{out}");
+    assert!(out.contains("id 65534:65534"), "{out}");
+    assert!(out.contains("open 1:3"), "opening /dev/fuse gave: {out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("mknod: ") && l.contains("Operation not permitted")),
+        "mknod of 10:229: {out}"
+    );
+    stop(&mut m);
+}
+
+#[test]
 fn bindfs_libfuse2_seccomp_as_nobody() {
     if !proxied() {
         return;

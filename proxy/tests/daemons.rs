@@ -58,7 +58,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::sys::{self, ts, Errno, Res};
@@ -76,57 +75,35 @@ const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 // ---------------------------------------------------------------------------
 // The channel under test.
 
-/// The channel the proxy is asked for, and whether it is the `/dev/fd/N`
-/// one whose known differences are asserted.
-#[derive(Clone, Debug)]
-struct Channel {
-    /// `["--channel", NAME]` or nothing.
-    args: Vec<String>,
-    /// The `/dev/fd/N` channel: each daemon's `known_fd` applies.
-    is_fd: bool,
-    /// For the report.
-    describe: String,
+/// A channel the proxy is run with (`--channel`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Channel {
+    Seccomp,
+    Fusermount,
+    Fd,
 }
 
-fn channel() -> &'static Channel {
-    static CH: OnceLock<Channel> = OnceLock::new();
-    CH.get_or_init(|| {
-        let help = run_bounded(
-            Command::new(common::proxy_bin()).arg("--help"),
-            Duration::from_secs(20),
-        )
-        .map(|(_, out, err)| out + &err)
-        .unwrap_or_default();
-        let has_channel = help.contains("--channel");
-        let ch = match std::env::var("FUSEPROXY_TEST_CHANNEL").ok().as_deref() {
-            Some("") | None if has_channel && help.contains("seccomp") => Channel {
-                args: vec!["--channel".into(), "seccomp".into()],
-                is_fd: false,
-                describe: "--channel seccomp (fuseproxy --help offers it)".into(),
-            },
-            Some("") | None => Channel {
-                args: vec![],
-                is_fd: !has_channel,
-                describe: if has_channel {
-                    "no --channel option (the proxy's default)".into()
-                } else {
-                    "the /dev/fd/N channel (fuseproxy has no --channel option)".into()
-                },
-            },
-            Some("none") => Channel {
-                args: vec![],
-                is_fd: !has_channel,
-                describe: "no --channel option (FUSEPROXY_TEST_CHANNEL=none)".into(),
-            },
-            Some(name) => Channel {
-                args: vec!["--channel".into(), name.into()],
-                is_fd: name == "fd",
-                describe: format!("--channel {name} (FUSEPROXY_TEST_CHANNEL)"),
-            },
-        };
-        println!("daemon matrix: proxy channel: {}", ch.describe);
-        ch
-    })
+impl Channel {
+    fn name(self) -> &'static str {
+        match self {
+            Channel::Seccomp => "seccomp",
+            Channel::Fusermount => "fusermount",
+            Channel::Fd => "fd",
+        }
+    }
+}
+
+/// The channels under test: every one `--channel` offers, or the one
+/// `FUSEPROXY_TEST_CHANNEL` names.
+fn channels() -> Vec<Channel> {
+    let all = [Channel::Seccomp, Channel::Fusermount, Channel::Fd];
+    match std::env::var("FUSEPROXY_TEST_CHANNEL").ok().as_deref() {
+        None | Some("") => all.to_vec(),
+        Some(name) => vec![*all
+            .iter()
+            .find(|c| c.name() == name)
+            .unwrap_or_else(|| panic!("FUSEPROXY_TEST_CHANNEL={name}: not a channel"))],
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -206,6 +183,8 @@ struct Daemon {
     post: Post,
     /// What differs from the direct mount with the `/dev/fd/N` channel.
     known_fd: &'static [Known],
+    /// What differs from the direct mount with the fusermount channel.
+    known_fusermount: &'static [Known],
     /// What differs whatever the channel (the proxy's own behaviour, e.g.
     /// time updates answered at once), with the reason, for the report.
     known_any: &'static [Known],
@@ -486,6 +465,7 @@ const BINDFS: Daemon = Daemon {
     prepare: prep_bindfs,
     post: Post::Tree(&["src"]),
     known_fd: &[Known::StartFails("Failed to resolve mount point `/dev/fd/")],
+    known_fusermount: &[],
     known_any: &[Known::Record("stat mtime w/sub")],
     known_any_why: LIBFUSE2_MTIME,
 };
@@ -497,6 +477,7 @@ const UNIONFS: Daemon = Daemon {
     prepare: prep_unionfs,
     post: Post::Tree(&["rw", "ro"]),
     known_fd: &[Known::StartFails("fuse: bad mount point `/dev/fd/")],
+    known_fusermount: &[],
     known_any: &[Known::Record("stat mtime w/sub")],
     known_any_why: LIBFUSE2_MTIME,
 };
@@ -508,6 +489,7 @@ const FUSE_ZIP: Daemon = Daemon {
     prepare: prep_fuse_zip,
     post: Post::Archive("a.zip"),
     known_fd: &[Known::StartFails("fuse: bad mount point `/dev/fd/")],
+    known_fusermount: &[],
     known_any: &[Known::MayRecord("stat mtime w/sub")],
     known_any_why: LIBFUSE2_MTIME,
 };
@@ -522,6 +504,7 @@ const ARCHIVEMOUNT: Daemon = Daemon {
     known_fd: &[Known::StartFails(
         "Problem with mountpoint: Not a directory",
     )],
+    known_fusermount: &[],
     known_any: &[Known::MayRecord("stat mtime w/sub")],
     known_any_why: LIBFUSE2_MTIME,
 };
@@ -534,6 +517,7 @@ const ENCFS: Daemon = Daemon {
     post: Post::Nothing,
     // It offers to create "/dev/fd/N/" (stdin is /dev/null: no).
     known_fd: &[Known::StartFails("Unable to locate mount point, aborting.")],
+    known_fusermount: &[],
     known_any: &[Known::Record("stat mtime w/sub")],
     known_any_why: LIBFUSE2_MTIME,
 };
@@ -549,6 +533,9 @@ const NTFS_3G: Daemon = Daemon {
     known_fd: &[Known::StartFails(
         "ntfs-3g-mount: mount failed: No such file or directory",
     )],
+    // ntfs-3g's own FUSE library mounts with mount(2) only and never runs
+    // fusermount: without CAP_SYS_ADMIN, EPERM.
+    known_fusermount: &[Known::StartFails("mount failed: Operation not permitted")],
     known_any: &[],
     known_any_why: "",
 };
@@ -567,6 +554,7 @@ const FUSE_OVERLAYFS: Daemon = Daemon {
     // It mounts with MS_NOATIME, without MS_NOSUID, and with
     // default_permissions,allow_other from its code, not its command line.
     known_fd: &[Known::MountOptions, Known::SuperOptions],
+    known_fusermount: &[],
     known_any: &[Known::ProxyWarns("bad repl")],
     known_any_why: OVERLAY_SPLICE,
 };
@@ -578,6 +566,7 @@ const SQUASHFUSE: Daemon = Daemon {
     prepare: prep_squashfuse,
     post: Post::Nothing,
     known_fd: &[],
+    known_fusermount: &[],
     known_any: &[],
     known_any_why: "",
 };
@@ -589,6 +578,7 @@ const SQUASHFUSE_LL: Daemon = Daemon {
     prepare: prep_squashfuse_ll,
     post: Post::Nothing,
     known_fd: &[],
+    known_fusermount: &[],
     known_any: &[],
     known_any_why: "",
 };
@@ -601,6 +591,7 @@ const SSHFS: Daemon = Daemon {
     post: Post::Tree(&["remote"]),
     // It sets fsname=user@host:/path in its code.
     known_fd: &[Known::Source],
+    known_fusermount: &[],
     known_any: &[],
     known_any_why: "",
 };
@@ -616,6 +607,7 @@ const GOCRYPTFS: Daemon = Daemon {
     // fsname= is the cipher directory and max_read= is passed to the mount
     // in code.
     known_fd: &[Known::Source, Known::SuperOptions],
+    known_fusermount: &[],
     known_any: &[],
     known_any_why: "",
 };
@@ -636,6 +628,7 @@ const RCLONE_MOUNT: Daemon = Daemon {
     // bazil.org/fuse always runs /usr/bin/fusermount (fusermount3), which
     // mounts on /dev/fd/N: a socket, ENOENT.
     known_fd: &[Known::StartFails("fusermount: mount failed")],
+    known_fusermount: &[],
     known_any: &[Known::MayRecord("stat times w/sub/moved")],
     known_any_why: RCLONE_ATIME,
 };
@@ -648,6 +641,7 @@ const RCLONE_MOUNT2: Daemon = Daemon {
     post: Post::Tree(&["src"]),
     // The source is the remote's path, set in code.
     known_fd: &[Known::Source],
+    known_fusermount: &[],
     known_any: &[Known::Record("stat times w/sub/moved")],
     known_any_why: RCLONE_ATIME,
 };
@@ -1018,16 +1012,21 @@ enum End {
 
 /// Mounts `d` (directly or through the proxy) on fresh input, runs the
 /// workload, ends the session as `end` says, and collects the outcome.
-fn run_once(d: &Daemon, ctx: &Ctx, mode: Mode, end: End) -> Outcome {
+fn run_once(d: &Daemon, ctx: &Ctx, mode: Mode, end: End, ch: Option<Channel>) -> Outcome {
     let input = tempfile::Builder::new()
         .prefix("fuseproxy-daemon.")
         .tempdir()
         .expect("create the input directory");
     fs::set_permissions(input.path(), fs::Permissions::from_mode(0o755)).expect("chmod input");
     let argv = (d.prepare)(input.path(), ctx);
-    let builder = MountBuilder::new(mode, &argv)
-        .proxy_args(&channel().args)
-        .mount_timeout(DAEMON_MOUNT_TIMEOUT);
+    let mut builder = MountBuilder::new(mode, &argv).mount_timeout(DAEMON_MOUNT_TIMEOUT);
+    if let Some(ch) = ch {
+        builder = builder.proxy_args(["--channel", ch.name()]);
+        if ch == Channel::Fusermount {
+            // As on a systemd host: see fuseproxy's --channel fusermount.
+            builder = builder.shared_dir();
+        }
+    }
     let proxied = builder.mode() == Mode::Proxy;
     // try_mount can see the mount in mountinfo, then stat the bare
     // directory after a failing proxy removed it: the mount must still be
@@ -1234,7 +1233,7 @@ fn check(d: &Daemon, ctx: &Ctx) {
         d.program
     );
     let t0 = Instant::now();
-    let direct = run_once(d, ctx, Mode::Direct, End::Umount);
+    let direct = run_once(d, ctx, Mode::Direct, End::Umount, None);
     assert!(
         direct.started.is_ok(),
         "{}: the direct mount (the reference) failed: {:?}\n--- its stderr ---\n{}",
@@ -1252,8 +1251,27 @@ fn check(d: &Daemon, ctx: &Ctx) {
         "{}: the direct mount did not go away after umount",
         d.name
     );
-    let proxied = run_once(d, ctx, Mode::Proxy, End::Umount);
-    let rep = report(d, &direct, &proxied);
+    for ch in channels() {
+        let proxied = run_once(d, ctx, Mode::Proxy, End::Umount, Some(ch));
+        if proxied.proxy_exit.as_deref() == Some("exit 2")
+            && proxied.log.contains(&format!("--channel {}:", ch.name()))
+        {
+            println!(
+                "{}: SKIPPED with --channel {}: this system cannot give it: {}",
+                d.name,
+                ch.name(),
+                first_line(&proxied.log)
+            );
+            continue;
+        }
+        compare(d, ch, &direct, &proxied, t0);
+    }
+}
+
+/// Checks one proxied run against the direct one and what channel `ch` is
+/// known to change.
+fn compare(d: &Daemon, ch: Channel, direct: &Outcome, proxied: &Outcome, t0: Instant) {
+    let rep = format!("--channel {}\n{}", ch.name(), report(d, direct, proxied));
     println!("{rep}(both runs: {:.1?})", t0.elapsed());
 
     assert!(
@@ -1267,22 +1285,26 @@ fn check(d: &Daemon, ctx: &Ctx) {
              the channel's expectations are not checked",
             d.name
         );
-        assert!(differences(&direct, &proxied).is_empty(), "{rep}");
+        assert!(differences(direct, proxied).is_empty(), "{rep}");
         return;
     }
 
-    let got = differences(&direct, &proxied);
-    let ch = channel();
-    let fd_fails_start = d.known_fd.iter().any(|k| matches!(k, Known::StartFails(_)));
-    let mut expected: Vec<Known> = Vec::new();
-    if ch.is_fd {
-        expected.extend_from_slice(d.known_fd);
+    let got = differences(direct, proxied);
+    let known_here = match ch {
+        Channel::Seccomp => &[][..],
+        Channel::Fusermount => d.known_fusermount,
+        Channel::Fd => d.known_fd,
+    };
+    let fails_start = known_here.iter().any(|k| matches!(k, Known::StartFails(_)));
+    let mut expected: Vec<Known> = known_here.to_vec();
+    if !known_here.is_empty() {
         println!(
-            "{}: EXPECTED FAILURE with {}: {:?} (issue 9)",
-            d.name, ch.describe, d.known_fd
+            "{}: known with --channel {}: {known_here:?}",
+            d.name,
+            ch.name()
         );
     }
-    if !(ch.is_fd && fd_fails_start) {
+    if !fails_start {
         expected.extend_from_slice(d.known_any);
         if !d.known_any.is_empty() {
             println!(
@@ -1335,11 +1357,13 @@ fn check(d: &Daemon, ctx: &Ctx) {
         }
     }
     assert_eq!(
-        got, want,
-        "{}: differences from the direct mount with {} are {got:?}, expected {want:?}\n\
-         (an expected difference that is gone: update this daemon's known_fd)\n{rep}\
+        got,
+        want,
+        "{}: differences from the direct mount with --channel {} are {got:?}, expected \
+         {want:?}\n(an expected difference that is gone: update this daemon's known_*)\n{rep}\
          --- proxy's stderr ---\n{log}",
-        d.name, ch.describe
+        d.name,
+        ch.name()
     );
     for k in &expected {
         match k {
@@ -1514,14 +1538,14 @@ fn no_ctx() -> Ctx {
 /// mount's `umount` gives, and the proxy must exit 0 with the mount gone.
 fn check_signal_end(d: &Daemon, ctx: &Ctx) {
     assert!(which(d.program), "{} is not installed", d.program);
-    let direct = run_once(d, ctx, Mode::Direct, End::Umount);
+    let direct = run_once(d, ctx, Mode::Direct, End::Umount, None);
     assert!(
         direct.started.is_ok(),
         "{}: direct: {:?}",
         d.name,
         direct.started
     );
-    let proxied = run_once(d, ctx, Mode::Proxy, End::SignalProxy);
+    let proxied = run_once(d, ctx, Mode::Proxy, End::SignalProxy, None);
     let rep = format!(
         "{}--- proxy's stderr ---\n{}",
         report(d, &direct, &proxied),

@@ -446,6 +446,8 @@ pub struct MountBuilder {
     env: Vec<(OsString, OsString)>,
     mount_timeout: Duration,
     owner: Option<(u32, u32)>,
+    shared: bool,
+    program: Option<OsString>,
 }
 
 impl MountBuilder {
@@ -465,6 +467,8 @@ impl MountBuilder {
             env: Vec::new(),
             mount_timeout: MOUNT_TIMEOUT,
             owner: None,
+            shared: false,
+            program: None,
         }
     }
 
@@ -504,6 +508,13 @@ impl MountBuilder {
         self
     }
 
+    /// Runs `program` with the proxy's arguments instead of the proxy (a
+    /// wrapper that execs it, such as setarch).
+    pub fn program(mut self, program: impl AsRef<OsStr>) -> Self {
+        self.program = Some(program.as_ref().to_owned());
+        self
+    }
+
     /// An environment variable for the spawned process.
     pub fn env(mut self, key: impl AsRef<OsStr>, val: impl AsRef<OsStr>) -> Self {
         self.env
@@ -513,6 +524,15 @@ impl MountBuilder {
 
     /// Gives `mnt/` and `backing/` to `uid:gid` before the process starts
     /// (for a backend run as that user: `--backend-user`).
+    /// The test's directory becomes a shared mount (bound on itself), as
+    /// `/` is on a systemd host, so that mounts made in it propagate into
+    /// the slave mount namespaces of daemons (the fusermount channel).
+    /// Removed with the directory.
+    pub fn shared_dir(mut self) -> Self {
+        self.shared = true;
+        self
+    }
+
     pub fn dirs_owned_by(mut self, uid: u32, gid: u32) -> Self {
         self.owner = Some((uid, gid));
         self
@@ -543,6 +563,25 @@ impl MountBuilder {
             fs::create_dir_all(d).expect("create test directories");
             fs::set_permissions(d, fs::Permissions::from_mode(0o755)).expect("chmod 0755");
         }
+        if self.shared {
+            use nix::mount::{mount, MsFlags};
+            mount(
+                Some(&dir),
+                &dir,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .expect("bind the test directory on itself");
+            mount(
+                None::<&str>,
+                &dir,
+                None::<&str>,
+                MsFlags::MS_SHARED,
+                None::<&str>,
+            )
+            .expect("make the test directory's bind mount shared");
+        }
         if let Some((uid, gid)) = self.owner {
             for d in [&mnt, &backing] {
                 std::os::unix::fs::chown(d, Some(uid), Some(gid)).expect("chown");
@@ -566,7 +605,11 @@ impl MountBuilder {
                         a
                     }
                 };
-                (proxy_bin().into_os_string(), args)
+                let program = self
+                    .program
+                    .clone()
+                    .unwrap_or_else(|| proxy_bin().into_os_string());
+                (program, args)
             }
         };
         let log_path = dir.join("stderr.log");
@@ -599,6 +642,7 @@ impl MountBuilder {
             child: Some(child),
             status: None,
             tmp: Some(tmp),
+            shared: self.shared,
         }
     }
 
@@ -687,6 +731,8 @@ pub struct Mount {
     child: Option<Child>,
     status: Option<ExitStatus>,
     tmp: Option<tempfile::TempDir>,
+    /// `dir` is a shared bind mount of itself ([`MountBuilder::shared_dir`]).
+    shared: bool,
 }
 
 impl Mount {
@@ -840,6 +886,9 @@ impl Mount {
     /// on the mountpoint (then it is left in place and reported).
     fn remove_dir(&mut self) {
         let Some(t) = self.tmp.take() else { return };
+        if self.shared && mount_info(&self.mnt).is_none() {
+            let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
+        }
         if mount_info(&self.mnt).is_some() {
             eprintln!(
                 "harness: {} is still mounted; leaving {} in place",
