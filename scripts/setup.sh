@@ -30,7 +30,10 @@ apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends \
 #     test starts itself with its own config, keys and port; openssh-client:
 #     ssh and ssh-keygen);
 #   Go daemons: gocryptfs (go-fuse), rclone (`mount`: bazil.org/fuse, which
-#     execs fusermount; `mount2`: go-fuse).
+#     execs fusermount; `mount2`: go-fuse);
+#   mergerfs (its own libfuse 2 fork and mergerfs-fusermount); s3fs (libfuse
+#     2; run against no server: only its start-up and self-unmount);
+#   setarch (util-linux, above): the fusermount channel's old-kernel test.
 policy_rc=/usr/sbin/policy-rc.d
 own_policy=
 if [ ! -e "$policy_rc" ]; then
@@ -43,7 +46,7 @@ trap remove_policy EXIT
 apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends \
     unionfs-fuse fuse-zip zip archivemount libarchive-tools encfs \
     ntfs-3g fuse-overlayfs sshfs openssh-server openssh-client \
-    gocryptfs rclone
+    gocryptfs rclone mergerfs s3fs
 remove_policy
 trap - EXIT
 

@@ -22,12 +22,14 @@ socket is the channel (--channel). With the seccomp channel (the default where t
 kernel supports it) the daemon runs unchanged and mounts as it would alone: the \
 proxy traps that mount(2), hands the daemon its socket in place of /dev/fuse, and \
 makes the mount itself with the daemon's source, type, flags and options, so \
-/proc/mounts reads as with the daemon alone. With the fd channel the argument \
+/proc/mounts reads as with the daemon alone. The fusermount channel (kernels before \
+5.9) gets the same by standing in for the fusermount program the daemon's library \
+runs. With the fd channel the argument \
 naming MOUNTPOINT is replaced by /dev/fd/N (libfuse >= 3.3 and go-fuse take that \
 as \"already mounted\"), and the proxy mounts first. Then mount options in \
 the backend's own -o arguments (allow_other, default_permissions, ro, fsname=, \
 subtype=, ...) are applied by the proxy to its mount, since a daemon given /dev/fd/N \
-mounts nothing; they also stay in the backend's command for it to see. With either \
+mounts nothing; they also stay in the backend's command for it to see. With every \
 channel the proxy's own -o overrides the daemon's options. Defaults are libfuse's: nosuid,nodev; no allow_other; type \
 fuse.PROGRAM and source PROGRAM unless fsname= or subtype= is given.
 
@@ -62,7 +64,9 @@ after it, time updates already acknowledged keep the rules they were made under,
 and a broken file is refused with its error in the log while the old policy stays \
 in force); without a policy file SIGHUP unmounts like SIGTERM. If the daemon dies, \
 every request waiting on it is answered with EIO, the mount is removed and the \
-proxy exits with status 1. SIGUSR1 logs the counters, per rule included.";
+proxy exits with status 1; a daemon that ends by itself with status 0 and nothing \
+waiting (it unmounted MOUNTPOINT itself, or closed its channel) ends the proxy with \
+status 0. SIGUSR1 logs the counters, per rule included.";
 
 const AFTER_HELP: &str = "\
 EXAMPLES:
@@ -171,15 +175,32 @@ pub struct Cli {
     /// Needs Linux 5.9+ (seccomp user notification with fd injection);
     /// refused with exit status 2 where the kernel lacks it.
     ///
+    /// `fusermount`: for kernels without seccomp fd injection. The backend
+    /// runs with its command line unchanged in a mount namespace of its
+    /// own where this executable stands in for every fusermount program
+    /// (fusermount3, fusermount, mergerfs-fusermount), and without
+    /// CAP_SYS_ADMIN, so that its library's own mount(2) fails and it runs
+    /// fusermount (libfuse 2 and 3 then, go-fuse and bazil.org/fuse
+    /// always). The stand-in passes the request to the proxy, which makes
+    /// the one mount of MOUNTPOINT with the options fusermount was given
+    /// (and its own -o on top) and hands back its socket, which the
+    /// stand-in passes on over _FUSE_COMMFD. An unmount of MOUNTPOINT is
+    /// answered with success; anything else is refused and logged. Daemons
+    /// that mount with mount(2) only (ntfs-3g) fail. The daemon sees its
+    /// mount in its namespace only if MOUNTPOINT is on a shared mount
+    /// (go-fuse needs that); the proxy warns when it is not.
+    ///
     /// `fd`: the proxy mounts first, with the mount options found in the
     /// backend's -o arguments and its own -o, and the backend's MOUNTPOINT
     /// argument is replaced by /dev/fd/N. Only daemons that take /dev/fd/N
     /// work (libfuse >= 3.3, go-fuse); options a daemon sets in its own code
     /// are not seen.
     ///
-    /// `auto` takes seccomp when the kernel supports it, else fd, and says
-    /// which and why at start-up. A backend that speaks only /dev/fd/N and
-    /// never mounts needs `--channel fd`.
+    /// `auto` takes seccomp when the kernel supports it, else fusermount
+    /// when a fusermount program exists, else fd, and says which and why at
+    /// start-up. A channel named here that the system cannot give is
+    /// refused with one line (exit status 2). A backend that speaks only
+    /// /dev/fd/N and never mounts needs `--channel fd`.
     #[arg(long, value_enum, default_value_t = ChannelArg::Auto, value_name = "CHANNEL")]
     pub channel: ChannelArg,
 

@@ -110,6 +110,8 @@ pub struct Session {
     phase: Phase,
     /// The reason the backend is considered gone, once it is.
     backend_end: Option<String>,
+    /// Requests the backend left unanswered when it went (answered EIO).
+    left_unanswered: usize,
     /// Deadline of the current shutdown step.
     grace_until: Option<std::time::Instant>,
     signalled: u32,
@@ -213,6 +215,7 @@ impl Session {
             socket_readable: true,
             phase: Phase::Running,
             backend_end: None,
+            left_unanswered: 0,
             grace_until: None,
             signalled: 0,
             unmounter: None,
@@ -1065,6 +1068,7 @@ impl Session {
             return;
         }
         self.backend_end = Some(how);
+        self.left_unanswered = self.engine.inflight();
         let now = self.now();
         self.engine.handle_backend_gone(now);
         self.run_actions();
@@ -1099,15 +1103,28 @@ impl Session {
                 self.mount.detach();
                 let st = self.backend.stop(Duration::from_millis(500));
                 let how = self.backend_end.take().unwrap_or_default();
-                if self.backend.unmounted_itself() && st.is_some_and(|s| s.success()) {
-                    // Seccomp channel: the daemon unmounted MOUNTPOINT and
-                    // ended cleanly, as it does alone after a signal.
+                let success = st.is_some_and(|s| s.success());
+                if success && self.backend.unmounted_itself() {
+                    // The daemon unmounted MOUNTPOINT (trapped or through
+                    // the stand-in) and ended cleanly, as it does alone
+                    // after a signal of its own.
                     info!(
                         self.log,
                         "backend (pid {}) unmounted {} itself and exited with status 0; \
                          mount removed",
                         self.backend.pid(),
                         self.mount.path().display()
+                    );
+                    Ok(())
+                } else if success && self.left_unanswered == 0 {
+                    // It ended cleanly with nothing left waiting: its own
+                    // decision (a root daemon's umount2 under the fusermount
+                    // channel fails in the kernel unseen, then it exits 0).
+                    info!(
+                        self.log,
+                        "backend (pid {}) closed its channel and exited with status 0, \
+                         nothing waiting; mount removed",
+                        self.backend.pid()
                     );
                     Ok(())
                 } else {

@@ -96,6 +96,10 @@ const DIRS: [&str; 6] = [
     "/sbin",
 ];
 
+/// The names of fusermount programs: libfuse 3's and 2's, and the copy of
+/// libfuse 2's that mergerfs ships (its bundled libfuse runs it).
+const NAMES: [&str; 3] = ["fusermount3", "fusermount", "mergerfs-fusermount"];
+
 /// The fusermount programs on this system, as the files they resolve to
 /// (`/bin/fusermount` is often a symlink to `fusermount3`): the targets of
 /// the stand-in's bind mounts. Empty when there is none, and then the
@@ -103,7 +107,7 @@ const DIRS: [&str; 6] = [
 pub fn stand_in_targets() -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = Vec::new();
     for dir in DIRS {
-        for name in ["fusermount3", "fusermount"] {
+        for name in NAMES {
             let Ok(real) = Path::new(dir).join(name).canonicalize() else {
                 continue;
             };

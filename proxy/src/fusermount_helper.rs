@@ -3,7 +3,7 @@
 //!
 //! It is the fuseproxy executable itself, bind-mounted over the fusermount
 //! programs in the daemon's mount namespace, and recognised by its name
-//! (`fusermount`, `fusermount3`). It sends its arguments and working
+//! (`fusermount`, `fusermount3`, `mergerfs-fusermount`). It sends its arguments and working
 //! directory to the proxy listening for its mount namespace
 //! ([`crate::fusermount::socket_name`]), and for a
 //! mount passes the socket it gets back on to the daemon over
@@ -29,7 +29,8 @@ pub fn invoked_as_fusermount() -> Option<String> {
         .file_name()?
         .to_string_lossy()
         .into_owned();
-    name.starts_with("fusermount").then_some(name)
+    // fusermount, fusermount3, mergerfs-fusermount; never fuseproxy.
+    name.contains("fusermount").then_some(name)
 }
 
 /// Runs the stand-in; `name` is what it was called (for its messages, which

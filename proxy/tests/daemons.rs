@@ -247,6 +247,19 @@ fn prep_bindfs(d: &Path, _: &Ctx) -> Vec<String> {
     ]
 }
 
+fn prep_mergerfs(d: &Path, _: &Ctx) -> Vec<String> {
+    // Two branches: the seed in the first, new files where mergerfs puts
+    // them (its default create policy: the first branch found).
+    seed(&d.join("a"));
+    mkdirs(d, &["b"]);
+    vec![
+        "mergerfs".into(),
+        "-f".into(),
+        format!("{}:{}", s(&d.join("a")), s(&d.join("b"))),
+        "{mnt}".into(),
+    ]
+}
+
 fn prep_unionfs(d: &Path, _: &Ctx) -> Vec<String> {
     seed(&d.join("ro"));
     mkdirs(d, &["rw"]);
@@ -468,6 +481,20 @@ const BINDFS: Daemon = Daemon {
     known_fusermount: &[],
     known_any: &[Known::Record("stat mtime w/sub")],
     known_any_why: LIBFUSE2_MTIME,
+};
+
+// mergerfs bundles its own libfuse 2 fork and fusermount
+// (mergerfs-fusermount), which the fusermount channel stands in for too.
+const MERGERFS: Daemon = Daemon {
+    name: "mergerfs",
+    program: "mergerfs",
+    read_only: false,
+    prepare: prep_mergerfs,
+    post: Post::Tree(&["a", "b"]),
+    known_fd: &[Known::StartFails("fuse: bad mount point `/dev/fd/")],
+    known_fusermount: &[],
+    known_any: &[],
+    known_any_why: "",
 };
 
 const UNIONFS: Daemon = Daemon {
@@ -1607,6 +1634,11 @@ fn daemon_bindfs() {
 }
 
 #[test]
+fn daemon_mergerfs() {
+    check(&MERGERFS, &no_ctx());
+}
+
+#[test]
 fn daemon_unionfs_fuse() {
     check(&UNIONFS, &no_ctx());
 }
@@ -1667,4 +1699,71 @@ fn daemon_rclone_mount() {
 #[test]
 fn daemon_rclone_mount2() {
     check(&RCLONE_MOUNT2, &no_ctx());
+}
+
+/// s3fs 1.90 (libfuse 2), against nothing but its own start-up: with an
+/// endpoint where nothing listens it mounts, fails its service check in
+/// FUSE's init, unmounts MOUNTPOINT itself and exits 0. Through the proxy,
+/// with each channel, it must do the same: the same message, the same exit
+/// status, no mount left, and the proxy exits 0 (its daemon ended cleanly
+/// after unmounting itself).
+#[test]
+fn s3fs_without_a_server_ends_as_it_does_directly() {
+    assert!(which("s3fs"), "s3fs is not installed: run scripts/setup.sh");
+    let input = tempfile::tempdir().expect("tempdir");
+    let pw = input.path().join("passwd");
+    fs::write(&pw, "AKID:SECRET\n").expect("write the password file");
+    fs::set_permissions(&pw, fs::Permissions::from_mode(0o600)).expect("chmod 0600");
+    let argv = vec![
+        "s3fs".to_string(),
+        "bucket".into(),
+        "{mnt}".into(),
+        "-f".into(),
+        "-o".into(),
+        format!("passwd_file={}", s(&pw)),
+        "-o".into(),
+        "url=http://127.0.0.1:9,retries=1,connect_timeout=2".into(),
+    ];
+    const SAID: &str = "unable to connect(host=http://127.0.0.1:9)";
+    let run = |mode: Mode, ch: Option<Channel>| {
+        let mut b = MountBuilder::new(mode, &argv);
+        if let Some(ch) = ch {
+            b = b.proxy_args(["--channel", ch.name()]);
+        }
+        let mut m = b.start();
+        let st = m.wait_exit(Duration::from_secs(30));
+        let gone = m.wait_unmounted(common::MOUNT_TIMEOUT);
+        // s3fs logs to stdout in the foreground.
+        (status_str(st), m.stdout_log() + &m.proxy_log(), gone)
+    };
+    let (direct, dlog, gone) = run(Mode::Direct, None);
+    assert!(gone && dlog.contains(SAID), "direct: {direct}\n{dlog}");
+    assert_eq!(direct, "exit 0", "direct s3fs: {dlog}");
+    if Mode::Proxy.effective() != Mode::Proxy {
+        return;
+    }
+    for ch in channels() {
+        let (proxy, plog, gone) = run(Mode::Proxy, Some(ch));
+        println!("--channel {}: proxy {proxy}\n{plog}", ch.name());
+        if proxy == "exit 2" && plog.contains(&format!("--channel {}:", ch.name())) {
+            println!("SKIPPED --channel {}: {}", ch.name(), first_line(&plog));
+            continue;
+        }
+        let fd = ch == Channel::Fd;
+        if fd {
+            // Given /dev/fd/N, s3fs rejects it before anything else.
+            assert!(plog.contains("/dev/fd/5 is not a directory"), "{plog}");
+            assert_eq!(proxy, "exit 1", "{plog}");
+            continue;
+        }
+        assert!(gone, "--channel {}: still mounted\n{plog}", ch.name());
+        assert!(plog.contains(SAID), "--channel {}: {plog}", ch.name());
+        assert_eq!(
+            backend_exit_from_log(&plog),
+            direct,
+            "--channel {}: the daemon's exit status\n{plog}",
+            ch.name()
+        );
+        assert_eq!(proxy, "exit 0", "--channel {}: {plog}", ch.name());
+    }
 }
