@@ -1116,7 +1116,7 @@ impl Session {
                         self.mount.path().display()
                     );
                     Ok(())
-                } else if success && self.left_unanswered == 0 {
+                } else if success && self.left_unanswered == 0 && self.engine.is_initialized() {
                     // It ended cleanly with nothing left waiting: its own
                     // decision (a root daemon's umount2 under the fusermount
                     // channel fails in the kernel unseen, then it exits 0).

@@ -155,6 +155,11 @@ fn run(
     };
     let canonical = mount::check_mountpoint(mountpoint)?;
     let (chosen, channel) = choose_channel(cli.channel)?;
+    if chosen != Chosen::Seccomp && cli.channel == ChannelArg::Auto {
+        // A fallback: said before anything can fail, not only in the
+        // start-up line that follows the mount.
+        slog::info!(log, "channel {channel}");
+    }
     let seccomp = chosen == Chosen::Seccomp;
     // The daemon mounts itself (its options are its own, seen when it asks).
     let daemon_mounts = chosen != Chosen::Fd;

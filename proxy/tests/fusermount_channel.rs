@@ -181,3 +181,54 @@ fn the_stand_in_outside_a_proxy_says_what_it_is() {
     let (st, out, _) = run_bounded(Command::new(&link).arg("-V"), Duration::from_secs(10)).unwrap();
     assert!(st.success() && out.contains("fuseproxy"), "{out}");
 }
+
+/// In a private mount namespace (unshare -m) where /dev/null stands over
+/// every fusermount program: `--channel fusermount` is refused with one
+/// line and exit status 2, and `auto` on an "old kernel" falls back to fd
+/// and says both reasons.
+#[test]
+fn without_a_fusermount_the_channel_is_refused_and_auto_takes_fd() {
+    if !setarch_works() {
+        return;
+    }
+    let mnt = tempfile::tempdir().unwrap();
+    let m = mnt.path().to_str().unwrap().to_string();
+    let proxy = common::proxy_bin().to_string_lossy().into_owned();
+    let arch = std::env::consts::ARCH;
+    // Hide each fusermount program that exists (as the proxy looks for
+    // them), then run the proxy twice in that namespace.
+    let script = format!(
+        "for p in /usr/local/bin /usr/bin /bin /usr/local/sbin /usr/sbin /sbin; do \
+           for n in fusermount3 fusermount mergerfs-fusermount; do \
+             f=\"$p/$n\"; [ -e \"$f\" ] && mount --bind /dev/null \"$(readlink -f \"$f\")\"; \
+           done; done; \
+         {proxy} --channel fusermount {m} -- true {m}; echo \"exit=$?\"; \
+         setarch {arch} --uname-2.6 {proxy} -v {m} -- true {m}; echo \"auto-exit=$?\""
+    );
+    let (st, out, err) = run_bounded(
+        Command::new("unshare").args(["-m", "sh", "-c", &script]),
+        Duration::from_secs(30),
+    )
+    .expect("hung");
+    eprintln!("stdout:\n{out}\nstderr:\n{err}");
+    assert!(st.success(), "{err}");
+    assert!(out.contains("exit=2"), "{out}");
+    let refusal: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("--channel fusermount:"))
+        .collect();
+    assert_eq!(refusal.len(), 1, "{err}");
+    assert!(
+        refusal[0].contains("no fusermount program to stand in for"),
+        "{err}"
+    );
+    // `true` exits at once, before INIT: a failure (exit 1), whatever its
+    // own status. What matters here is the channel auto took, and why.
+    assert!(out.contains("auto-exit=1"), "{out}");
+    assert!(
+        err.contains("channel fd (auto: kernel 2.6 lacks seccomp fd injection")
+            && err.contains("no fusermount program to stand in for"),
+        "{err}"
+    );
+    assert!(!common::is_mounted(mnt.path()));
+}
