@@ -166,10 +166,8 @@ impl Consumer {
     /// If they are not all published.
     pub fn peek(&self, offset: usize, dst: &mut [u8]) {
         let (a, b) = self.slices(offset + dst.len());
-        let mut i = offset;
-        for d in dst.iter_mut() {
+        for (i, d) in (offset..).zip(dst.iter_mut()) {
             *d = if i < a.len() { a[i] } else { b[i - a.len()] };
-            i += 1;
         }
     }
 
