@@ -1191,7 +1191,8 @@ impl Session {
                     if w.dropped > 0 {
                         warn!(
                             self.log,
-                            "recorded {} messages to {where_} ({} bytes); {} were dropped                              because the writer fell behind (the ring of --record-size was full)",
+                            "recorded {} messages to {where_} ({} bytes); {} were dropped \
+                             because the writer fell behind (the ring of --record-size was full)",
                             w.records,
                             w.bytes,
                             w.dropped
