@@ -404,8 +404,8 @@ fn captures_are_readable_by_their_owner_only() {
 #[test]
 fn a_capture_that_cannot_be_written_fails_the_run_and_says_why() {
     common::require_root_and_fuse();
-    // A 64 KiB tmpfs: the file is created at start, the session written at
-    // the end does not fit.
+    // A 64 KiB tmpfs: the file is created at start, the session's records
+    // fill it while the mount runs.
     let dir = tempfile::Builder::new()
         .prefix("fuseproxy-test.")
         .tempdir()
@@ -430,6 +430,20 @@ fn a_capture_that_cannot_be_written_fails_the_run_and_says_why() {
         ])
         .mount();
     fs::write(m.path("big"), vec![7u8; 256 * 1024]).unwrap();
+    // The writer's failure is told while the mount runs, not only at the
+    // end, and the mount goes on working.
+    assert!(
+        m.wait_log(
+            "session.fcap failed: No space left on device",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        m.proxy_log()
+    );
+    assert!(m
+        .proxy_log()
+        .contains("the rest of the session is not recorded"));
+    assert_eq!(fs::read(m.path("big")).unwrap().len(), 256 * 1024);
     assert!(m.umount().is_some_and(|s| s.success()));
     let st = m
         .wait_exit(Duration::from_secs(20))
@@ -443,5 +457,6 @@ fn a_capture_that_cannot_be_written_fails_the_run_and_says_why() {
             && last.contains("No space"),
         "last line: {last}"
     );
+
     assert!(!m.is_mounted());
 }
