@@ -314,15 +314,23 @@ pub struct Cli {
 
     /// Record the session to FILE: every request and reply on both sides,
     /// with its time, in fuseproxy's capture format (fixtures/FORMAT.md;
-    /// read it with `fuseproxy-capture decode FILE`). Kept in a buffer of
-    /// --record-size bytes and written when the session ends, so recording
-    /// never makes the proxy wait for a disk.
+    /// read it with `fuseproxy-capture decode FILE`). The forwarding thread
+    /// puts each record into a ring of --record-size bytes; a writer thread
+    /// writes the ring to FILE at least every 50 ms while the mount runs,
+    /// so recording never makes the proxy wait for a disk, and a proxy
+    /// killed outright leaves a readable capture (reported as cut short)
+    /// of all but the last moments. FILE is created (or truncated) at
+    /// start with mode 0600, since it holds file contents.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
 
-    /// Bytes of the recording buffer, allocated and locked at start
-    /// (suffixes K, M, G). When it is full the rest of the session is not
-    /// recorded; the file says how many records that lost.
+    /// Bytes of the ring between the forwarding thread and the writer
+    /// thread, allocated and locked at start (suffixes K, M, G; at least
+    /// 4K). When the writer falls behind and the ring is full, records are
+    /// dropped, never waited for: the file marks each gap with the number
+    /// of records lost there, its end record holds the total, and the log
+    /// says how many (the stats line's record_dropped=). A message larger
+    /// than the ring is always dropped.
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size, requires = "record")]
     pub record_size: usize,
 
@@ -331,6 +339,23 @@ pub struct Cli {
     /// [default: whole messages]
     #[arg(long, value_name = "BYTES", value_parser = parse_size, requires = "record")]
     pub record_snaplen: Option<usize>,
+
+    /// Split the capture into files of at most SIZE bytes (suffixes K, M,
+    /// G; at least 64K), like tcpdump -C. When the next record would take
+    /// FILE past SIZE, FILE is completed (end record, synced) and the
+    /// recording goes on in FILE.1, then FILE.2, and so on; each file is a
+    /// capture of its own. A single record larger than SIZE gets a file to
+    /// itself. [default: one file, no limit]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "record")]
+    pub record_file_size: Option<usize>,
+
+    /// With --record-file-size, keep at most N files, like tcpdump -W:
+    /// beginning file number k deletes number k - N (FILE itself is number
+    /// 0), so the newest N remain. Names keep counting up; none is reused.
+    /// Files left by an earlier run under the same names are overwritten
+    /// when their number comes, not deleted. [default: keep every file]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), requires = "record_file_size")]
+    pub record_files: Option<u64>,
 
     /// Where to mount: an existing directory (or file) that is not already a
     /// mount point.

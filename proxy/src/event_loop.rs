@@ -140,7 +140,7 @@ pub struct Session {
     connection: Option<u64>,
     /// The allocation counter at the end of the previous stats dump.
     alloc_mark: u64,
-    /// `--record`: the session's messages, written at the end.
+    /// `--record`: the session's messages, through a ring to a writer thread.
     recorder: Option<Recorder>,
     /// Reads the policy file again on SIGHUP, off this thread.
     reloader: Option<Reloader>,
@@ -158,7 +158,7 @@ impl Session {
         arena: Arena,
         mount: Mount,
         backend: Backend,
-        recorder: Option<Recorder>,
+        mut recorder: Option<Recorder>,
         startup: Startup,
     ) -> Result<Session, Error> {
         let poll = Poll::new().map_err(|e| Error::Setup(format!("epoll: {e}")))?;
@@ -184,6 +184,13 @@ impl Session {
         );
         let notifier = Notifier::start(&device, arena.slots(), waker.clone())
             .map_err(|e| Error::Setup(format!("notification writer: {e}")))?;
+        if let Some(r) = recorder.as_mut() {
+            let waker = waker.clone();
+            r.start(move || {
+                let _ = waker.wake();
+            })
+            .map_err(|e| Error::Setup(format!("--record writer thread: {e}")))?;
+        }
         let reloader = match &startup.policy {
             Some(source) => {
                 let waker = waker.clone();
@@ -267,7 +274,10 @@ impl Session {
                     BACKEND => self.socket_readable = true,
                     SIGNALS => self.handle_signals(),
                     // What came back from the writer is taken by pump().
-                    WAKE => self.policy_reloaded(),
+                    WAKE => {
+                        self.policy_reloaded();
+                        self.recorder_failed();
+                    }
                     // Off the forwarding path: only mount and umount calls.
                     SECCOMP => {
                         self.backend.handle_notifications();
@@ -983,6 +993,14 @@ impl Session {
 
     /// The reload thread has read the policy file again: put it in force,
     /// or say why not and keep the old one.
+    /// The recorder's writer thread stopped on an error (it woke us): say
+    /// so once; records are dropped from now on.
+    fn recorder_failed(&mut self) {
+        if let Some(msg) = self.recorder.as_mut().and_then(Recorder::failure) {
+            error!(self.log, "{msg}");
+        }
+    }
+
     fn policy_reloaded(&mut self) {
         let Some(loaded) = self.reloader.as_ref().and_then(Reloader::take) else {
             return;
@@ -1182,17 +1200,33 @@ impl Session {
         if let Some(r) = self.recorder.take() {
             let path = r.path().display().to_string();
             match r.finish() {
-                Ok(w) if w.dropped > 0 => warn!(
-                    self.log,
-                    "recorded {} messages to {path} ({} bytes); {} more did not fit --record-size",
-                    w.records,
-                    w.bytes,
-                    w.dropped
-                ),
-                Ok(w) => info!(
-                    self.log,
-                    "recorded {} messages to {path} ({} bytes)", w.records, w.bytes
-                ),
+                Ok(w) => {
+                    let where_ = match &w.files {
+                        Some((first, last)) => format!("files {first} to {last}"),
+                        None => path,
+                    };
+                    if w.dropped > 0 {
+                        warn!(
+                            self.log,
+                            "recorded {} messages to {where_} ({} bytes); {} were dropped \
+                             because the writer fell behind (the ring of --record-size was full)",
+                            w.records,
+                            w.bytes,
+                            w.dropped
+                        );
+                    } else {
+                        info!(
+                            self.log,
+                            "recorded {} messages to {where_} ({} bytes)", w.records, w.bytes
+                        );
+                    }
+                    if w.undeleted > 0 {
+                        warn!(
+                            self.log,
+                            "{} old --record files could not be deleted", w.undeleted
+                        );
+                    }
+                }
                 // The session's own failure, if any, is the last line;
                 // this one is logged before it.
                 Err(e) if result.is_err() => error!(self.log, "{e}"),
@@ -1214,7 +1248,7 @@ impl Session {
              times_flush_moot={} times_pending={} held={} cache_clears={} denied={} faulted={} delayed={} \
              deadlines_hit={} late_replies={} flush_retries={} flush_gave_up={} init_rewrites={} \
              writeback_opens={} cache_changed={} negative_entries={} reloads={} \
-             allocations={allocations}",
+             recorded={} record_dropped={} allocations={allocations}",
             s.requests,
             s.forwarded,
             s.replies,
@@ -1249,6 +1283,8 @@ impl Session {
             s.policy.cache_changed,
             s.policy.negative_entries,
             s.policy.reloads,
+            self.recorder.as_ref().map_or(0, Recorder::records),
+            self.recorder.as_ref().map_or(0, Recorder::dropped),
         );
         self.alloc_mark = alloc_count::allocations();
     }

@@ -26,7 +26,9 @@ mod mount;
 mod mount_options;
 mod notifier;
 mod policy_file;
+mod record_files;
 mod recorder;
+mod ring;
 mod seccomp;
 mod seccomp_filter;
 mod signals;
@@ -258,11 +260,16 @@ fn run(
                     let cut = (0..=4096).rev().find(|&i| note.is_char_boundary(i));
                     note.truncate(cut.unwrap_or(0));
                 }
+                let rotation = cli.record_file_size.map(|size| record_files::Rotation {
+                    file_size: size as u64,
+                    files: cli.record_files,
+                });
                 Some(recorder::Recorder::create(
                     path,
                     cli.record_size,
                     cli.record_snaplen,
                     &note,
+                    rotation,
                 )?)
             }
             None => None,

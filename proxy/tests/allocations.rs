@@ -58,11 +58,29 @@ fn forwarding_does_not_allocate() {
     no_allocations(&[]);
 }
 
-/// Recording copies every message into its buffer, and drops the rest once
-/// it is full: neither may allocate. 8 MiB fills within the window.
+/// Recording copies every message into the ring, and the writer thread
+/// drains it to the file while the window runs (the count is the whole
+/// process's): neither side may allocate.
 #[test]
 fn recording_does_not_allocate() {
     no_allocations(&["--record", "{dir}/session.fcap", "--record-size", "8M"]);
+}
+
+/// As above, with a ring too small for the 64 KiB WRITEs (their records
+/// are dropped and gap records written) and files rotated every 1 MiB,
+/// the oldest deleted: many rotations happen inside the window.
+#[test]
+fn recording_with_drops_and_rotation_does_not_allocate() {
+    no_allocations(&[
+        "--record",
+        "{dir}/session.fcap",
+        "--record-size",
+        "32K",
+        "--record-file-size",
+        "1M",
+        "--record-files",
+        "2",
+    ]);
 }
 
 /// A policy with rules that look at every request and reply (path scopes,

@@ -175,6 +175,34 @@ fn bad_recording_options() {
         !m.dir().join("s.fcap").exists(),
         "a refused recording left its file behind"
     );
+    // Rotation: a limit on files needs a file size, which has a minimum.
+    usage_error(
+        &[
+            "--record",
+            "{dir}/s.fcap",
+            "--record-files",
+            "3",
+            "{mnt}",
+            "--",
+            "/bin/true",
+            "{mnt}",
+        ],
+        &["--record-file-size"],
+    );
+    let m = usage_error(
+        &[
+            "--record",
+            "{dir}/s.fcap",
+            "--record-file-size",
+            "1K",
+            "{mnt}",
+            "--",
+            "/bin/true",
+            "{mnt}",
+        ],
+        &["--record-file-size", "1024", "65536"],
+    );
+    assert!(!m.dir().join("s.fcap").exists());
 }
 
 #[test]
