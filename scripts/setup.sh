@@ -11,10 +11,13 @@ apt-get -o DPkg::Lock::Timeout=300 update -q
 # tool; attr: getfattr/setfattr; util-linux: setpriv (tests as an
 # unprivileged user); python3: the deliberately bad backend of the tests;
 # bindfs, fio, tar: the benchmark harness (stacked configuration, I/O jobs).
+# The fixtures (fixtures/captures/*.sh) need squashfuse_ll and mksquashfs
+# (above: the squashfs image is rebuilt at test time), tar, coreutils'
+# timeout, and to re-record, bindfs and procps (pgrep: the daemon to stop).
 apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends \
     fuse3 libfuse3-dev gcc libc6-dev pkg-config \
     squashfuse squashfs-tools attr util-linux python3 ca-certificates \
-    bindfs fio tar
+    bindfs fio tar coreutils procps
 
 # The daemon matrix (proxy/tests/daemons.rs, docs/compat.md): unmodified
 # daemons from Debian's packages, each run directly and through the proxy.
