@@ -234,3 +234,184 @@ impl BadReplyReason {
         }
     }
 }
+
+/// One decision the engine took about one message, as data: what a capture
+/// records beside the messages so that a reader sees why the proxy did
+/// what it did (`fixtures/FORMAT.md`, record kind 7).
+///
+/// `Copy` and heap-free: ids and a code only. Drained with
+/// [`Engine::poll_decision`](crate::Engine::poll_decision) once enabled by
+/// [`Engine::set_decisions`](crate::Engine::set_decisions).
+///
+/// # Agreement with [`Stats`](crate::Stats)
+/// While decisions are enabled, every counter increment that concerns one
+/// message has exactly one decision, so counting decisions by kind gives
+/// the counters' increments over the same span (see
+/// [`DecisionKind`] for which counter each kind stands for). Counters a
+/// message record already shows (requests, forwarded, replies, injected,
+/// notifications) and those about no message (cache clears, reloads) have
+/// none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// The message concerned: the kernel's request, or for a flush the
+    /// unique of the proxy's own SETATTR.
+    pub unique: Unique,
+    /// The node concerned, 0 when none applies.
+    pub node: NodeId,
+    /// What was decided.
+    pub kind: DecisionKind,
+    /// A number whose meaning the kind gives (an errno, the flush a
+    /// request waits for, a count); 0 when the kind has none.
+    pub detail: u64,
+}
+
+macro_rules! decision_kinds {
+    ($($(#[$doc:meta])* $name:ident = $code:literal, $text:literal;)*) => {
+        /// What a [`Decision`] says. The codes are stable: a capture stores
+        /// them (`fixtures/FORMAT.md`, "Decision record"), and a code is
+        /// never reused for another meaning.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[repr(u16)]
+        pub enum DecisionKind {
+            $($(#[$doc])* $name = $code,)*
+        }
+
+        impl DecisionKind {
+            /// Every kind, in code order.
+            pub const ALL: &'static [DecisionKind] = &[$(DecisionKind::$name,)*];
+
+            /// The kind stored as `code`, if this version knows it.
+            pub fn from_code(code: u16) -> Option<DecisionKind> {
+                match code {
+                    $($code => Some(DecisionKind::$name),)*
+                    _ => None,
+                }
+            }
+
+            /// A short name, the same one `fuseproxy-capture` prints.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(DecisionKind::$name => $text,)*
+                }
+            }
+        }
+    };
+}
+
+decision_kinds! {
+    /// A time-only SETATTR answered by the proxy (`times.acked_locally`).
+    TimesAcked = 1, "times_acked";
+    /// That answer merged its times into the node's pending record
+    /// (`times.coalesced`).
+    TimesCoalesced = 2, "times_coalesced";
+    /// A time-only SETATTR sent to the backend and waited for
+    /// (`times.forwarded_sync`).
+    TimesForwarded = 3, "times_forwarded";
+    /// A request held until a flush is answered (`times.held`); `detail`
+    /// is the flush's unique, 0 when it waits for all of them (DESTROY).
+    HeldBehindFlush = 4, "held_behind_flush";
+    /// A request held by `[fault]`'s delay (`policy.delayed`); `detail` is
+    /// the delay in ns.
+    Delayed = 5, "delayed";
+    /// A held request sent to the backend at last.
+    Released = 6, "released";
+    /// A SETATTR of the proxy's own applying a node's acknowledged times
+    /// (`times.flushes`); `unique` is its own, `detail` the attempt (1 first).
+    FlushSent = 7, "flush_sent";
+    /// That flush is a retry after a refusal (`policy.flush_retries`).
+    FlushRetry = 8, "flush_retry";
+    /// The backend applied a flush.
+    FlushOk = 9, "flush_ok";
+    /// The backend refused a flush (`times.flush_errors`); `detail` is the
+    /// errno (positive).
+    FlushFailed = 10, "flush_failed";
+    /// A flush refused because the file's last name is gone: nobody can
+    /// see the times (`times.flush_moot`); `detail` is the errno.
+    FlushMoot = 11, "flush_moot";
+    /// A flush given up after its last retry (`policy.flush_gave_up`).
+    FlushGaveUp = 12, "flush_gave_up";
+    /// Answered by `[deny]` (`policy.denied`, `answered_with_error`);
+    /// `detail` is the errno.
+    Denied = 13, "denied";
+    /// Answered EROFS by `[deny] read_only` (`policy.denied`,
+    /// `answered_with_error`); `detail` is the errno.
+    ReadOnly = 14, "read_only";
+    /// Failed by `[fault]` (`policy.faulted`, `answered_with_error`);
+    /// `detail` is the errno.
+    Faulted = 15, "faulted";
+    /// Answered at its `[deadlines]` limit (`policy.deadlines_hit`,
+    /// `answered_with_error`); `detail` is the errno.
+    DeadlineExpired = 16, "deadline_expired";
+    /// A reply after its request's deadline, dropped (`policy.late_replies`).
+    LateReplyDropped = 17, "late_reply_dropped";
+    /// A LOOKUP's ENOENT turned into a negative entry by `[cache]`
+    /// (`policy.negative_entries`).
+    NegativeEntry = 18, "negative_entry";
+    /// A reply's cache timeouts or open flags changed by `[cache]`
+    /// (`policy.cache_changed`, by `detail`: the values changed).
+    CacheRewritten = 19, "cache_rewritten";
+    /// The kernel's INIT offer changed by `[init]` (`policy.init_rewrites`,
+    /// by `detail`).
+    InitOfferRewritten = 20, "init_offer_rewritten";
+    /// The backend's INIT answer changed (`policy.init_rewrites`, by
+    /// `detail`: the values changed).
+    InitAnswerRewritten = 21, "init_answer_rewritten";
+    /// OPEN/CREATE/TMPFILE flags rewritten for forced writeback
+    /// (`policy.writeback_opens`).
+    WritebackOpen = 22, "writeback_open";
+    /// A request the engine could not parse, answered EIO
+    /// (`answered_with_error`).
+    Malformed = 23, "malformed";
+    /// Answered EIO because the backend is gone (`answered_with_error`).
+    BackendGone = 24, "backend_gone";
+    /// Answered EAGAIN: the in-flight table was full (`answered_with_error`).
+    Busy = 25, "busy";
+    /// Answered EIO because the backend's reply to it was invalid
+    /// (`answered_with_error`).
+    BadReplyAnswered = 26, "bad_reply_answered";
+    /// Answered EIO because it could not be sent to the backend
+    /// (`answered_with_error`).
+    SendFailed = 27, "send_failed";
+    /// A reply from the backend dropped as invalid (`bad`, by reason);
+    /// `detail` is the [`BadReplyReason`] code.
+    BadReplyDropped = 28, "bad_reply_dropped";
+}
+
+impl DecisionKind {
+    /// The code a capture stores.
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+
+    /// Whether this kind answered a request with an error of the proxy's
+    /// own, i.e. counts in `Stats::answered_with_error`.
+    pub fn is_error_answer(self) -> bool {
+        use DecisionKind::*;
+        matches!(
+            self,
+            Denied
+                | ReadOnly
+                | Faulted
+                | DeadlineExpired
+                | Malformed
+                | BackendGone
+                | Busy
+                | BadReplyAnswered
+                | SendFailed
+        )
+    }
+}
+
+impl BadReplyReason {
+    /// A stable number for [`DecisionKind::BadReplyDropped`]'s detail.
+    pub fn code(self) -> u64 {
+        match self {
+            BadReplyReason::ShortHeader => 1,
+            BadReplyReason::LengthMismatch => 2,
+            BadReplyReason::BadError => 3,
+            BadReplyReason::ErrorWithBody => 4,
+            BadReplyReason::Oversized => 5,
+            BadReplyReason::UnknownUnique => 6,
+        }
+    }
+}

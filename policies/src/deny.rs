@@ -42,6 +42,8 @@ const MUTATING: &[Opcode] = &[
 #[derive(Debug, Clone, Copy)]
 pub struct DenyRule {
     errno: [i32; OPS],
+    /// Per opcode: its errno comes from `read_only`, not from the section.
+    by_read_only: [bool; OPS],
     read_only: bool,
 }
 
@@ -49,6 +51,7 @@ impl DenyRule {
     /// Nothing denied.
     pub const OFF: DenyRule = DenyRule {
         errno: [0; OPS],
+        by_read_only: [false; OPS],
         read_only: false,
     };
 
@@ -60,12 +63,14 @@ impl DenyRule {
             for op in MUTATING {
                 if let Some(i) = op_index(*op) {
                     r.errno[i] = EROFS;
+                    r.by_read_only[i] = true;
                 }
             }
         }
         for (op, e) in &s.ops {
             if let Some(i) = op_index(op.0) {
                 r.errno[i] = e.0;
+                r.by_read_only[i] = false;
             }
         }
         r
@@ -73,14 +78,20 @@ impl DenyRule {
 
     /// The errno `req` is answered with, if it is denied.
     pub fn decide(&self, req: &Request<'_>) -> Option<i32> {
+        self.decide_why(req).map(|(errno, _)| errno)
+    }
+
+    /// [`decide`](Self::decide), and whether `read_only` is the reason
+    /// (rather than the opcode named in the section).
+    pub fn decide_why(&self, req: &Request<'_>) -> Option<(i32, bool)> {
         let i = op_index(req.opcode())?;
         if self.errno[i] != 0 {
-            return Some(self.errno[i]);
+            return Some((self.errno[i], self.by_read_only[i]));
         }
         if self.read_only {
             if let Operation::Open(arg) = req.operation() {
                 if arg.flags & O_ACCMODE != 0 || arg.flags & O_TRUNC != 0 {
-                    return Some(EROFS);
+                    return Some((EROFS, true));
                 }
             }
         }

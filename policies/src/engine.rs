@@ -12,7 +12,9 @@ use fuseproxy_protocol::{
 };
 use zerocopy::FromBytes;
 
-use crate::action::{Action, BadReplyReason, Event, Inline, SlotId, INLINE_MAX};
+use crate::action::{
+    Action, BadReplyReason, Decision, DecisionKind, Event, Inline, SlotId, INLINE_MAX,
+};
 use crate::attr_cache::AttrCache;
 use crate::deadlines::{DeadlineId, Expired};
 use crate::fault::Rng;
@@ -98,6 +100,8 @@ struct Held {
     /// The kernel's request it is (for `[deadlines]`, which may answer it
     /// while it waits).
     unique: Unique,
+    /// The node it names (for its decisions).
+    node: NodeId,
     /// Not sent before this (a `[fault]` delay).
     not_before: Option<Instant>,
     /// (node, generation) pairs that must be answered first.
@@ -117,7 +121,8 @@ struct Held {
 ///    [`handle_backend_gone`](Self::handle_backend_gone) or
 ///    [`handle_shutdown`](Self::handle_shutdown).
 /// 2. Call [`poll_action`](Self::poll_action) until it returns `None`, carrying
-///    out each action in order; then [`poll_event`](Self::poll_event) likewise.
+///    out each action in order; then [`poll_decision`](Self::poll_decision)
+///    (if enabled) and [`poll_event`](Self::poll_event) likewise.
 /// 3. Before reading the next request, ask [`can_accept_request`](Self::can_accept_request).
 ///
 /// `now` must never decrease between calls. The engine reads no clock, does
@@ -127,6 +132,11 @@ pub struct Engine {
     inflight: Inflight,
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
+    /// Decisions not yet polled; empty unless `decisions_on`. Allocated
+    /// with the action queue's room; drained as often as it is, it grows
+    /// only where the action queue grows too (a flush of every node).
+    decisions: VecDeque<Decision>,
+    decisions_on: bool,
     stats: Stats,
     pub(crate) attrs: AttrCache,
     names: Names,
@@ -197,6 +207,8 @@ impl Engine {
             ),
             actions: VecDeque::with_capacity(ACTION_QUEUE),
             events: VecDeque::with_capacity(EVENT_QUEUE),
+            decisions: VecDeque::with_capacity(ACTION_QUEUE),
+            decisions_on: false,
             stats: Stats::default(),
             attrs: AttrCache::with_capacity(if async_times { config.attr_cache } else { 1 }),
             // Twice the attribute cache: a lost name costs the whole cache.
@@ -305,7 +317,8 @@ impl Engine {
                 // rather than pass on bytes the backend may choke on.
                 if let Ok((h, _)) = InHeader::read_from_prefix(msg) {
                     if Opcode::from(h.opcode).needs_reply() {
-                        self.answer_error(Unique(h.unique), EIO);
+                        let (u, n) = (Unique(h.unique), NodeId(h.nodeid));
+                        self.answer_error(u, n, EIO, DecisionKind::Malformed);
                     }
                 }
                 self.actions.push_back(Action::Free(slot));
@@ -315,7 +328,7 @@ impl Engine {
         let (unique, opcode, node) = (req.unique(), req.opcode(), req.nodeid());
         if self.backend_gone {
             if opcode.needs_reply() {
-                self.answer_error(unique, EIO);
+                self.answer_error(unique, node, EIO, DecisionKind::BackendGone);
             }
             self.actions.push_back(Action::Free(slot));
             return;
@@ -352,6 +365,7 @@ impl Engine {
                         return;
                     }
                     self.stats.times.forwarded_sync += 1;
+                    self.note(DecisionKind::TimesForwarded, unique, node, 0);
                 }
                 Operation::Forget(arg) => {
                     let n = arg.nlookup;
@@ -399,8 +413,10 @@ impl Engine {
 
         aux[3] = name_hash;
         match opcode {
-            Opcode::Init => self.rewrite_init(msg),
-            Opcode::Open | Opcode::Create | Opcode::TmpFile => self.writeback_open(msg),
+            Opcode::Init => self.rewrite_init(unique, msg),
+            Opcode::Open | Opcode::Create | Opcode::TmpFile => {
+                self.writeback_open(unique, node, msg)
+            }
             _ => {}
         }
         if opcode.needs_reply()
@@ -414,7 +430,7 @@ impl Engine {
             })
         {
             // Only when the proxy ignored can_accept_request().
-            self.answer_error(unique, EAGAIN);
+            self.answer_error(unique, node, EAGAIN, DecisionKind::Busy);
             self.actions.push_back(Action::Free(slot));
             return;
         }
@@ -425,10 +441,18 @@ impl Engine {
         if ndeps > 0 || all || not_before.is_some() {
             if ndeps > 0 || all {
                 self.stats.times.held += 1;
+                // The flush it waits for: the first node's, now in flight.
+                let flush = if all || ndeps == 0 {
+                    0
+                } else {
+                    self.times.flushing(deps[0].0).map_or(0, |f| f.unique.0)
+                };
+                self.note(DecisionKind::HeldBehindFlush, unique, node, flush);
             }
             self.held.push(Held {
                 slot,
                 unique,
+                node,
                 not_before,
                 deps,
                 ndeps,
@@ -458,7 +482,8 @@ impl Engine {
     pub fn handle_reply(&mut self, now: Instant, slot: SlotId, msg: &mut [u8], received: usize) {
         self.now = now;
         if received > msg.len() {
-            self.bad_reply(BadReplyReason::Oversized, reply::unique_of(msg));
+            let named = reply::unique_of(msg);
+            self.bad_reply(BadReplyReason::Oversized, named, named);
             self.actions.push_back(Action::Free(slot));
             return;
         }
@@ -471,7 +496,8 @@ impl Engine {
                     ParseError::ErrorWithBody { .. } => BadReplyReason::ErrorWithBody,
                     _ => BadReplyReason::BadError,
                 };
-                self.bad_reply(reason, reply::unique_of(msg));
+                let named = reply::unique_of(msg);
+                self.bad_reply(reason, named, named);
                 self.actions.push_back(Action::Free(slot));
                 return;
             }
@@ -491,16 +517,17 @@ impl Engine {
                 self.actions.push_back(Action::DeliverReply(slot));
             } else if self.expired.contains(unique.without_int_bit()) {
                 self.stats.policy.late_replies += 1;
+                self.note(DecisionKind::LateReplyDropped, unique, NodeId(0), 0);
                 self.actions.push_back(Action::Free(slot));
             } else {
-                self.bad_reply(BadReplyReason::UnknownUnique, None);
+                self.bad_reply(BadReplyReason::UnknownUnique, None, Some(unique));
                 self.actions.push_back(Action::Free(slot));
             }
             return;
         }
         let Some(entry) = self.inflight.remove(unique) else {
             if !self.late_reply(unique, error, msg) {
-                self.bad_reply(BadReplyReason::UnknownUnique, None);
+                self.bad_reply(BadReplyReason::UnknownUnique, None, Some(unique));
             }
             self.actions.push_back(Action::Free(slot));
             return;
@@ -511,7 +538,7 @@ impl Engine {
             return;
         }
         if entry.opcode == Opcode::Init {
-            self.negotiate(msg, error);
+            self.negotiate(entry.unique, msg, error);
             self.stats.replies += 1;
             self.actions.push_back(Action::DeliverReply(slot));
             return;
@@ -560,6 +587,7 @@ impl Engine {
                 };
             if ready {
                 self.held.remove(i);
+                self.note(DecisionKind::Released, h.unique, h.node, 0);
                 self.actions.push_back(Action::ForwardRequest(h.slot));
             } else {
                 i += 1;
@@ -659,7 +687,7 @@ impl Engine {
         if let Some(e) = self.inflight.remove(unique) {
             self.readers_done(&e);
             if e.origin == Origin::Kernel {
-                self.answer_error(unique, EIO);
+                self.answer_error(unique, e.node, EIO, DecisionKind::SendFailed);
             } else if Some(unique) == self.destroy_pending {
                 self.destroy_pending = None;
                 self.destroy_done = true;
@@ -678,6 +706,8 @@ impl Engine {
             while let Some(entry) = self.inflight.pop_any() {
                 if entry.origin == Origin::Kernel && entry.opcode.needs_reply() {
                     self.stats.answered_with_error += 1;
+                    let kind = DecisionKind::BackendGone;
+                    self.note(kind, entry.unique, entry.node, EIO as u64);
                     return Some(Action::AnswerError {
                         unique: entry.unique,
                         errno: EIO,
@@ -693,13 +723,57 @@ impl Engine {
         self.events.pop_front()
     }
 
-    fn answer_error(&mut self, unique: Unique, errno: i32) {
+    /// Turns the reporting of [`Decision`]s on or off (off at creation, so
+    /// that a caller that never polls them keeps no queue). Switch it on
+    /// before the first input for the decisions to agree with all of
+    /// [`stats`](Self::stats).
+    pub fn set_decisions(&mut self, on: bool) {
+        self.decisions_on = on;
+        if !on {
+            self.decisions.clear();
+        }
+    }
+
+    /// The next decision taken, in the order taken; `None` when there is
+    /// none. Call after [`poll_action`](Self::poll_action) has returned
+    /// `None` (calling it between actions is harmless too).
+    #[must_use]
+    pub fn poll_decision(&mut self) -> Option<Decision> {
+        self.decisions.pop_front()
+    }
+
+    /// Reports a decision, if decisions are on.
+    pub(crate) fn note(&mut self, kind: DecisionKind, unique: Unique, node: NodeId, detail: u64) {
+        if self.decisions_on {
+            self.decisions.push_back(Decision {
+                unique,
+                node,
+                kind,
+                detail,
+            });
+        }
+    }
+
+    /// Answers `unique` with `-errno`, counted as `kind` decided it.
+    fn answer_error(&mut self, unique: Unique, node: NodeId, errno: i32, kind: DecisionKind) {
+        debug_assert!(kind.is_error_answer());
+        self.note(kind, unique, node, errno as u64);
         self.stats.answered_with_error += 1;
         self.actions
             .push_back(Action::AnswerError { unique, errno });
     }
 
-    fn bad_reply(&mut self, reason: BadReplyReason, named: Option<Unique>) {
+    /// A reply dropped as invalid. `named` is the request it names when
+    /// that can be trusted (answered with EIO if in flight); `seen` the
+    /// unique it carried, for the decision.
+    fn bad_reply(&mut self, reason: BadReplyReason, named: Option<Unique>, seen: Option<Unique>) {
+        let seen = seen.unwrap_or(Unique(0));
+        self.note(
+            DecisionKind::BadReplyDropped,
+            seen,
+            NodeId(0),
+            reason.code(),
+        );
         let b = &mut self.stats.bad;
         match reason {
             BadReplyReason::ShortHeader => b.short_header += 1,
@@ -716,7 +790,7 @@ impl Engine {
             Some(e) if e.origin == Origin::Kernel => {
                 self.inflight.remove(e.unique);
                 self.readers_done(&e);
-                self.answer_error(e.unique, EIO);
+                self.answer_error(e.unique, e.node, EIO, DecisionKind::BadReplyAnswered);
                 Some(e.unique)
             }
             Some(e) => {

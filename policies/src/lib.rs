@@ -36,7 +36,9 @@ pub mod rules;
 mod stats;
 pub mod times;
 
-pub use action::{Action, BadReplyReason, Event, Inline, SlotId, INLINE_MAX};
+pub use action::{
+    Action, BadReplyReason, Decision, DecisionKind, Event, Inline, SlotId, INLINE_MAX,
+};
 pub use config::{ConfigError, Policy};
 pub use engine::{Config, Engine, TimesMode};
 pub use instant::{Duration, Instant};

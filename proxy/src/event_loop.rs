@@ -154,13 +154,16 @@ impl Session {
         device: File,
         socket: OwnedFd,
         signals: SignalFd,
-        engine: Engine,
+        mut engine: Engine,
         arena: Arena,
         mount: Mount,
         backend: Backend,
         mut recorder: Option<Recorder>,
         startup: Startup,
     ) -> Result<Session, Error> {
+        // The capture carries the engine's decisions; without one they are
+        // not even queued.
+        engine.set_decisions(recorder.is_some());
         let poll = Poll::new().map_err(|e| Error::Setup(format!("epoll: {e}")))?;
         let reg = |fd: i32, token, interest| {
             poll.registry()
@@ -556,9 +559,26 @@ impl Session {
                 Action::AnswerError { unique, errno } => self.answer_error(unique, errno),
                 Action::Answer(reply) => self.write_device(reply.as_bytes()),
             }
+            // Drained after each action too: a gone backend's answers come
+            // one per poll_action, each with its decision, and the queue
+            // keeps the room it was allocated with.
+            self.record_decisions();
         }
+        self.record_decisions();
         while let Some(ev) = self.engine.poll_event() {
             self.log_event(ev);
+        }
+    }
+
+    /// Writes the engine's decisions to the capture (they are queued only
+    /// when recording). A decision may land just before the message it
+    /// concerns (a flush's, recorded as the flush is sent); the capture
+    /// tools pair them by unique.
+    fn record_decisions(&mut self) {
+        while let Some(d) = self.engine.poll_decision() {
+            if let Some(r) = self.recorder.as_mut() {
+                r.decision(d.unique.0, d.node.0, d.kind.code(), d.detail);
+            }
         }
     }
 

@@ -24,7 +24,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use fuseproxy_fixtures::format::{emit_gap, pad8, GAP_RECORD_LEN, RECORD_HEADER_LEN, VERSION_GAPS};
+use fuseproxy_fixtures::format::{
+    emit_gap, pad8, DecisionRecord, DECISION_RECORD_LEN, GAP_RECORD_LEN, RECORD_HEADER_LEN,
+    VERSION_GAPS,
+};
 use fuseproxy_fixtures::writer::plan_record;
 use fuseproxy_fixtures::{Direction, Header, Kind};
 use fuseproxy_protocol::abi::{InHeader, OutHeader};
@@ -271,6 +274,36 @@ impl Recorder {
         self.push(kind, direction, synthesized, msg);
     }
 
+    /// A decision the engine took about the message with `unique` (a
+    /// decision record, kind 7: see `fuseproxy_policies::DecisionKind` for
+    /// the codes). Like every record it may be dropped when the ring is
+    /// full. No allocation, no wait.
+    pub fn decision(&mut self, unique: u64, nodeid: u64, code: u16, detail: u64) {
+        let t = self.now_ns();
+        let mut rec = [0u8; DECISION_RECORD_LEN];
+        DecisionRecord {
+            unique,
+            nodeid,
+            detail,
+            code,
+        }
+        .emit(&mut rec, t);
+        let pushed = self.push_parts(t, [&rec, &[], &[]]);
+        self.pushed(pushed);
+    }
+
+    /// Pushes one record's parts, after a gap record if records were
+    /// dropped since the last one; `false` if the ring has no room.
+    fn push_parts(&mut self, t: u64, parts: [&[u8]; 3]) -> bool {
+        if self.unreported > 0 {
+            let mut gap = [0u8; GAP_RECORD_LEN];
+            emit_gap(&mut gap, t, self.unreported);
+            self.ring.push(&[&gap, parts[0], parts[1], parts[2]])
+        } else {
+            self.ring.push(&parts)
+        }
+    }
+
     /// Encodes one record into the ring, after a gap record if records were
     /// dropped since the last one; or counts it dropped. No allocation, no
     /// wait.
@@ -290,14 +323,14 @@ impl Recorder {
             h.emit(&mut head);
             let len = h.record_len as usize;
             let pad = &ZEROS[..pad8(len).unwrap_or(len) - len];
-            if self.unreported > 0 {
-                let mut gap = [0u8; GAP_RECORD_LEN];
-                emit_gap(&mut gap, t, self.unreported);
-                self.ring.push(&[&gap, &head, stored, pad])
-            } else {
-                self.ring.push(&[&head, stored, pad])
-            }
+            self.push_parts(t, [&head, stored, pad])
         });
+        self.pushed(pushed);
+    }
+
+    /// Counts a record pushed or dropped, and wakes the writer when the
+    /// ring passes half full.
+    fn pushed(&mut self, pushed: bool) {
         if pushed {
             self.records += 1;
             self.unreported = 0;
@@ -436,6 +469,46 @@ mod tests {
         let mut m = vec![0u8; len];
         m[..4].copy_from_slice(&(len as u32).to_ne_bytes());
         m
+    }
+
+    /// The engine's decision codes and the capture tools' table are one
+    /// table: same codes, same names, same error answers.
+    #[test]
+    fn decision_codes_agree_with_the_capture_tools() {
+        use fuseproxy_fixtures::decision;
+        use fuseproxy_policies::DecisionKind;
+        for k in DecisionKind::ALL {
+            assert_eq!(decision::name(k.code()), Some(k.name()), "{k:?}");
+            assert_eq!(decision::is_error_answer(k.code()), k.is_error_answer());
+        }
+        assert_eq!(decision::CODES.len(), DecisionKind::ALL.len());
+    }
+
+    /// Decisions are records of kind 7 in the file, after a gap if one is
+    /// due.
+    #[test]
+    fn decisions_are_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.fcap");
+        let mut r = Recorder::create(&path, MIN_RING, None, "test", None).unwrap();
+        r.request_from_kernel(&request(40));
+        r.decision(2, 5, 1, 0);
+        r.finish().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let mut reader = Reader::new(&bytes).unwrap();
+        assert!(reader.next().unwrap().is_some());
+        let rec = reader.next().unwrap().unwrap();
+        assert_eq!(rec.kind, Kind::Decision);
+        assert_eq!(
+            DecisionRecord::read(rec.bytes),
+            Some(DecisionRecord {
+                unique: 2,
+                nodeid: 5,
+                detail: 0,
+                code: 1
+            })
+        );
+        assert_eq!(reader.next(), Ok(None));
     }
 
     /// A ring too small for the traffic drops records, marks each gap,

@@ -11,11 +11,11 @@ use fuseproxy_protocol::abi::{
     fuse_rec_align, Direntplus, EntryOut, ForgetIn, InHeader, ReleaseIn,
     FUSE_NAME_OFFSET_DIRENTPLUS,
 };
-use fuseproxy_protocol::{encode, Opcode, Operation, Request, Unique};
+use fuseproxy_protocol::{encode, NodeId, Opcode, Operation, Request, Unique};
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::{Engine, ACTION_QUEUE, IN_HEADER, OUT_HEADER};
-use crate::action::{Action, Event, Inline, SlotId, INLINE_MAX};
+use crate::action::{Action, DecisionKind, Event, Inline, SlotId, INLINE_MAX};
 use crate::deadlines::{self, Gone, Undo};
 use crate::fault::FaultDecision;
 use crate::inflight::Entry;
@@ -112,9 +112,14 @@ impl Engine {
         }
         let scope = self.paths.scope(node.0, &self.rules.paths);
         let rules = self.rules.scope(scope);
-        if let Some(errno) = rules.deny.decide(req) {
+        if let Some((errno, read_only)) = rules.deny.decide_why(req) {
             self.stats.policy.denied += 1;
-            self.answer_error(unique, errno);
+            let kind = if read_only {
+                DecisionKind::ReadOnly
+            } else {
+                DecisionKind::Denied
+            };
+            self.answer_error(unique, node, errno, kind);
             self.actions.push_back(Action::Free(slot));
             return Verdict::Done;
         }
@@ -122,7 +127,7 @@ impl Engine {
             FaultDecision::Pass => None,
             FaultDecision::Fail(errno) => {
                 self.stats.policy.faulted += 1;
-                self.answer_error(unique, errno);
+                self.answer_error(unique, node, errno, DecisionKind::Faulted);
                 self.actions.push_back(Action::Free(slot));
                 return Verdict::Done;
             }
@@ -135,6 +140,9 @@ impl Engine {
             Some(d) if !deadlines::is_exempt(opcode) => Some((d, rules.deadlines.errno)),
             _ => None,
         };
+        if let Some(t) = not_before {
+            self.note(DecisionKind::Delayed, unique, node, (t - now).as_nanos());
+        }
         if let Some((newdir, old, new)) = rename {
             if !self.rules.paths.is_empty() && self.renames.len() < MAX_RENAMES {
                 self.renames.push(PendingRename {
@@ -155,11 +163,12 @@ impl Engine {
     /// OPEN, CREATE or TMPFILE on its way to the backend: under writeback
     /// the proxy forced on it, opened for reading and without `O_APPEND`
     /// (see [`crate::init_rule`]).
-    pub(super) fn writeback_open(&mut self, msg: &mut [u8]) {
+    pub(super) fn writeback_open(&mut self, unique: Unique, node: NodeId, msg: &mut [u8]) {
         if self.negotiation.is_writeback_forced()
             && init_rule::rewrite_open_flags(&mut msg[IN_HEADER..])
         {
             self.stats.policy.writeback_opens += 1;
+            self.note(DecisionKind::WritebackOpen, unique, node, 0);
         }
     }
 
@@ -187,6 +196,7 @@ impl Engine {
                 let mut bytes = [0u8; INLINE_MAX];
                 if let Some(n) = encode::encode_reply(&mut bytes, entry.unique, &[out.as_bytes()]) {
                     self.stats.policy.negative_entries += 1;
+                    self.note(DecisionKind::NegativeEntry, entry.unique, entry.node, 0);
                     self.actions
                         .push_back(Action::Answer(Inline::new(bytes, n)));
                     return false;
@@ -220,7 +230,11 @@ impl Engine {
             _ => {}
         }
         let changed = self.rules.scope(scope).cache.rewrite(entry.opcode, body);
-        self.stats.policy.cache_changed += u64::from(changed);
+        if changed > 0 {
+            self.stats.policy.cache_changed += u64::from(changed);
+            let n = u64::from(changed);
+            self.note(DecisionKind::CacheRewritten, entry.unique, entry.node, n);
+        }
         true
     }
 
@@ -278,7 +292,8 @@ impl Engine {
                 self.may_have_changed(entry.opcode, &entry.aux);
             }
             self.stats.policy.deadlines_hit += 1;
-            self.answer_error(entry.unique, errno);
+            let kind = DecisionKind::DeadlineExpired;
+            self.answer_error(entry.unique, entry.node, errno, kind);
             self.push_event(Event::DeadlineExpired {
                 unique: entry.unique,
                 opcode: entry.opcode,
@@ -299,6 +314,7 @@ impl Engine {
             return false;
         };
         self.stats.policy.late_replies += 1;
+        self.note(DecisionKind::LateReplyDropped, unique, gone.node, 0);
         let mut undone = 0;
         if error == 0 {
             self.may_have_changed(gone.opcode, &[0; 4]);

@@ -4,11 +4,12 @@
 //! denied); see `crate::init_rule` for the decisions.
 
 use super::{Engine, EIO, IN_HEADER, OUT_HEADER};
-use crate::action::Event;
+use crate::action::{DecisionKind, Event};
 use crate::init_rule::limits_for;
+use fuseproxy_protocol::{NodeId, Unique};
 
 impl Engine {
-    pub(super) fn rewrite_init(&mut self, msg: &mut [u8]) {
+    pub(super) fn rewrite_init(&mut self, unique: Unique, msg: &mut [u8]) {
         let body = &mut msg[IN_HEADER..];
         let Some((minor, n)) = self
             .rules
@@ -20,6 +21,7 @@ impl Engine {
         self.negotiation = n;
         if n.masked | n.denied != 0 {
             self.stats.policy.init_rewrites += 1;
+            self.note(DecisionKind::InitOfferRewritten, unique, NodeId(0), 1);
         }
         self.push_event(Event::InitOffered {
             minor,
@@ -28,7 +30,7 @@ impl Engine {
         });
     }
 
-    pub(super) fn negotiate(&mut self, msg: &mut [u8], error: i32) {
+    pub(super) fn negotiate(&mut self, unique: Unique, msg: &mut [u8], error: i32) {
         if error != 0 {
             self.push_event(Event::InitFailed { errno: -error });
             return;
@@ -44,6 +46,15 @@ impl Engine {
             return;
         };
         self.stats.policy.init_rewrites += u64::from(a.changes);
+        if a.changes > 0 {
+            let changes = u64::from(a.changes);
+            self.note(
+                DecisionKind::InitAnswerRewritten,
+                unique,
+                NodeId(0),
+                changes,
+            );
+        }
         self.minor = a.before.minor().max(1);
         self.push_event(a.event(&self.negotiation));
     }

@@ -18,7 +18,7 @@ use fuseproxy_protocol::{encode, NodeId, Opcode, Operation, Request, Unique};
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::{Engine, ENOENT, IN_HEADER, OUT_HEADER};
-use crate::action::{Action, Event, Inline, INLINE_MAX};
+use crate::action::{Action, DecisionKind, Event, Inline, INLINE_MAX};
 use crate::attr_cache::Cached;
 use crate::inflight::Entry;
 use crate::names::{self, Known};
@@ -69,8 +69,10 @@ impl Engine {
             return false;
         };
         self.stats.times.acked_locally += 1;
+        self.note(DecisionKind::TimesAcked, unique, node, 0);
         if coalesced {
             self.stats.times.coalesced += 1;
+            self.note(DecisionKind::TimesCoalesced, unique, node, 0);
         }
         let mut attr = cached.attr;
         set_times(&mut attr, &t.stamps);
@@ -128,8 +130,10 @@ impl Engine {
             self.times.make_urgent(node);
             return;
         };
+        let attempt = u64::from(retry.sent);
         if retry.sent > 1 {
             self.stats.policy.flush_retries += 1;
+            self.note(DecisionKind::FlushRetry, unique, node, attempt);
         }
         let arg = SetattrIn {
             valid: t.valid(),
@@ -153,6 +157,7 @@ impl Engine {
             ..InHeader::default()
         };
         self.stats.times.flushes += 1;
+        self.note(DecisionKind::FlushSent, unique, node, attempt);
         // What a retry needs besides the times the node's state keeps rides
         // in the flush's in-flight entry (see `resend_times`).
         let aux = [
@@ -537,14 +542,20 @@ impl Engine {
         // gocryptfs, rclone) no longer can, and nobody can see the times.
         let moot = (error == -ENOENT || error == -ESTALE)
             && self.times.get(node).is_some_and(|e| e.unlinked);
+        let errno = u64::from(error.unsigned_abs());
         if moot {
             self.stats.times.flush_moot += 1;
+            self.note(DecisionKind::FlushMoot, flushing.unique, node, errno);
         } else if error != 0 {
             self.stats.times.flush_errors += 1;
+            self.note(DecisionKind::FlushFailed, flushing.unique, node, errno);
             if flushing.left > 0 && !self.backend_gone {
                 self.retry_flush(node, error, aux);
                 return;
             }
+        }
+        if error == 0 {
+            self.note(DecisionKind::FlushOk, flushing.unique, node, 0);
         }
         let Some((t, _)) = self.times.finish_flush(node) else {
             return;
@@ -552,6 +563,7 @@ impl Engine {
         if error != 0 && !moot {
             if flushing.sent > 1 {
                 self.stats.policy.flush_gave_up += 1;
+                self.note(DecisionKind::FlushGaveUp, flushing.unique, node, errno);
             }
             self.push_event(Event::FlushFailed {
                 node,

@@ -422,7 +422,7 @@ mod times {
         started(Engine::with_rules(config, rules))
     }
 
-    fn started(mut e: Engine) -> Engine {
+    pub(super) fn started(mut e: Engine) -> Engine {
         let mut b = Buf::new();
         let init = InitIn {
             major: 7,
@@ -1162,6 +1162,9 @@ mod times {
                 },
                 rules.clone(),
             );
+            // Nothing counted so far concerns a decision (no `[init]`
+            // rewrite): from here on the decisions must agree with Stats.
+            e.set_decisions(true);
             for node in 20..25u64 {
                 lookup(&mut e, 1000 + node * 2, node, 0);
             }
@@ -1334,6 +1337,8 @@ mod times {
                 e.handle_reply(now, SlotId(999), &mut b.0[..len], len);
             }
             assert!(e.is_shutdown_complete());
+            let notes: Vec<_> = std::iter::from_fn(|| e.poll_decision()).collect();
+            super::decisions::assert_agree(&e.stats(), &notes);
             assert_eq!(
                 e.stats().times.forwarded_sync,
                 0,
@@ -1513,4 +1518,5 @@ mod after_write {
 }
 
 mod deadlines;
+mod decisions;
 mod rules;
