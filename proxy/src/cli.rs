@@ -243,6 +243,18 @@ pub struct Cli {
     #[arg(long, value_name = "USER[:GROUP]", value_parser = crate::backend_user::parse)]
     pub backend_user: Option<crate::backend_user::BackendUser>,
 
+    /// Print every message that crosses the proxy, decoded as
+    /// `fuseproxy-capture decode` prints it (`+SECONDS LINK MESSAGE`: K> a
+    /// request read from /dev/fuse, B> one sent to the daemon, B< a reply
+    /// from the daemon, K< one written to /dev/fuse), with the proxy's
+    /// decisions (time updates answered locally, coalesced, held ...), on
+    /// stderr at log level trace, which it implies. As libfuse's -d, but
+    /// seen between the kernel and an unmodified daemon. It formats every
+    /// message: for debugging, not for production (off, it costs nothing).
+    /// Also turned on by -vv.
+    #[arg(long)]
+    pub trace: bool,
+
     /// Log more: -v for debug, -vv for trace. Adds to --log-level.
     #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
     pub verbose: u8,
@@ -424,7 +436,18 @@ impl Cli {
             LogLevel::Trace,
         ];
         let i = all.iter().position(|l| *l == self.log_level).unwrap_or(2);
-        all[(i + self.verbose as usize).min(all.len() - 1)]
+        let level = all[(i + self.verbose as usize).min(all.len() - 1)];
+        if self.trace {
+            LogLevel::Trace
+        } else {
+            level
+        }
+    }
+
+    /// Whether each message is printed decoded: `--trace`, or a log level
+    /// of trace (`-vv`).
+    pub fn tracing(&self) -> bool {
+        self.level() == LogLevel::Trace
     }
 }
 

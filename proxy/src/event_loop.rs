@@ -86,6 +86,8 @@ pub struct Startup {
     pub spin: Duration,
     /// The policy file, when there is one: SIGHUP reloads it.
     pub policy: Option<PolicySource>,
+    /// `--trace` / `-vv`: every message decoded on stderr.
+    pub trace: bool,
 }
 
 /// One FUSE session: the device, the backend, the engine between them.
@@ -142,6 +144,8 @@ pub struct Session {
     alloc_mark: u64,
     /// `--record`: the session's messages, through a ring to a writer thread.
     recorder: Option<Recorder>,
+    /// `--trace`: each message decoded on stderr (see `trace`).
+    trace: Option<crate::trace::Trace>,
     /// Reads the policy file again on SIGHUP, off this thread.
     reloader: Option<Reloader>,
 }
@@ -163,7 +167,8 @@ impl Session {
     ) -> Result<Session, Error> {
         // The capture carries the engine's decisions; without one they are
         // not even queued.
-        engine.set_decisions(recorder.is_some());
+        engine.set_decisions(recorder.is_some() || startup.trace);
+        let trace = startup.trace.then(|| crate::trace::Trace::new(log.clone()));
         let poll = Poll::new().map_err(|e| Error::Setup(format!("epoll: {e}")))?;
         let reg = |fd: i32, token, interest| {
             poll.registry()
@@ -241,6 +246,7 @@ impl Session {
             connection: None,
             alloc_mark: alloc_count::allocations(),
             recorder,
+            trace,
             reloader,
         })
     }
@@ -392,6 +398,9 @@ impl Session {
                     if let Some(r) = self.recorder.as_mut() {
                         r.request_from_kernel(self.arena.msg(slot));
                     }
+                    if let Some(t) = self.trace.as_mut() {
+                        t.request_from_kernel(self.arena.msg(slot));
+                    }
                     let (now, wall) = (self.now(), wall_clock());
                     self.engine
                         .handle_request(now, wall, slot, self.arena.msg_mut(slot));
@@ -436,6 +445,9 @@ impl Session {
                     self.arena.set_len(slot, len);
                     if let Some(r) = self.recorder.as_mut() {
                         r.reply_from_backend(self.arena.msg(slot));
+                    }
+                    if let Some(t) = self.trace.as_mut() {
+                        t.reply_from_backend(self.arena.msg(slot));
                     }
                     let now = self.now();
                     self.engine
@@ -540,11 +552,17 @@ impl Session {
                             r.request_to_backend(msg, false);
                         }
                     }
+                    if let Some(t) = self.trace.as_mut() {
+                        t.request_to_backend(request_bytes(self.arena.msg(slot)), false);
+                    }
                     self.forward(Pending::Slot(slot))
                 }
                 Action::Inject(req) => {
                     if let Some(r) = self.recorder.as_mut() {
                         r.request_to_backend(req.as_bytes(), true);
+                    }
+                    if let Some(t) = self.trace.as_mut() {
+                        t.request_to_backend(req.as_bytes(), true);
                     }
                     self.forward(Pending::Injected(req))
                 }
@@ -579,6 +597,9 @@ impl Session {
             if let Some(r) = self.recorder.as_mut() {
                 r.decision(d.unique.0, d.node.0, d.kind.code(), d.detail);
             }
+            if let Some(t) = self.trace.as_mut() {
+                t.decision(d.unique.0, d.node.0, d.kind.code(), d.detail);
+            }
         }
     }
 
@@ -588,6 +609,9 @@ impl Session {
         };
         if let Some(r) = self.recorder.as_mut() {
             r.reply_to_kernel(self.arena.msg(slot), false);
+        }
+        if let Some(t) = self.trace.as_mut() {
+            t.reply_to_kernel(self.arena.msg(slot), false);
         }
         let outcome = device::write(dev.as_fd(), self.arena.msg(slot));
         self.count_write(outcome);
@@ -625,6 +649,9 @@ impl Session {
     fn lend_notification(&mut self, slot: SlotId) {
         if let Some(r) = self.recorder.as_mut() {
             r.reply_to_kernel(self.arena.msg(slot), false);
+        }
+        if let Some(t) = self.trace.as_mut() {
+            t.reply_to_kernel(self.arena.msg(slot), false);
         }
         let lent = self.arena.lend(slot);
         if let Err(lent) = self.notifier.hand(lent) {
@@ -735,6 +762,9 @@ impl Session {
         };
         if let Some(r) = self.recorder.as_mut() {
             r.reply_to_kernel(msg, true);
+        }
+        if let Some(t) = self.trace.as_mut() {
+            t.reply_to_kernel(msg, true);
         }
         let outcome = device::write(dev.as_fd(), msg);
         self.count_write(outcome);

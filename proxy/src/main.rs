@@ -32,6 +32,7 @@ mod ring;
 mod seccomp;
 mod seccomp_filter;
 mod signals;
+mod trace;
 
 use std::os::fd::AsRawFd;
 
@@ -377,6 +378,7 @@ fn run(
             pinning,
             spin: std::time::Duration::from_micros(cli.spin_us),
             policy: source.path().is_some().then_some(source),
+            trace: cli.tracing(),
         },
     )?;
     session.run()
