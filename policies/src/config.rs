@@ -326,7 +326,7 @@ impl Default for TimesSection {
         TimesSection {
             mode: TimesModeName::Async,
             max_delay: Dur(Duration::from_millis(1000)),
-            max_pending: 65_536,
+            max_pending: 8_192,
             attr_cache: 16_384,
             trust_callers: TrustCallers::Owner,
             on_flush_error: OnFlushError::Log,
@@ -1104,6 +1104,6 @@ mod tests {
         let p = Policy::parse("p.toml", text).unwrap();
         let printed = p.to_toml();
         assert_eq!(Policy::parse("printed", &printed).unwrap(), p, "{printed}");
-        assert!(printed.contains("max_pending = 65536"), "{printed}");
+        assert!(printed.contains("max_pending = 8192"), "{printed}");
     }
 }
