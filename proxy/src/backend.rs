@@ -102,43 +102,83 @@ pub struct Backend {
 enum Warden {
     /// Its mount(2) and umount2(2) calls, trapped.
     Seccomp(Supervisor),
-    /// Its fusermount runs, served.
-    Fusermount(crate::fusermount::Server),
+    /// Its fusermount runs, served; and where the kernel can trap, its
+    /// own mount calls, refused and logged (the guard).
+    Fusermount(crate::fusermount::Server, Option<Supervisor>),
 }
 
 impl Warden {
     fn fd(&self) -> i32 {
         match self {
             Warden::Seccomp(s) => s.fd(),
-            Warden::Fusermount(s) => s.fd(),
+            Warden::Fusermount(s, _) => s.fd(),
+        }
+    }
+
+    /// The guard's listener, for the event loop.
+    fn guard_fd(&self) -> Option<i32> {
+        match self {
+            Warden::Fusermount(_, Some(g)) => Some(g.fd()),
+            _ => None,
         }
     }
 
     fn poll(&self, timeout: std::time::Duration) -> (bool, bool) {
         match self {
             Warden::Seccomp(s) => s.poll(timeout),
-            Warden::Fusermount(s) => s.poll(timeout),
+            Warden::Fusermount(s, None) => s.poll(timeout),
+            Warden::Fusermount(s, Some(g)) => {
+                // Short slices on each, so that the guard's trapped mount
+                // (the daemon waits in it) is answered within milliseconds.
+                let end = std::time::Instant::now() + timeout;
+                loop {
+                    let slice = std::time::Duration::from_millis(5);
+                    if g.poll(std::time::Duration::ZERO).0 || s.poll(slice).0 {
+                        return (true, false);
+                    }
+                    if std::time::Instant::now() >= end {
+                        return (false, false);
+                    }
+                }
+            }
         }
     }
 
     fn handle_one(&mut self, ctx: Option<&MountContext<'_>>) -> Handled {
         match self {
             Warden::Seccomp(s) => s.handle_one(ctx),
-            Warden::Fusermount(s) => s.handle_one(ctx),
+            Warden::Fusermount(s, guard) => {
+                if let Some(g) = guard.as_mut() {
+                    g.handle_pending();
+                }
+                if !s.poll(std::time::Duration::ZERO).0 {
+                    return Handled::Nothing;
+                }
+                let h = s.handle_one(ctx);
+                if let (Handled::Mounted(..), Some(g)) = (&h, guard.as_mut()) {
+                    g.set_mounted();
+                }
+                h
+            }
         }
     }
 
     fn handle_pending(&mut self) -> bool {
         match self {
             Warden::Seccomp(s) => s.handle_pending(),
-            Warden::Fusermount(s) => s.handle_pending(),
+            Warden::Fusermount(s, guard) => {
+                let by_guard = guard.as_mut().is_some_and(Supervisor::handle_pending);
+                s.handle_pending() | by_guard
+            }
         }
     }
 
     fn backend_unmounted(&self) -> bool {
         match self {
             Warden::Seccomp(s) => s.backend_unmounted(),
-            Warden::Fusermount(s) => s.backend_unmounted(),
+            Warden::Fusermount(s, guard) => {
+                s.backend_unmounted() || guard.as_ref().is_some_and(Supervisor::backend_unmounted)
+            }
         }
     }
 }
@@ -338,7 +378,9 @@ impl Backend {
                 mountpoint.display()
             );
         }
-        let mut server = crate::fusermount::Server::new(log, mountpoint.to_path_buf(), theirs)?;
+        let server_log = log.clone();
+        let mut server =
+            crate::fusermount::Server::new(log.clone(), mountpoint.to_path_buf(), theirs)?;
         let exe = std::env::current_exe()
             .map_err(|e| Error::Setup(format!("finding the proxy's own executable: {e}")))?;
         let cstr = |p: &std::path::Path| {
@@ -350,12 +392,38 @@ impl Backend {
             .iter()
             .map(|t| cstr(t))
             .collect::<Result<Vec<CString>, Error>>()?;
+        // The guard: where the kernel can trap calls, the daemon's own
+        // mount calls come to the proxy too, to be refused and logged.
+        let guard = match crate::seccomp::can_trap() {
+            Ok(()) => Some(
+                socketpair(
+                    AddressFamily::Unix,
+                    SockType::Stream,
+                    None,
+                    SockFlag::SOCK_CLOEXEC,
+                )
+                .map_err(|e| Error::Setup(format!("socketpair: {}", e.desc())))?,
+            ),
+            Err(why) => {
+                slog::info!(
+                    log,
+                    "the daemon's own mount calls fail in the kernel unseen ({why}); \
+                     what it runs through fusermount is logged"
+                );
+                None
+            }
+        };
+        let listener_out = guard.as_ref().map(|(_, child_end)| child_end.as_raw_fd());
+        let prog = crate::seccomp_filter::program();
         let mut cmd = Command::new(program);
         cmd.args(args).process_group(0);
         // SAFETY: the closure runs in the child between fork and exec: the
         // functions it calls make raw system calls (fcntl, unshare, mount,
-        // prctl, capget, capset, setgroups, setres[ug]id) on strings made
-        // before the fork (moved in) and on stack memory; nothing allocates.
+        // seccomp, sendmsg, prctl, capget, capset, setgroups, setres[ug]id)
+        // on strings and the filter made before the fork (moved in) and on
+        // stack memory; nothing allocates. The filter goes in while still
+        // root (before the capability goes), after the binds (it traps
+        // mount(2)).
         unsafe {
             cmd.pre_exec(move || {
                 inherit(end_fd)?;
@@ -366,6 +434,9 @@ impl Backend {
                 }
                 for t in &targets {
                     crate::backend_user::bind(&exe, t)?;
+                }
+                if let Some(fd) = listener_out {
+                    crate::seccomp_filter::install(&prog, fd)?;
                 }
                 match user {
                     Some(ids) => {
@@ -392,13 +463,38 @@ impl Backend {
             backend.stop(std::time::Duration::ZERO);
             return Err(e);
         }
-        backend.warden = Some(Warden::Fusermount(server));
+        let guard = match guard {
+            Some((ours, child_end)) => {
+                drop(child_end);
+                // The child sent it before exec, and spawn returns after it.
+                match receive_fd(&ours) {
+                    Ok(listener) => Some(Supervisor::for_fusermount(
+                        server_log.clone(),
+                        listener,
+                        mountpoint.to_path_buf(),
+                    )),
+                    Err(e) => {
+                        backend.stop(std::time::Duration::ZERO);
+                        return Err(Error::Setup(format!(
+                            "receiving the seccomp listener from the backend: {e}"
+                        )));
+                    }
+                }
+            }
+            None => None,
+        };
+        backend.warden = Some(Warden::Fusermount(server, guard));
         Ok(backend)
     }
 
     /// The seccomp listener's fd, when the backend runs under it.
     pub fn listener_fd(&self) -> Option<i32> {
         self.warden.as_ref().map(Warden::fd)
+    }
+
+    /// The fusermount channel's guard listener, when there is one.
+    pub fn guard_fd(&self) -> Option<i32> {
+        self.warden.as_ref().and_then(Warden::guard_fd)
     }
 
     /// Answers the seccomp calls waiting now. Returns whether the daemon

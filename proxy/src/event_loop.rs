@@ -36,6 +36,8 @@ const SIGNALS: Token = Token(2);
 const WAKE: Token = Token(3);
 /// The seccomp channel's listener: the backend's mount and umount calls.
 const SECCOMP: Token = Token(4);
+/// The fusermount channel's guard (the daemon's own mount calls).
+const GUARD: Token = Token(6);
 
 /// How long the backend gets to answer DESTROY, and the kernel to end the
 /// connection after the proxy's unmount, before the proxy stops waiting.
@@ -186,6 +188,9 @@ impl Session {
             // Daemons unmount at exit and may run helpers that mount.
             reg(fd, SECCOMP, Interest::READABLE)?;
         }
+        if let Some(fd) = backend.guard_fd() {
+            reg(fd, GUARD, Interest::READABLE)?;
+        }
         let waker = std::sync::Arc::new(
             mio::Waker::new(poll.registry(), WAKE)
                 .map_err(|e| Error::Setup(format!("eventfd: {e}")))?,
@@ -288,7 +293,7 @@ impl Session {
                         self.recorder_failed();
                     }
                     // Off the forwarding path: only mount and umount calls.
-                    SECCOMP => {
+                    SECCOMP | GUARD => {
                         self.backend.handle_notifications();
                     }
                     t => warn!(self.log, "event for unknown token {}", t.0),

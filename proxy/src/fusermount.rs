@@ -45,6 +45,14 @@
 //! check (rclone), and one of its parent would capture whatever the user
 //! mounts beside it during the session.
 //!
+//! Where the kernel can trap calls (seccomp user notification, 5.0+; the
+//! fd injection of 5.9 is not needed), the daemon also runs under the
+//! seccomp filter as a guard ([`crate::seccomp::Supervisor::for_fusermount`]):
+//! its own mount(2) calls are answered EPERM and logged (a library's
+//! attempt on MOUNTPOINT at INFO: it then runs fusermount), and its unmount
+//! of MOUNTPOINT is answered with success once mounted. Without it those
+//! calls fail in the kernel, unseen.
+//!
 //! What this channel cannot do: a daemon that mounts with mount(2) only and
 //! never runs fusermount (ntfs-3g's own FUSE) fails at start with EPERM, as
 //! it would run unprivileged; and the stand-in does not keep running for

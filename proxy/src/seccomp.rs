@@ -97,10 +97,36 @@ pub fn support() -> Result<(), String> {
     judge(actions.as_deref(), &release, notif_sizes())
 }
 
+/// Whether this kernel can trap calls to the proxy at all (user
+/// notification, 5.0+), without fd injection: what the fusermount channel
+/// needs to refuse and log the daemon's own mount calls. The reason when
+/// not.
+pub fn can_trap() -> Result<(), String> {
+    let actions = std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail").ok();
+    judge_notification(actions.as_deref(), notif_sizes())
+}
+
 /// [`support`]'s decision from what it read; separate to be tested.
 pub fn judge(
     actions_avail: Option<&str>,
     release: &str,
+    sizes: Result<libc::seccomp_notif_sizes, Errno>,
+) -> Result<(), String> {
+    judge_notification(actions_avail, sizes)?;
+    match parse_release(release) {
+        Some(v) if v >= ADDFD_SINCE => Ok(()),
+        Some((a, b)) => Err(format!(
+            "kernel {a}.{b} lacks seccomp fd injection (SECCOMP_IOCTL_NOTIF_ADDFD, Linux {}.{}+)",
+            ADDFD_SINCE.0, ADDFD_SINCE.1
+        )),
+        None => Err(format!("cannot tell the kernel version from '{release}'")),
+    }
+}
+
+/// The user-notification part of [`judge`]: `user_notif` among the
+/// actions, and structures no larger than this build's.
+fn judge_notification(
+    actions_avail: Option<&str>,
     sizes: Result<libc::seccomp_notif_sizes, Errno>,
 ) -> Result<(), String> {
     let Some(actions) = actions_avail else {
@@ -132,14 +158,7 @@ pub fn judge(
             }
         }
     }
-    match parse_release(release) {
-        Some(v) if v >= ADDFD_SINCE => Ok(()),
-        Some((a, b)) => Err(format!(
-            "kernel {a}.{b} lacks seccomp fd injection (SECCOMP_IOCTL_NOTIF_ADDFD, Linux {}.{}+)",
-            ADDFD_SINCE.0, ADDFD_SINCE.1
-        )),
-        None => Err(format!("cannot tell the kernel version from '{release}'")),
-    }
+    Ok(())
 }
 
 /// "6.18.44-fc-v657" → (6, 18).
@@ -344,6 +363,10 @@ pub struct Supervisor {
     /// `--backend-user`: /dev/null stands at /dev/fuse for the daemon, and
     /// is accepted as the fd named by `fd=`.
     stand_in: bool,
+    /// The fusermount channel's guard: the mount is made through the
+    /// fusermount stand-in, so every mount(2) is refused (libfuse then
+    /// falls back to fusermount) and logged.
+    through_fusermount: bool,
 }
 
 impl Supervisor {
@@ -366,7 +389,32 @@ impl Supervisor {
             mounted: false,
             unmounted: false,
             stand_in,
+            through_fusermount: false,
         }
+    }
+
+    /// The fusermount channel's guard ([`crate::fusermount`]): every
+    /// mount(2) is refused with EPERM and logged (a library's own attempt
+    /// included: it then runs fusermount, which is the proxy's stand-in);
+    /// an unmount of MOUNTPOINT is answered with success once
+    /// [`Supervisor::set_mounted`] says the mount exists; anything else is
+    /// refused and logged.
+    pub fn for_fusermount(log: Logger, listener: OwnedFd, mountpoint: PathBuf) -> Self {
+        Supervisor {
+            log,
+            listener,
+            mountpoint,
+            socket: None,
+            mounted: false,
+            unmounted: false,
+            stand_in: false,
+            through_fusermount: true,
+        }
+    }
+
+    /// The session's mount exists (made through the stand-in).
+    pub fn set_mounted(&mut self) {
+        self.mounted = true;
     }
 
     /// For a daemon given `/dev/fd/N` after the proxy mounted (the fd
@@ -382,6 +430,7 @@ impl Supervisor {
             mounted: true,
             unmounted: false,
             stand_in: false,
+            through_fusermount: false,
         }
     }
 
@@ -464,6 +513,17 @@ impl Supervisor {
                 self.unmounted = true;
                 self.respond(n.id, Ok(()));
                 Handled::Unmounted
+            }
+            Verdict::Mount if self.through_fusermount => {
+                // The library's own attempt, expected: it falls back to
+                // fusermount on EPERM. Said, not warned about.
+                info!(
+                    self.log,
+                    "{call} by {who}: answered EPERM, so that its library runs fusermount \
+                     (the fusermount channel mounts only through it)"
+                );
+                self.respond(n.id, Err(Errno::EPERM));
+                Handled::Nothing
             }
             Verdict::Mount => match ctx {
                 None => {

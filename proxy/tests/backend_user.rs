@@ -350,7 +350,7 @@ fn rclone_mount_seccomp_as_nobody_through_fusermount() {
 }
 
 #[test]
-fn other_mounts_and_unmounts_are_refused_and_logged_on_both_channels() {
+fn other_mounts_and_unmounts_are_refused_and_logged_on_every_channel() {
     if !proxied() {
         return;
     }
@@ -366,7 +366,7 @@ fn other_mounts_and_unmounts_are_refused_and_logged_on_both_channels() {
         "mkdir \"$1/backing/x\"; python3 -c \"$3\" \"$1/backing/x\"; \
          exec {pll} -f -o source=\"$1/backing\" \"$2\""
     );
-    for channel in ["seccomp", "fd"] {
+    for channel in ["seccomp", "fusermount", "fd"] {
         let mut m = MountBuilder::new(
             Mode::Proxy,
             ["sh", "-c", &script, "sh", "{dir}", "{mnt}", calls],
