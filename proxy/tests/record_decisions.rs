@@ -91,10 +91,14 @@ fn decisions_in_the_capture_agree_with_the_proxys_counters() {
     // the kernel, plus the proxy's own (its rewrites of the kernel's are
     // not counted twice).
     let decoded: u64 = stats.opcodes().map(|(_, s)| s.requests).sum();
+    let per_opcode: Vec<String> = stats
+        .opcodes()
+        .map(|(op, s)| format!("{op:?}={}", s.requests))
+        .collect();
     assert_eq!(
         decoded,
         counter("requests") + counter("injected"),
-        "{stats_line}"
+        "decoded per opcode: {per_opcode:?}\n{stats_line}\n--- proxy's log ---\n{log}"
     );
     let t = stats.time_updates();
     assert_eq!(t.answered_locally, counter("times_acked"), "{stats_line}");
