@@ -20,8 +20,7 @@
 //! exceeded (the record due first).
 
 use fuseproxy_protocol::flags::{
-    FATTR_ATIME, FATTR_ATIME_NOW, FATTR_CTIME, FATTR_FH, FATTR_LOCKOWNER, FATTR_MTIME,
-    FATTR_MTIME_NOW,
+    FATTR_ATIME, FATTR_CTIME, FATTR_FH, FATTR_HANDLE, FATTR_LOCKOWNER, FATTR_MTIME, FATTR_TIMES,
 };
 use fuseproxy_protocol::{NodeId, Setattr, Unique};
 
@@ -31,14 +30,9 @@ use crate::{Duration, Instant};
 /// A time as the wire carries it: seconds and nanoseconds.
 pub type Timespec = (i64, u32);
 
-/// Bits a SETATTR may carry and still be "time-only".
-pub const TIME_ONLY_MASK: u32 = FATTR_ATIME
-    | FATTR_MTIME
-    | FATTR_CTIME
-    | FATTR_ATIME_NOW
-    | FATTR_MTIME_NOW
-    | FATTR_FH
-    | FATTR_LOCKOWNER;
+/// Bits a SETATTR may carry and still be "time-only": times, and the
+/// open file they come through.
+pub const TIME_ONLY_MASK: u32 = FATTR_TIMES | FATTR_HANDLE;
 
 /// Bits of which at least one must be present for a SETATTR to be about times.
 const TIME_BITS: u32 = FATTR_ATIME | FATTR_MTIME | FATTR_CTIME;
@@ -593,6 +587,7 @@ impl Slots for [NodeTimes] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fuseproxy_protocol::flags::{FATTR_ATIME_NOW, FATTR_MTIME_NOW};
 
     fn t(atime: Option<i64>, mtime: Option<i64>) -> Times {
         Times {

@@ -34,6 +34,16 @@ pub const FATTR_CTIME: u32 = 1 << 10;
 /// `FATTR_KILL_SUIDGID` (7.33): clear suid/sgid (with `FUSE_HANDLE_KILLPRIV_V2`).
 pub const FATTR_KILL_SUIDGID: u32 = 1 << 11;
 
+/// The `FATTR_*` bits that set a time (the three times and the two
+/// "now" forms). Not in the kernel's header: a grouping of its bits.
+pub const FATTR_TIMES: u32 =
+    FATTR_ATIME | FATTR_MTIME | FATTR_CTIME | FATTR_ATIME_NOW | FATTR_MTIME_NOW;
+
+/// The `FATTR_*` bits that name the open file the change comes through
+/// (`fh`, `lock_owner`) and change nothing themselves. Not in the kernel's
+/// header: a grouping of its bits.
+pub const FATTR_HANDLE: u32 = FATTR_FH | FATTR_LOCKOWNER;
+
 /// `FATTR_*` names, lowest bit first, for logging.
 pub const FATTR_NAMES: &[(u32, &str)] = &[
     (FATTR_MODE, "FATTR_MODE"),
