@@ -946,3 +946,35 @@ impl Measured {
         self.detail = json!({"batches": batches, "ops": ops, "seconds": self.seconds});
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Workload::*;
+
+    #[test]
+    fn what_runs_at_each_level() {
+        // One caller: whole groups, as without --callers.
+        assert_eq!(to_run(GROUPS[2], &[RandRead], 1), GROUPS[2]);
+        // More: the parallel workload and what it needs, not seq-read.
+        assert_eq!(
+            to_run(GROUPS[2], &[RandRead, SeqRead], 4),
+            [SeqWrite, RandRead]
+        );
+        assert_eq!(
+            to_run(GROUPS[0], &[MetaStat], 2),
+            [MetaCreate, MetaStat, MetaUnlink]
+        );
+        assert_eq!(to_run(GROUPS[1], &[SmallRead], 8), [SmallWrite, SmallRead]);
+        assert!(to_run(GROUPS[3], &[Utime], 2).is_empty());
+    }
+
+    #[test]
+    fn levels_of_a_group() {
+        assert_eq!(levels(GROUPS[3], &[Utime], &[1, 2, 4]), [1]);
+        assert_eq!(levels(GROUPS[1], &[SmallRead], &[2, 4]), [2, 4]);
+        // seq-read needs the level of one caller even if not asked for.
+        assert_eq!(levels(GROUPS[2], &[SeqRead, RandRead], &[2, 4]), [1, 2, 4]);
+        assert_eq!(levels(GROUPS[2], &[SeqRead], &[2, 4]), [1]);
+    }
+}
