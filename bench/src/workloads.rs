@@ -468,24 +468,17 @@ pub fn run(
         }
         Workload::SmallWrite | Workload::SmallRead => {
             let write = w == Workload::SmallWrite;
-            if write {
-                mkdir(&dir)?;
-            } else {
-                cold_mount(&bdir)?;
-            }
-            let common = |first: usize, n: usize| {
-                // One caller: the files by fio's own numbering, as ever;
-                // more: each job names its share (fio numbers the files
-                // of each job from 0).
-                let files = if p == 1 {
-                    "--filename_format=f.$filenum".to_string()
-                } else {
-                    let names: Vec<String> = (first..first + n).map(|i| format!("f.{i}")).collect();
-                    format!("--filename={}", names.join(":"))
-                };
-                vec![
-                    format!("--directory={}", dir.display()),
-                    files,
+            // One caller: the 5,000 files in `small/`, as ever. P callers:
+            // in P subdirectories `small/cI/` (I < P) holding each caller's
+            // share, so that every fio job names its files by fio's own
+            // numbering (a list of names in `filename=` is limited to 4,096
+            // characters). small-write then runs P jobs one after the other
+            // (`stonewall`: still one caller), small-read P jobs at once.
+            let job = |sub: Option<usize>, n: usize| {
+                let d = sub.map_or(dir.clone(), |i| dir.join(format!("c{i}")));
+                let mut a = vec![
+                    format!("--directory={}", d.display()),
+                    "--filename_format=f.$filenum".into(),
                     format!("--nrfiles={n}"),
                     format!("--filesize={}", z.small_size),
                     format!("--size={}", z.small_size * n as u64),
@@ -493,21 +486,33 @@ pub fn run(
                     "--openfiles=1".into(),
                     "--file_service_type=sequential".into(),
                     format!("--rw={}", if write { "write" } else { "read" }),
-                ]
+                ];
+                if write {
+                    a.push("--create_on_open=1".into());
+                    if sub.is_some_and(|i| i > 0) {
+                        a.push("--stonewall".into());
+                    }
+                }
+                a
             };
             if write {
-                let mut a = common(0, z.small_files);
-                a.push("--create_on_open=1".into());
-                fio(&[a])
+                mkdir(&dir)?;
+                if p > 1 {
+                    for i in 0..p {
+                        mkdir(&dir.join(format!("c{i}")))?;
+                    }
+                }
             } else {
-                let jobs: Vec<Vec<String>> = (0..p)
-                    .map(|i| {
-                        let (first, n) = worker::share(z.small_files, p, i);
-                        common(first, n)
-                    })
-                    .collect();
-                fio(&jobs)
+                cold_mount(&bdir)?;
             }
+            let jobs: Vec<Vec<String>> = if p == 1 {
+                vec![job(None, z.small_files)]
+            } else {
+                (0..p)
+                    .map(|i| job(Some(i), worker::share(z.small_files, p, i).1))
+                    .collect()
+            };
+            fio(&jobs)
         }
         Workload::SeqWrite | Workload::SeqRead => {
             let write = w == Workload::SeqWrite;
