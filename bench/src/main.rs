@@ -50,9 +50,10 @@ proxy-cache's floor matters most).
 Each (round, workload group, configuration) gets a fresh mount; within a round the \
 configurations alternate, in an order that rotates from round to round. The table \
 gives the median over the rounds of each workload's timed part and its ratio to \
-direct; for the proxy and bindfs it adds their CPU time and peak RSS per workload, \
-and for the proxy the requests the kernel sent it and the messages it carried per \
-second (requests + replies, from its SIGUSR1 counters). JSON (with every sample and the machine) and CSV go to the \
+direct; for the proxy and bindfs it adds their CPU time and peak RSS (VmHWM) per \
+workload, and for the proxy the requests the kernel sent it, the messages it carried per \
+second (requests + replies, from its SIGUSR1 counters) and its CPU time per request. \
+--callers adds a dimension: meta-stat, small-read and rand-read with P parallel callers. JSON (with every sample and the machine) and CSV go to the \
 results folder, named with the date and the commit.
 
 Needs root, /dev/fuse, fio, bindfs, tar, gcc, pkg-config and libfuse3-dev (scripts/setup.sh \
@@ -99,6 +100,21 @@ struct Cli {
     /// too (unreported).
     #[arg(long, value_delimiter = ',', default_value = "all")]
     workloads: Vec<String>,
+
+    /// Parallel callers, comma-separated levels (e.g. 1,2,4,8): meta-stat,
+    /// small-read and rand-read run at each level with that many callers
+    /// sharing the same total work (threads of the worker for meta-stat,
+    /// fio jobs for the others), each level on its own fresh mounts. The
+    /// other workloads run with one caller only. With --smoke, the first
+    /// two levels only.
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "1",
+        value_parser = clap::value_parser!(u32).range(1..=64)
+    )]
+    callers: Vec<u32>,
 
     /// Where the backing directories and mountpoints go (local disk); a
     /// fuseproxy-bench/run-* folder is made in it and removed at the end.
@@ -338,6 +354,52 @@ fn run(cli: &Cli) -> Res<i32> {
         .copied()
         .filter(|g| g.iter().any(|w| selected.contains(w)))
         .collect();
+    let mut callers: Vec<u32> = Vec::new();
+    for &p in &cli.callers {
+        if !callers.contains(&p) {
+            callers.push(p);
+        }
+    }
+    if cli.smoke && callers.len() > 2 {
+        eprintln!(
+            "fuseproxy-bench: --smoke: callers {} only (the first two levels)",
+            callers[..2]
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        callers.truncate(2);
+    }
+    // Every caller gets at least one operation of each parallel workload.
+    let least = sizes
+        .meta_batch
+        .min(sizes.small_files)
+        .min((sizes.rand_bytes / sizes.rand_block) as usize);
+    if let Some(&p) = callers.iter().find(|&&p| p as usize > least) {
+        return Err(format!(
+            "--callers {p}: more callers than operations to share ({least} in the smallest workload)"
+        ));
+    }
+    let parallel_note = (callers != [1]
+        && selected.iter().any(|w| !w.is_parallel())
+        && selected.iter().any(|w| w.is_parallel()))
+    .then(|| {
+        format!(
+            "--callers applies to {}; {} ran with one caller only (P = 1)",
+            workloads::PARALLEL
+                .iter()
+                .map(|w| w.name())
+                .collect::<Vec<_>>()
+                .join(", "),
+            selected
+                .iter()
+                .filter(|w| !w.is_parallel())
+                .map(|w| w.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    });
 
     // Tools.
     check_tool("fio", "--version")?;
@@ -438,8 +500,17 @@ fn run(cli: &Cli) -> Res<i32> {
     let (sha, dirty) = report::git_commit();
 
     // The rounds.
-    let steps: usize =
-        groups.iter().map(|g| g.len()).sum::<usize>() * configs.len() * rounds as usize;
+    let steps: usize = groups
+        .iter()
+        .map(|g| {
+            workloads::levels(g, &selected, &callers)
+                .iter()
+                .map(|&p| workloads::to_run(g, &selected, p).len())
+                .sum::<usize>()
+        })
+        .sum::<usize>()
+        * configs.len()
+        * rounds as usize;
     let mut progress = Progress {
         start: t_start,
         total: steps,
@@ -447,7 +518,7 @@ fn run(cli: &Cli) -> Res<i32> {
         tty: std::io::stderr().is_terminal(),
     };
     progress.note(&format!(
-        "fuseproxy-bench: {} round(s) of {} workload(s) on {}{}; work in {}",
+        "fuseproxy-bench: {} round(s) of {} workload(s) on {}{}{}; work in {}",
         rounds,
         selected.len(),
         configs
@@ -455,6 +526,18 @@ fn run(cli: &Cli) -> Res<i32> {
             .map(|c| c.name())
             .collect::<Vec<_>>()
             .join(", "),
+        if callers == [1] {
+            String::new()
+        } else {
+            format!(
+                ", callers {}",
+                callers
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        },
         if cli.smoke { " (smoke sizes)" } else { "" },
         run_dir.display()
     ));
@@ -463,43 +546,54 @@ fn run(cli: &Cli) -> Res<i32> {
     let mut orders = Vec::new();
     'rounds: for round in 1..=rounds {
         for (gi, group) in groups.iter().enumerate() {
-            let mut order = configs.clone();
-            let n = order.len();
-            order.rotate_left((round as usize - 1 + gi) % n);
-            orders.push(json!({
-                "round": round,
-                "group": group.iter().map(|w| w.name()).collect::<Vec<_>>(),
-                "order": order.iter().map(|c| c.name()).collect::<Vec<_>>(),
-            }));
-            for &config in &order {
-                let root = run_dir.join(format!("r{round}-g{gi}-{}", config.name()));
-                let before = failures.len();
-                run_group(
-                    &ctx,
-                    &tools,
-                    config,
-                    round,
-                    rounds,
-                    group,
-                    &selected,
-                    &root,
-                    &mut progress,
-                    &mut samples,
-                    &mut failures,
-                );
-                if failures.len() > before {
-                    for f in &failures[before..] {
-                        progress.note(&format!(
-                            "FAILED: round {} {} on {}: {}",
-                            f.round, f.what, f.config, f.message
-                        ));
+            for (pi, &p) in workloads::levels(group, &selected, &callers)
+                .iter()
+                .enumerate()
+            {
+                let mut order = configs.clone();
+                let n = order.len();
+                order.rotate_left((round as usize - 1 + gi + pi) % n);
+                orders.push(json!({
+                    "round": round,
+                    "group": group.iter().map(|w| w.name()).collect::<Vec<_>>(),
+                    "callers": p,
+                    "order": order.iter().map(|c| c.name()).collect::<Vec<_>>(),
+                }));
+                let members = workloads::to_run(group, &selected, p);
+                for &config in &order {
+                    let root = run_dir.join(if p == 1 {
+                        format!("r{round}-g{gi}-{}", config.name())
+                    } else {
+                        format!("r{round}-g{gi}-p{p}-{}", config.name())
+                    });
+                    let before = failures.len();
+                    run_group(
+                        &ctx,
+                        &tools,
+                        config,
+                        (round, rounds),
+                        p,
+                        &members,
+                        &selected,
+                        &root,
+                        &mut progress,
+                        &mut samples,
+                        &mut failures,
+                    );
+                    if failures.len() > before {
+                        for f in &failures[before..] {
+                            progress.note(&format!(
+                                "FAILED: round {} {} on {}: {}",
+                                f.round, f.what, f.config, f.message
+                            ));
+                        }
+                        if cli.fail_fast {
+                            break 'rounds;
+                        }
                     }
-                    if cli.fail_fast {
+                    if procs::interrupted() {
                         break 'rounds;
                     }
-                }
-                if procs::interrupted() {
-                    break 'rounds;
                 }
             }
         }
@@ -535,7 +629,11 @@ fn run(cli: &Cli) -> Res<i32> {
         us(&machine["handoff_us"]["same_cpu"]),
         us(&machine["handoff_us"]["cross_cpu"]),
     );
-    println!("medians over the rounds; ratio = median / direct's median; layer = fuseproxy (proxy, proxy-cache) or bindfs (stacked)");
+    println!(
+        "medians over the rounds; P = parallel callers; ratio = median / direct's median at the same P; \
+         layer = fuseproxy (proxy, proxy-cache) or bindfs (stacked); layer RSS = its peak resident memory (VmHWM) \
+         during the workload; CPU µs/req = the proxy's CPU time / proxy reqs"
+    );
     if configs.contains(&Config::ProxyCache) {
         println!(
             "proxy-cache: fuseproxy --policy with [cache] min_entry_timeout = min_attr_timeout = \"{}\"{}",
@@ -551,6 +649,9 @@ fn run(cli: &Cli) -> Res<i32> {
     let mut notes = Vec::new();
     if configs.contains(&Config::Stacked) && selected.contains(&Workload::FindStat) {
         notes.push(workloads::STACKED_TIMES_NOTE);
+    }
+    if let Some(n) = &parallel_note {
+        notes.push(n);
     }
     for n in &notes {
         println!("note: {n}");
@@ -591,6 +692,8 @@ fn run(cli: &Cli) -> Res<i32> {
             "duration_s": duration.as_secs_f64(),
             "smoke": cli.smoke,
             "rounds": rounds,
+            "callers": callers,
+            "parallel_workloads": workloads::PARALLEL.iter().map(|w| w.name()).collect::<Vec<_>>(),
             "git": {"commit": sha, "dirty": dirty},
             "machine": machine,
             "load_at_end": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
@@ -608,7 +711,7 @@ fn run(cli: &Cli) -> Res<i32> {
             "workloads": selected.iter().map(|w| w.name()).collect::<Vec<_>>(),
             "workload_descriptions": describe,
             "mount_policy": "fresh mount and backing directory per (round, workload group, configuration); configuration order rotates per round and group",
-            "seconds": "fio workloads: fio's job_runtime; own loops: the loop's time; tar-x and find-stat: wall time of the command",
+            "seconds": "fio workloads: fio's job_runtime (with several callers, the longest job's); own loops: the loop's time (with several callers, from their common start to the last one's end); tar-x and find-stat: wall time of the command",
             "orders": orders,
             "summary": rows.iter().map(report::row_json).collect::<Vec<_>>(),
             "samples": samples.iter().map(report::sample_json).collect::<Vec<_>>(),
@@ -627,16 +730,18 @@ fn run(cli: &Cli) -> Res<i32> {
     Ok(code)
 }
 
-/// One workload group on one configuration: a fresh mount, its workloads in
-/// order, an orderly unmount. Records a sample per selected workload and a
-/// failure for anything that went wrong.
+/// One workload group on one configuration with `callers` parallel callers:
+/// a fresh mount, its workloads (`group`: those of the group that run at
+/// this level) in order, an orderly unmount. Records a sample per selected
+/// workload reported at this level (every one at 1 caller, the parallel ones
+/// at more) and a failure for anything that went wrong.
 #[allow(clippy::too_many_arguments)]
 fn run_group(
     ctx: &workloads::Ctx,
     tools: &Tools,
     config: Config,
-    round: u32,
-    rounds: u32,
+    (round, rounds): (u32, u32),
+    callers: u32,
     group: &[Workload],
     selected: &[Workload],
     root: &Path,
@@ -652,8 +757,14 @@ fn run_group(
             message,
         })
     };
+    let reported = |w: Workload| selected.contains(&w) && (callers == 1 || w.is_parallel());
+    let at = if callers == 1 {
+        String::new()
+    } else {
+        format!(" · P={callers}")
+    };
     progress.show(&format!(
-        "round {round}/{rounds} · {config} · mounting for {}",
+        "round {round}/{rounds} · {config}{at} · mounting for {}",
         group[0].name()
     ));
     let mut m = match Mounted::start(tools, config, root) {
@@ -661,10 +772,11 @@ fn run_group(
         Err(e) => {
             fail(failures, "mount", e.clone());
             for &w in group {
-                if selected.contains(&w) {
+                if reported(w) {
                     samples.push(Sample {
                         round,
                         workload: w,
+                        callers,
                         config,
                         result: Err(format!("no mount: {e}")),
                     });
@@ -679,9 +791,9 @@ fn run_group(
     let mut results: Vec<Option<Result<workloads::Measured, String>>> = vec![None; group.len()];
     for b in 0..batches {
         for (i, &w) in group.iter().enumerate() {
-            let reported = selected.contains(&w);
+            let reported = reported(w);
             progress.show(&format!(
-                "round {round}/{rounds} · {}{} · {config}{}",
+                "round {round}/{rounds} · {}{} · {config}{at}{}",
                 w.name(),
                 if batches > 1 {
                     format!(" (batch {}/{batches})", b + 1)
@@ -693,8 +805,8 @@ fn run_group(
             let r = match broken {
                 Some(prev) => Err(format!("not run: {prev} failed before it")),
                 None => {
-                    let tag = format!("r{round}-{config}-{}-b{b}", w.name());
-                    let r = workloads::run(ctx, &mut m, w, b, &tag);
+                    let tag = format!("r{round}-{config}-p{callers}-{}-b{b}", w.name());
+                    let r = workloads::run(ctx, &mut m, w, b, callers, &tag);
                     if let Err(e) = &r {
                         broken = Some(w.name());
                         fail(failures, w.name(), e.clone());
@@ -714,10 +826,11 @@ fn run_group(
         }
     }
     for (i, &w) in group.iter().enumerate() {
-        if selected.contains(&w) {
+        if reported(w) {
             samples.push(Sample {
                 round,
                 workload: w,
+                callers,
                 config,
                 result: results[i].take().unwrap_or_else(|| Err("not run".into())),
             });
@@ -735,11 +848,9 @@ fn run_group(
     for &w in group {
         if let Err(e) = workloads::after_unmount(ctx, config, w, &m.backing) {
             fail(failures, w.name(), e.clone());
-            if let Some(s) = samples
-                .iter_mut()
-                .rev()
-                .find(|s| s.round == round && s.config == config && s.workload == w)
-            {
+            if let Some(s) = samples.iter_mut().rev().find(|s| {
+                s.round == round && s.config == config && s.workload == w && s.callers == callers
+            }) {
                 s.result = Err(e);
             }
         }

@@ -94,12 +94,17 @@ pub fn spawn(cmd: &mut Command, stdout: &Path, stderr: &Path) -> Res<Child> {
         .map_err(|e| format!("cannot start {}: {e}", describe(cmd)))
 }
 
-/// The command line, for messages.
+/// The command line, for messages; an argument longer than 200 characters
+/// is cut short, with its length.
 pub fn describe(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();
     for a in cmd.get_args() {
+        let a = a.to_string_lossy();
         s.push(' ');
-        s.push_str(&a.to_string_lossy());
+        match a.char_indices().nth(200) {
+            Some((i, _)) => s.push_str(&format!("{}…({} chars)", &a[..i], a.chars().count())),
+            None => s.push_str(&a),
+        }
     }
     s
 }

@@ -13,10 +13,12 @@ use crate::mounts::Config;
 use crate::procs::{self, Res};
 use crate::workloads::{Measured, Sizes, Workload};
 
-/// One (round, workload, config) result.
+/// One (round, workload, callers, config) result.
 pub struct Sample {
     pub round: u32,
     pub workload: Workload,
+    /// Parallel callers (1 for the workloads that run with one only).
+    pub callers: u32,
     pub config: Config,
     pub result: Result<Measured, String>,
 }
@@ -29,9 +31,10 @@ pub struct Failure {
     pub message: String,
 }
 
-/// Medians over the rounds of one (workload, config).
+/// Medians over the rounds of one (workload, callers, config).
 pub struct Row {
     pub workload: Workload,
+    pub callers: u32,
     pub config: Config,
     pub ok: usize,
     pub failed: usize,
@@ -48,6 +51,9 @@ pub struct Row {
     pub msgs_per_s: Option<f64>,
     pub requests: Option<f64>,
     pub replies: Option<f64>,
+    /// The proxy's CPU time per request the kernel sent it, in µs (median
+    /// over the rounds of layer CPU / requests).
+    pub cpu_us_per_request: Option<f64>,
 }
 
 pub fn median(v: &mut [f64]) -> Option<f64> {
@@ -63,6 +69,16 @@ pub fn median(v: &mut [f64]) -> Option<f64> {
     })
 }
 
+/// The proxy's CPU time (utime + stime, all its threads) per request the
+/// kernel sent it, in µs: what a request and its reply cost the proxy.
+/// `None` without the proxy's counters or without requests.
+pub fn cpu_us_per_request(m: &Measured) -> Option<f64> {
+    match (m.usage.layer, m.usage.counters) {
+        (Some(l), Some(c)) if c.requests > 0 => Some(l.cpu_s * 1e6 / c.requests as f64),
+        _ => None,
+    }
+}
+
 /// Messages the proxy carried (requests in + replies out) per second of the
 /// workload's window.
 pub fn msgs_per_s(m: &Measured) -> Option<f64> {
@@ -71,6 +87,10 @@ pub fn msgs_per_s(m: &Measured) -> Option<f64> {
         .map(|c| (c.requests + c.replies) as f64 / m.window_s.max(1e-9))
 }
 
+/// One row per (workload, callers, config): workloads in the given order,
+/// then the caller counts found in the samples (ascending), then the
+/// configurations. The ratio is to direct's median at the same workload and
+/// callers.
 pub fn summarize(
     samples: &[Sample],
     workloads: &[Workload],
@@ -79,56 +99,77 @@ pub fn summarize(
 ) -> Vec<Row> {
     let mut rows = Vec::new();
     for &w in workloads {
-        let mut direct_median = None;
-        for &c in configs {
-            let all: Vec<&Sample> = samples
-                .iter()
-                .filter(|s| s.workload == w && s.config == c)
-                .collect();
-            let ok: Vec<&Measured> = all.iter().filter_map(|s| s.result.as_ref().ok()).collect();
-            let col = |f: &dyn Fn(&Measured) -> Option<f64>| {
-                let mut v: Vec<f64> = ok.iter().filter_map(|m| f(m)).collect();
-                median(&mut v)
-            };
-            let med = col(&|m| Some(m.seconds));
-            if c == Config::Direct {
-                direct_median = med;
-            }
-            let (ops, unit) = w.ops(z);
-            rows.push(Row {
-                workload: w,
-                config: c,
-                ok: ok.len(),
-                failed: all.len() - ok.len(),
-                median_s: med,
-                min_s: ok.iter().map(|m| m.seconds).min_by(|a, b| a.total_cmp(b)),
-                max_s: ok.iter().map(|m| m.seconds).max_by(|a, b| a.total_cmp(b)),
-                ratio: None,
-                rate: med.filter(|&s| s > 0.0).map(|s| ops / s),
-                unit,
-                layer_cpu_s: col(&|m| m.usage.layer.map(|l| l.cpu_s)),
-                layer_peak_rss_kib: ok
-                    .iter()
-                    .filter_map(|m| m.usage.layer.map(|l| l.peak_rss_kib))
-                    .max(),
-                backend_cpu_s: col(&|m| Some(m.usage.backend.cpu_s)),
-                backend_peak_rss_kib: ok.iter().map(|m| m.usage.backend.peak_rss_kib).max(),
-                msgs_per_s: col(&msgs_per_s),
-                requests: col(&|m| m.usage.counters.map(|c| c.requests as f64)),
-                replies: col(&|m| m.usage.counters.map(|c| c.replies as f64)),
-            });
-        }
-        // Ratios once the direct median of this workload is known.
-        let n = configs.len();
-        let start = rows.len() - n;
-        for r in &mut rows[start..] {
-            r.ratio = match (r.median_s, direct_median) {
-                (Some(s), Some(d)) if d > 0.0 => Some(s / d),
-                _ => None,
-            };
+        let mut levels: Vec<u32> = samples
+            .iter()
+            .filter(|s| s.workload == w)
+            .map(|s| s.callers)
+            .collect();
+        levels.sort_unstable();
+        levels.dedup();
+        for p in levels {
+            summarize_level(samples, w, p, configs, z, &mut rows);
         }
     }
     rows
+}
+
+fn summarize_level(
+    samples: &[Sample],
+    w: Workload,
+    p: u32,
+    configs: &[Config],
+    z: &Sizes,
+    rows: &mut Vec<Row>,
+) {
+    let mut direct_median = None;
+    for &c in configs {
+        let all: Vec<&Sample> = samples
+            .iter()
+            .filter(|s| s.workload == w && s.callers == p && s.config == c)
+            .collect();
+        let ok: Vec<&Measured> = all.iter().filter_map(|s| s.result.as_ref().ok()).collect();
+        let col = |f: &dyn Fn(&Measured) -> Option<f64>| {
+            let mut v: Vec<f64> = ok.iter().filter_map(|m| f(m)).collect();
+            median(&mut v)
+        };
+        let med = col(&|m| Some(m.seconds));
+        if c == Config::Direct {
+            direct_median = med;
+        }
+        let (ops, unit) = w.ops(z);
+        rows.push(Row {
+            workload: w,
+            callers: p,
+            config: c,
+            ok: ok.len(),
+            failed: all.len() - ok.len(),
+            median_s: med,
+            min_s: ok.iter().map(|m| m.seconds).min_by(|a, b| a.total_cmp(b)),
+            max_s: ok.iter().map(|m| m.seconds).max_by(|a, b| a.total_cmp(b)),
+            ratio: None,
+            rate: med.filter(|&s| s > 0.0).map(|s| ops / s),
+            unit,
+            layer_cpu_s: col(&|m| m.usage.layer.map(|l| l.cpu_s)),
+            layer_peak_rss_kib: ok
+                .iter()
+                .filter_map(|m| m.usage.layer.map(|l| l.peak_rss_kib))
+                .max(),
+            backend_cpu_s: col(&|m| Some(m.usage.backend.cpu_s)),
+            backend_peak_rss_kib: ok.iter().map(|m| m.usage.backend.peak_rss_kib).max(),
+            msgs_per_s: col(&msgs_per_s),
+            requests: col(&|m| m.usage.counters.map(|c| c.requests as f64)),
+            replies: col(&|m| m.usage.counters.map(|c| c.replies as f64)),
+            cpu_us_per_request: col(&cpu_us_per_request),
+        });
+    }
+    // Ratios once the direct median of this workload and level is known.
+    let start = rows.len() - configs.len();
+    for r in &mut rows[start..] {
+        r.ratio = match (r.median_s, direct_median) {
+            (Some(s), Some(d)) if d > 0.0 => Some(s / d),
+            _ => None,
+        };
+    }
 }
 
 fn opt(v: Option<f64>, prec: usize) -> String {
@@ -153,9 +194,10 @@ pub fn table(rows: &[Row]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<12} {:<11} {:>9} {:>6} {:>9} {:>9} {:>17} {:>11} {:>12} {:>11} {:>11} {:>12}",
+        "{:<12} {:<11} {:>2} {:>9} {:>6} {:>9} {:>9} {:>17} {:>11} {:>12} {:>11} {:>11} {:>12} {:>10}",
         "workload",
         "config",
+        "P",
         "median s",
         "ratio",
         "min s",
@@ -165,7 +207,8 @@ pub fn table(rows: &[Row]) -> String {
         "layer RSS MiB",
         "backend CPU",
         "proxy reqs",
-        "proxy msg/s"
+        "proxy msg/s",
+        "CPU µs/req"
     );
     let mut last = None;
     for r in rows {
@@ -185,9 +228,10 @@ pub fn table(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             s,
-            "{:<12} {:<11} {:>9} {:>6} {:>9} {:>9} {:>17} {:>11} {:>12} {:>11} {:>11} {:>12}{fails}",
+            "{:<12} {:<11} {:>2} {:>9} {:>6} {:>9} {:>9} {:>17} {:>11} {:>12} {:>11} {:>11} {:>12} {:>10}{fails}",
             name,
             r.config.name(),
+            r.callers,
             opt(r.median_s, 3),
             opt(r.ratio, 2),
             opt(r.min_s, 3),
@@ -198,6 +242,7 @@ pub fn table(rows: &[Row]) -> String {
             opt(r.backend_cpu_s, 2),
             r.requests.map_or("-".into(), thousands),
             r.msgs_per_s.map_or("-".into(), thousands),
+            opt(r.cpu_us_per_request, 1),
         );
     }
     s
@@ -206,6 +251,7 @@ pub fn table(rows: &[Row]) -> String {
 pub fn row_json(r: &Row) -> Value {
     json!({
         "workload": r.workload.name(),
+        "callers": r.callers,
         "config": r.config.name(),
         "rounds_ok": r.ok,
         "rounds_failed": r.failed,
@@ -223,6 +269,7 @@ pub fn row_json(r: &Row) -> Value {
         "proxy_msgs_per_s": r.msgs_per_s,
         "proxy_requests": r.requests,
         "proxy_replies": r.replies,
+        "proxy_cpu_us_per_request": r.cpu_us_per_request,
     })
 }
 
@@ -230,6 +277,7 @@ pub fn sample_json(s: &Sample) -> Value {
     let mut v = json!({
         "round": s.round,
         "workload": s.workload.name(),
+        "callers": s.callers,
         "config": s.config.name(),
         "ok": s.result.is_ok(),
     });
@@ -254,6 +302,7 @@ pub fn sample_json(s: &Sample) -> Value {
                     "allocations": c.allocations,
                     "cache_changed": c.cache_changed,
                     "msgs_per_s": msgs_per_s(m),
+                    "cpu_us_per_request": cpu_us_per_request(m),
                 });
             }
             v["detail"] = m.detail.clone();
@@ -264,17 +313,18 @@ pub fn sample_json(s: &Sample) -> Value {
 
 pub fn csv(rows: &[Row]) -> String {
     let mut s = String::from(
-        "workload,config,rounds_ok,rounds_failed,median_s,ratio_to_direct,min_s,max_s,rate,rate_unit,\
+        "workload,callers,config,rounds_ok,rounds_failed,median_s,ratio_to_direct,min_s,max_s,rate,rate_unit,\
          layer,layer_cpu_s,layer_peak_rss_kib,backend_cpu_s,backend_peak_rss_kib,proxy_msgs_per_s,\
-         proxy_requests,proxy_replies\n",
+         proxy_requests,proxy_replies,proxy_cpu_us_per_request\n",
     );
     let f = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.6}"));
     let u = |v: Option<u64>| v.map_or(String::new(), |x| x.to_string());
     for r in rows {
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             r.workload.name(),
+            r.callers,
             r.config.name(),
             r.ok,
             r.failed,
@@ -292,6 +342,7 @@ pub fn csv(rows: &[Row]) -> String {
             f(r.msgs_per_s),
             f(r.requests),
             f(r.replies),
+            f(r.cpu_us_per_request),
         );
     }
     s

@@ -7,6 +7,7 @@
 use std::ffi::CString;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Barrier;
 use std::time::Instant;
 
 use nix::fcntl::{open, OFlag};
@@ -27,7 +28,7 @@ pub enum Kind {
     Utime,
 }
 
-/// `fuseproxy-bench worker KIND DIR COUNT [--files N]`.
+/// `fuseproxy-bench worker KIND DIR COUNT [--files N] [--first I] [--callers P]`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[arg(value_enum)]
@@ -39,6 +40,11 @@ pub struct Args {
     /// Index of the first metadata file (batches).
     #[arg(long, default_value_t = 0)]
     pub first: usize,
+    /// meta-stat only: parallel callers (threads of this process), each
+    /// stat'ing its own contiguous share of the COUNT files. The time is
+    /// from their common start to the last one's end.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub callers: u32,
 }
 
 /// Name of the i-th file of the metadata workloads.
@@ -108,24 +114,60 @@ fn run(a: &Args) -> Result<(f64, usize), String> {
         }
         Kind::MetaStat => {
             let names = names(a.first, a.count, meta_name);
-            let t = Instant::now();
-            for n in &names {
-                let st = fstatat(
-                    Some(dfd),
-                    n.as_c_str(),
-                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-                )
-                .map_err(|e| format!("stat {}: {e}", at(n).display()))?;
-                if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size != 0 {
-                    return Err(format!(
-                        "stat {}: mode {:o}, size {} (expected an empty regular file)",
-                        at(n).display(),
-                        st.st_mode,
-                        st.st_size
-                    ));
+            let stat_all = |names: &[CString]| -> Result<(), String> {
+                for n in names {
+                    let st = fstatat(
+                        Some(dfd),
+                        n.as_c_str(),
+                        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(|e| format!("stat {}: {e}", at(n).display()))?;
+                    if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size != 0 {
+                        return Err(format!(
+                            "stat {}: mode {:o}, size {} (expected an empty regular file)",
+                            at(n).display(),
+                            st.st_mode,
+                            st.st_size
+                        ));
+                    }
                 }
+                Ok(())
+            };
+            if a.callers == 1 {
+                let t = Instant::now();
+                stat_all(&names)?;
+                return Ok((t.elapsed().as_secs_f64(), a.count));
             }
-            Ok((t.elapsed().as_secs_f64(), a.count))
+            // Every thread waits at the barrier, so the clock starts when all
+            // of them are ready, not while the later ones are being created.
+            let p = a.callers as usize;
+            let start = Barrier::new(p + 1);
+            let (secs, results) = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..p)
+                    .map(|i| {
+                        let (first, n) = share(names.len(), p, i);
+                        let mine = &names[first..first + n];
+                        let start = &start;
+                        let stat_all = &stat_all;
+                        s.spawn(move || {
+                            start.wait();
+                            stat_all(mine)
+                        })
+                    })
+                    .collect();
+                start.wait();
+                let t = Instant::now();
+                let results: Vec<Result<(), String>> = handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err("a caller thread panicked".into()))
+                    })
+                    .collect();
+                (t.elapsed().as_secs_f64(), results)
+            });
+            results.into_iter().collect::<Result<Vec<()>, String>>()?;
+            Ok((secs, a.count))
         }
         Kind::MetaUnlink => {
             let names = names(a.first, a.count, meta_name);
@@ -160,6 +202,15 @@ fn run(a: &Args) -> Result<(f64, usize), String> {
     }
 }
 
+/// Caller `i`'s share of `total` operations split among `parts` callers:
+/// (first index, count). Shares differ by one at most, the first ones take
+/// the remainder, and together they cover `0..total` exactly once.
+pub fn share(total: usize, parts: usize, i: usize) -> (usize, usize) {
+    let parts = parts.max(1);
+    let (base, rem) = (total / parts, total % parts);
+    (i * base + i.min(rem), base + usize::from(i < rem))
+}
+
 /// Creates the utime workload's files (untimed set-up, through the mount).
 pub fn make_utime_files(dir: &Path, files: usize) -> Result<(), String> {
     for i in 0..files {
@@ -186,5 +237,19 @@ mod tests {
         assert_eq!(utime_last_call(1, 3, 10), Some(7));
         assert_eq!(utime_last_call(2, 3, 10), Some(8));
         assert_eq!(utime_last_call(5, 10, 3), None);
+    }
+
+    #[test]
+    fn shares_cover_everything_once() {
+        for (total, parts) in [(10_000, 1), (10_000, 3), (5_000, 8), (7, 4), (100, 2)] {
+            let mut next = 0;
+            for i in 0..parts {
+                let (first, n) = share(total, parts, i);
+                assert_eq!(first, next, "{total}/{parts} share {i}");
+                assert!(n == total / parts || n == total / parts + 1);
+                next += n;
+            }
+            assert_eq!(next, total);
+        }
     }
 }

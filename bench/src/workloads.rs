@@ -65,6 +65,50 @@ pub const GROUPS: [&[Workload]; 5] = [
     &[Workload::TarX, Workload::FindStat],
 ];
 
+/// The workloads that `--callers P` runs with P parallel callers, the work
+/// split among them (the total stays the same, so times compare across P):
+/// meta-stat's stats of each batch, small-read's files, rand-read's reads
+/// (each caller over its own region of the file, so no caller reads a block
+/// another one brought into the page cache). The others run with one caller
+/// only: a sequential stream, an archive extraction or a storm on a fixed
+/// round robin of files is one caller's work by nature.
+pub const PARALLEL: [Workload; 3] = [Workload::MetaStat, Workload::SmallRead, Workload::RandRead];
+
+/// The workloads of `group` that run on a mount whose parallel workloads
+/// have `callers` callers: with one, the whole group, as without
+/// `--callers`; with more, the selected parallel workloads and what they
+/// need (the earlier members that make their files, and meta-unlink, which
+/// empties each metadata batch before the next is created), but not the
+/// members reported at one caller only (seq-read).
+pub fn to_run(group: &[Workload], selected: &[Workload], callers: u32) -> Vec<Workload> {
+    if callers == 1 {
+        return group.to_vec();
+    }
+    let mut want: Vec<Workload> = Vec::new();
+    for &w in group {
+        if w.is_parallel() && selected.contains(&w) {
+            want.push(w);
+            want.extend_from_slice(w.needs());
+        }
+    }
+    group.iter().copied().filter(|w| want.contains(w)).collect()
+}
+
+/// The caller counts a group runs at: every level of `--callers` if it has
+/// a selected parallel workload, plus one caller if it has a selected
+/// workload that runs at one caller only; just one caller otherwise.
+pub fn levels(group: &[Workload], selected: &[Workload], callers: &[u32]) -> Vec<u32> {
+    let sel = |f: fn(Workload) -> bool| group.iter().any(|&w| selected.contains(&w) && f(w));
+    if !sel(Workload::is_parallel) {
+        return vec![1];
+    }
+    let mut v = callers.to_vec();
+    if sel(|w| !w.is_parallel()) && !v.contains(&1) {
+        v.insert(0, 1);
+    }
+    v
+}
+
 /// The sizes of one run.
 #[derive(Debug, Clone, Copy)]
 pub struct Sizes {
@@ -148,6 +192,24 @@ impl Workload {
 
     pub fn from_name(s: &str) -> Option<Workload> {
         ALL.iter().copied().find(|w| w.name() == s)
+    }
+
+    /// Whether it runs with `--callers` parallel callers (see [`PARALLEL`]).
+    pub fn is_parallel(self) -> bool {
+        PARALLEL.contains(&self)
+    }
+
+    /// The members of its group that must run on the same mount for it to
+    /// run (before it, or, for meta-unlink, after it in each batch).
+    pub fn needs(self) -> &'static [Workload] {
+        match self {
+            Workload::MetaStat => &[Workload::MetaCreate, Workload::MetaUnlink],
+            Workload::MetaUnlink => &[Workload::MetaCreate],
+            Workload::SmallRead => &[Workload::SmallWrite],
+            Workload::SeqRead | Workload::RandRead => &[Workload::SeqWrite],
+            Workload::FindStat => &[Workload::TarX],
+            _ => &[],
+        }
     }
 
     /// Operations done, and their unit, for the rate column.
@@ -317,32 +379,59 @@ fn subdir(w: Workload) -> &'static str {
 
 /// What the timed child is.
 enum Job {
-    /// fio with these arguments; its JSON goes to `json`.
-    Fio { args: Vec<String>, json: PathBuf },
+    /// fio with these arguments, `jobs` jobs (one per caller); its JSON
+    /// goes to `json`.
+    Fio {
+        args: Vec<String>,
+        json: PathBuf,
+        jobs: usize,
+    },
     /// Our worker; its JSON line on stdout.
     Worker(Command),
     /// Any command, wall-timed, stdout kept.
     Wall(Command),
 }
 
-/// Runs workload `w` on mount `m`: prepare, time, check. `tag` names the
-/// log files (round, config, workload).
-pub fn run(ctx: &Ctx, m: &mut Mounted, w: Workload, batch: usize, tag: &str) -> Res<Measured> {
+/// Runs workload `w` on mount `m`: prepare, time, check. A parallel
+/// workload (see [`PARALLEL`]) runs with `callers` callers; the others
+/// ignore it. `tag` names the log files (round, config, workload).
+pub fn run(
+    ctx: &Ctx,
+    m: &mut Mounted,
+    w: Workload,
+    batch: usize,
+    callers: u32,
+    tag: &str,
+) -> Res<Measured> {
     let z = &ctx.sizes;
     let dir = m.mnt.join(subdir(w));
     let bdir = m.backing.join(subdir(w));
-    let fio = |extra: &[String]| -> Job {
+    // One fio job per caller, each given its whole option list (one job,
+    // named after the workload, with one caller). fio starts the jobs of
+    // one invocation together.
+    let fio = |jobs: &[Vec<String>]| -> Job {
         let json = ctx.logs.join(format!("{tag}.fio.json"));
         let mut args = vec![
             "--output-format=json".to_string(),
             format!("--output={}", json.display()),
-            format!("--name={}", w.name()),
-            "--ioengine=psync".into(),
-            "--fallocate=none".into(),
         ];
-        args.extend(extra.iter().cloned());
-        Job::Fio { args, json }
+        for (i, extra) in jobs.iter().enumerate() {
+            args.push(if jobs.len() == 1 {
+                format!("--name={}", w.name())
+            } else {
+                format!("--name={}.{i}", w.name())
+            });
+            args.push("--ioengine=psync".into());
+            args.push("--fallocate=none".into());
+            args.extend(extra.iter().cloned());
+        }
+        Job::Fio {
+            args,
+            json,
+            jobs: jobs.len(),
+        }
     };
+    let p = callers as usize;
     let big = dir.join("big");
     let (first, count) = meta_range(z, batch);
     let worker = |kind: &str, count: usize| -> Job {
@@ -350,6 +439,9 @@ pub fn run(ctx: &Ctx, m: &mut Mounted, w: Workload, batch: usize, tag: &str) -> 
         c.arg("worker").arg(kind).arg(&dir).arg(count.to_string());
         if kind.starts_with("meta") {
             c.arg("--first").arg(first.to_string());
+        }
+        if kind == "meta-stat" {
+            c.arg("--callers").arg(callers.to_string());
         }
         if kind == "utime" {
             c.arg("--files").arg(z.utime_files.to_string());
@@ -376,26 +468,51 @@ pub fn run(ctx: &Ctx, m: &mut Mounted, w: Workload, batch: usize, tag: &str) -> 
         }
         Workload::SmallWrite | Workload::SmallRead => {
             let write = w == Workload::SmallWrite;
+            // One caller: the 5,000 files in `small/`, as ever. P callers:
+            // in P subdirectories `small/cI/` (I < P) holding each caller's
+            // share, so that every fio job names its files by fio's own
+            // numbering (a list of names in `filename=` is limited to 4,096
+            // characters). small-write then runs P jobs one after the other
+            // (`stonewall`: still one caller), small-read P jobs at once.
+            let job = |sub: Option<usize>, n: usize| {
+                let d = sub.map_or(dir.clone(), |i| dir.join(format!("c{i}")));
+                let mut a = vec![
+                    format!("--directory={}", d.display()),
+                    "--filename_format=f.$filenum".into(),
+                    format!("--nrfiles={n}"),
+                    format!("--filesize={}", z.small_size),
+                    format!("--size={}", z.small_size * n as u64),
+                    format!("--bs={}", z.small_size),
+                    "--openfiles=1".into(),
+                    "--file_service_type=sequential".into(),
+                    format!("--rw={}", if write { "write" } else { "read" }),
+                ];
+                if write {
+                    a.push("--create_on_open=1".into());
+                    if sub.is_some_and(|i| i > 0) {
+                        a.push("--stonewall".into());
+                    }
+                }
+                a
+            };
             if write {
                 mkdir(&dir)?;
+                if p > 1 {
+                    for i in 0..p {
+                        mkdir(&dir.join(format!("c{i}")))?;
+                    }
+                }
             } else {
                 cold_mount(&bdir)?;
             }
-            let mut a = vec![
-                format!("--directory={}", dir.display()),
-                "--filename_format=f.$filenum".into(),
-                format!("--nrfiles={}", z.small_files),
-                format!("--filesize={}", z.small_size),
-                format!("--size={}", z.small_size * z.small_files as u64),
-                format!("--bs={}", z.small_size),
-                "--openfiles=1".into(),
-                "--file_service_type=sequential".into(),
-                format!("--rw={}", if write { "write" } else { "read" }),
-            ];
-            if write {
-                a.push("--create_on_open=1".into());
-            }
-            fio(&a)
+            let jobs: Vec<Vec<String>> = if p == 1 {
+                vec![job(None, z.small_files)]
+            } else {
+                (0..p)
+                    .map(|i| job(Some(i), worker::share(z.small_files, p, i).1))
+                    .collect()
+            };
+            fio(&jobs)
         }
         Workload::SeqWrite | Workload::SeqRead => {
             let write = w == Workload::SeqWrite;
@@ -404,23 +521,49 @@ pub fn run(ctx: &Ctx, m: &mut Mounted, w: Workload, batch: usize, tag: &str) -> 
             } else {
                 cold_mount(&bdir)?;
             }
-            fio(&[
+            fio(&[vec![
                 format!("--filename={}", big.display()),
                 format!("--size={}", z.seq_bytes),
                 format!("--bs={}", z.seq_block),
                 format!("--rw={}", if write { "write" } else { "read" }),
-            ])
+            ]])
         }
         Workload::RandRead => {
             cold_mount(&bdir)?;
-            fio(&[
-                format!("--filename={}", big.display()),
-                format!("--size={}", z.seq_bytes),
-                format!("--io_size={}", z.rand_bytes),
-                format!("--bs={}", z.rand_block),
-                "--rw=randread".into(),
-                "--randrepeat=1".into(),
-            ])
+            if p == 1 {
+                fio(&[vec![
+                    format!("--filename={}", big.display()),
+                    format!("--size={}", z.seq_bytes),
+                    format!("--io_size={}", z.rand_bytes),
+                    format!("--bs={}", z.rand_block),
+                    "--rw=randread".into(),
+                    "--randrepeat=1".into(),
+                ]])
+            } else {
+                // Caller i reads its share of the blocks at random offsets
+                // of its own 1/P of the file: fio never reads a block twice
+                // within a job (its random map), and with disjoint regions
+                // no job reads a block another one brought into the page
+                // cache, so the reads that reach the daemon are as many as
+                // with one caller.
+                let blocks = z.seq_bytes / z.rand_block;
+                let jobs: Vec<Vec<String>> = (0..p)
+                    .map(|i| {
+                        let (b0, nb) = worker::share(blocks as usize, p, i);
+                        let (_, n) = worker::share((z.rand_bytes / z.rand_block) as usize, p, i);
+                        vec![
+                            format!("--filename={}", big.display()),
+                            format!("--offset={}", b0 as u64 * z.rand_block),
+                            format!("--size={}", nb as u64 * z.rand_block),
+                            format!("--io_size={}", n as u64 * z.rand_block),
+                            format!("--bs={}", z.rand_block),
+                            "--rw=randread".into(),
+                            "--randrepeat=1".into(),
+                        ]
+                    })
+                    .collect();
+                fio(&jobs)
+            }
         }
         Workload::Utime => {
             mkdir(&dir)?;
@@ -506,7 +649,7 @@ pub fn run(ctx: &Ctx, m: &mut Mounted, w: Workload, batch: usize, tag: &str) -> 
 
     // Result and its check.
     let (seconds, detail) = match &job {
-        Job::Fio { json, .. } => fio_result(w, z, json)?,
+        Job::Fio { json, jobs, .. } => fio_result(w, z, json, *jobs)?,
         Job::Worker(_) => {
             let v: Value = serde_json::from_str(
                 std::fs::read_to_string(&out)
@@ -544,15 +687,26 @@ fn last_lines(s: &str, n: usize) -> String {
     l[l.len().saturating_sub(n)..].join(" | ")
 }
 
-/// fio's JSON: the job's runtime and the byte/IO counts, checked.
-fn fio_result(w: Workload, z: &Sizes, path: &Path) -> Res<(f64, Value)> {
+/// fio's JSON: the runtime and the byte/IO counts, checked. With several
+/// jobs (one per caller, started together) the time is the longest job's
+/// `job_runtime`, and the counts are the jobs' sums, checked against the
+/// whole workload's.
+fn fio_result(w: Workload, z: &Sizes, path: &Path, jobs: usize) -> Res<(f64, Value)> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     // fio may print warnings before the JSON document.
     let start = text.find('{').ok_or("fio wrote no JSON")?;
     let v: Value = serde_json::from_str(&text[start..]).map_err(|e| format!("fio's JSON: {e}"))?;
-    let job = &v["jobs"][0];
-    if job["error"].as_i64() != Some(0) {
-        return Err(format!("fio reports error {}", job["error"]));
+    let all = v["jobs"].as_array().ok_or("fio's JSON has no jobs")?;
+    if all.len() != jobs {
+        return Err(format!("fio reports {} jobs, expected {jobs}", all.len()));
+    }
+    for job in all {
+        if job["error"].as_i64() != Some(0) {
+            return Err(format!(
+                "fio {} reports error {}",
+                job["jobname"], job["error"]
+            ));
+        }
     }
     let (dir, want_bytes, want_ios) = match w {
         Workload::SmallWrite => (
@@ -570,25 +724,43 @@ fn fio_result(w: Workload, z: &Sizes, path: &Path) -> Res<(f64, Value)> {
         Workload::RandRead => ("read", z.rand_bytes, z.rand_bytes / z.rand_block),
         _ => return Err(format!("{} is not a fio workload", w.name())),
     };
-    let d = &job[dir];
-    let bytes = d["io_bytes"].as_u64().unwrap_or(0);
-    let ios = d["total_ios"].as_u64().unwrap_or(0);
+    let sum =
+        |f: &dyn Fn(&Value) -> Option<f64>| all.iter().filter_map(|j| f(&j[dir])).sum::<f64>();
+    let bytes: u64 = all
+        .iter()
+        .map(|j| j[dir]["io_bytes"].as_u64().unwrap_or(0))
+        .sum();
+    let ios: u64 = all
+        .iter()
+        .map(|j| j[dir]["total_ios"].as_u64().unwrap_or(0))
+        .sum();
     if bytes != want_bytes || ios != want_ios {
         return Err(format!(
             "fio {dir}: {bytes} bytes in {ios} I/Os, expected {want_bytes} bytes in {want_ios}"
         ));
     }
-    let runtime_ms = job["job_runtime"]
-        .as_f64()
-        .ok_or("fio's JSON has no job_runtime")?;
+    let mut runtime_ms = 0.0f64;
+    for job in all {
+        let r = job["job_runtime"]
+            .as_f64()
+            .ok_or("fio's JSON has no job_runtime")?;
+        runtime_ms = runtime_ms.max(r);
+    }
+    let max = |f: &dyn Fn(&Value) -> Option<f64>| {
+        all.iter()
+            .filter_map(f)
+            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
+    };
     let detail = json!({
         "fio_runtime_ms": runtime_ms,
-        "bw_kib_s": d["bw"],
-        "iops": d["iops"],
-        "lat_mean_us": d["lat_ns"]["mean"].as_f64().map(|n| n / 1000.0),
-        "clat_p99_us": d["clat_ns"]["percentile"]["99.000000"].as_f64().map(|n| n / 1000.0),
-        "usr_cpu_pct": job["usr_cpu"],
-        "sys_cpu_pct": job["sys_cpu"],
+        "fio_jobs": jobs,
+        "bw_kib_s": sum(&|d| d["bw"].as_f64()),
+        "iops": sum(&|d| d["iops"].as_f64()),
+        // Mean over all I/Os of all jobs; the worst job's p99.
+        "lat_mean_us": (ios > 0).then(|| sum(&|d| Some(d["lat_ns"]["mean"].as_f64()? * d["total_ios"].as_f64()?)) / ios as f64 / 1000.0),
+        "clat_p99_us": max(&|j| j[dir]["clat_ns"]["percentile"]["99.000000"].as_f64()).map(|n| n / 1000.0),
+        "usr_cpu_pct": all.iter().filter_map(|j| j["usr_cpu"].as_f64()).sum::<f64>(),
+        "sys_cpu_pct": all.iter().filter_map(|j| j["sys_cpu"].as_f64()).sum::<f64>(),
     });
     Ok((runtime_ms / 1000.0, detail))
 }
@@ -777,5 +949,37 @@ impl Measured {
         let batches = self.detail["batches"].as_u64().unwrap_or(1) + 1;
         let ops = self.detail["ops"].as_u64().unwrap_or(0) + o.detail["ops"].as_u64().unwrap_or(0);
         self.detail = json!({"batches": batches, "ops": ops, "seconds": self.seconds});
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Workload::*;
+
+    #[test]
+    fn what_runs_at_each_level() {
+        // One caller: whole groups, as without --callers.
+        assert_eq!(to_run(GROUPS[2], &[RandRead], 1), GROUPS[2]);
+        // More: the parallel workload and what it needs, not seq-read.
+        assert_eq!(
+            to_run(GROUPS[2], &[RandRead, SeqRead], 4),
+            [SeqWrite, RandRead]
+        );
+        assert_eq!(
+            to_run(GROUPS[0], &[MetaStat], 2),
+            [MetaCreate, MetaStat, MetaUnlink]
+        );
+        assert_eq!(to_run(GROUPS[1], &[SmallRead], 8), [SmallWrite, SmallRead]);
+        assert!(to_run(GROUPS[3], &[Utime], 2).is_empty());
+    }
+
+    #[test]
+    fn levels_of_a_group() {
+        assert_eq!(levels(GROUPS[3], &[Utime], &[1, 2, 4]), [1]);
+        assert_eq!(levels(GROUPS[1], &[SmallRead], &[2, 4]), [2, 4]);
+        // seq-read needs the level of one caller even if not asked for.
+        assert_eq!(levels(GROUPS[2], &[SeqRead, RandRead], &[2, 4]), [1, 2, 4]);
+        assert_eq!(levels(GROUPS[2], &[SeqRead], &[2, 4]), [1]);
     }
 }
