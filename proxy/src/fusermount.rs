@@ -236,6 +236,8 @@ pub struct Server {
     socket: Option<OwnedFd>,
     /// `mnt:[INODE]` of the backend's namespace, once it runs.
     namespace: Option<std::ffi::OsString>,
+    /// The namespace itself, kept alive while the socket bears its number.
+    pinned: Option<std::fs::File>,
     mounted: bool,
     unmounted: bool,
 }
@@ -255,6 +257,7 @@ impl Server {
             mountpoint,
             socket: Some(socket),
             namespace: None,
+            pinned: None,
             mounted: false,
             unmounted: false,
         })
@@ -265,13 +268,17 @@ impl Server {
     /// [`socket_name`]; takes requests from nobody else.
     pub fn listen_for(&mut self, pid: u32) -> Result<(), Error> {
         let setup = |what: &str, e: Errno| Error::Setup(format!("{what}: {}", e.desc()));
-        let ns = std::fs::read_link(format!("/proc/{pid}/ns/mnt"))
-            .map_err(|e| {
-                Error::Setup(format!(
-                    "reading the backend's mount namespace (/proc/{pid}/ns/mnt): {e}"
-                ))
-            })?
-            .into_os_string();
+        let path = format!("/proc/{pid}/ns/mnt");
+        let fail = |e: std::io::Error| {
+            Error::Setup(format!(
+                "reading the backend's mount namespace ({path}): {e}"
+            ))
+        };
+        // Held open for the session: a namespace's inode number, which
+        // names the socket, is reused once the namespace is gone, and a
+        // proxy still ending would then hold the name of a new one.
+        self.pinned = Some(std::fs::File::open(&path).map_err(fail)?);
+        let ns = std::fs::read_link(&path).map_err(fail)?.into_os_string();
         let name = socket_name(&ns);
         let addr = UnixAddr::new_abstract(name.as_bytes())
             .map_err(|e| setup("abstract socket name", e))?;
