@@ -621,6 +621,25 @@ impl Backend {
         done.swapped > 0 && done.failed.is_empty()
     }
 
+    /// Waits, answering the backend's trapped calls, until it exits; SIGINT
+    /// or SIGTERM (read from `signals`) are passed on to it.
+    pub fn wait_until_exit(&mut self, signals: &nix::sys::signalfd::SignalFd) -> ExitStatus {
+        loop {
+            if let Some(st) = self.wait_for(std::time::Duration::from_millis(50)) {
+                return st;
+            }
+            while let Ok(Some(info)) = signals.read_signal() {
+                use nix::sys::signal::Signal;
+                if let Ok(s @ (Signal::SIGINT | Signal::SIGTERM)) =
+                    Signal::try_from(info.ssi_signo as i32)
+                {
+                    let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+                    let _ = nix::sys::signal::kill(pid, s);
+                }
+            }
+        }
+    }
+
     /// Waits up to `timeout` for the child to exit, then SIGTERM, then SIGKILL.
     /// Only the process the proxy started is signalled, by pid.
     pub fn stop(&mut self, timeout: std::time::Duration) -> Option<ExitStatus> {
@@ -651,6 +670,22 @@ impl Backend {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
+}
+
+/// The socket inherited at `fd` (`--hand-off-fd`), taken over: duplicated
+/// close-on-exec and the original closed, so that the backend gets it only
+/// where its mount puts it.
+pub fn inherited_socket(fd: std::os::fd::RawFd) -> Result<OwnedFd, Error> {
+    let bad = |why: String| Error::Usage(format!("--hand-off-fd {fd}: {why}"));
+    let st = nix::sys::stat::fstat(fd).map_err(|e| bad(e.desc().to_string()))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(bad("not a socket".into()));
+    }
+    let dup = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(3)).map_err(|e| bad(e.desc().to_string()))?;
+    let _ = nix::unistd::close(fd);
+    // SAFETY: F_DUPFD_CLOEXEC just returned `dup`, a new descriptor that
+    // nothing else in this process knows.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(dup) })
 }
 
 /// Clears close-on-exec on `fd` in the child (between fork and exec).

@@ -255,6 +255,15 @@ pub struct Cli {
     #[arg(long)]
     pub trace: bool,
 
+    /// Hand the socket inherited at fd N to the backend in place of its
+    /// /dev/fuse when it mounts MOUNTPOINT (seccomp channel), answer the
+    /// mount with success, mount nothing, forward nothing, and exit with
+    /// the backend's status when it exits. For `fuseproxy-capture replay
+    /// --hand-off`, which speaks FUSE to the daemon itself: it lets a daemon
+    /// that mounts by itself (libfuse 2) be replayed without a kernel.
+    #[arg(long, value_name = "N")]
+    pub hand_off_fd: Option<i32>,
+
     /// Log more: -v for debug, -vv for trace. Adds to --log-level.
     #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
     pub verbose: u8,

@@ -491,7 +491,10 @@ impl Server {
             .map_err(|e| format!("{}: {e}", self.mountpoint.display()))?
             .mode()
             & libc::S_IFMT;
-        let data = opts.data(ctx.device.as_raw_fd(), rootmode, peer.uid, peer.gid);
+        let Some(device) = ctx.device else {
+            return Ok((Mount::none(&self.mountpoint), opts));
+        };
+        let data = opts.data(device.as_raw_fd(), rootmode, peer.uid, peer.gid);
         let m = Mount::with_data(&self.mountpoint, &opts, &data)
             .map_err(|e| format!("mount(2) with '{data}': {}", e.desc()))?;
         Ok((m, opts))

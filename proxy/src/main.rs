@@ -157,6 +157,10 @@ fn run(
         ));
     };
     let canonical = mount::check_mountpoint(mountpoint)?;
+    if let Some(fd) = cli.hand_off_fd {
+        let code = hand_off(cli, log, fd, &signals, &canonical)?;
+        std::process::exit(code);
+    }
     let (chosen, channel) = choose_channel(cli.channel)?;
     if chosen != Chosen::Seccomp && cli.channel == ChannelArg::Auto {
         // A fallback: said before anything can fail, not only in the
@@ -331,7 +335,7 @@ fn run(
             argv
         );
         let ctx = seccomp::MountContext {
-            device: &device,
+            device: Some(&device),
             overrides: &cli.options,
         };
         let (mount, opts) = backend.wait_for_mount(&signals, &ctx, &canonical)?;
@@ -382,6 +386,59 @@ fn run(
         },
     )?;
     session.run()
+}
+
+/// `--hand-off-fd N`: the daemon runs under the seccomp channel as usual,
+/// but its mount is only handed the socket inherited at fd N and answered
+/// with success; nothing is mounted and nothing is forwarded. What
+/// `fuseproxy-capture replay --hand-off` starts, so that a daemon that
+/// mounts by itself (libfuse 2) can be replayed without a kernel. Returns
+/// the daemon's exit status, as this process's.
+fn hand_off(
+    cli: &Cli,
+    log: &Logger,
+    fd: i32,
+    signals: &nix::sys::signalfd::SignalFd,
+    canonical: &std::path::Path,
+) -> Result<i32, Error> {
+    if let Err(why) = seccomp::support() {
+        return Err(Error::Usage(format!(
+            "--hand-off-fd needs the seccomp channel: {why}"
+        )));
+    }
+    let socket = backend::inherited_socket(fd)?;
+    let user = cli
+        .backend_user
+        .as_ref()
+        .map(backend_user::BackendUser::ids);
+    let mut backend = backend::Backend::spawn_supervised(
+        &cli.backend,
+        backend::Handoff::Hold(socket),
+        log.clone(),
+        canonical,
+        user,
+        None,
+    )?;
+    let ctx = seccomp::MountContext {
+        device: None,
+        overrides: &cli.options,
+    };
+    backend.wait_for_mount(signals, &ctx, canonical)?;
+    slog::info!(
+        log,
+        "handed fd {fd} to the backend (pid {}) as its channel; nothing mounted (--hand-off-fd)",
+        backend.pid()
+    );
+    let st = backend.wait_until_exit(signals);
+    slog::info!(
+        log,
+        "backend (pid {}) {}",
+        backend.pid(),
+        backend::describe(st)
+    );
+    Ok(st
+        .code()
+        .unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&st).unwrap_or(0)))
 }
 
 /// The channel taken.

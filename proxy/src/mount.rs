@@ -176,6 +176,14 @@ impl Mount {
         })
     }
 
+    /// A mount that was not made (`--hand-off-fd`): nothing to unmount.
+    pub fn none(path: &Path) -> Mount {
+        Mount {
+            path: path.to_path_buf(),
+            mounted: false,
+        }
+    }
+
     /// Where it is mounted.
     pub fn path(&self) -> &Path {
         &self.path

@@ -343,8 +343,10 @@ pub enum Handled {
 
 /// What the mount needs that the proxy holds.
 pub struct MountContext<'a> {
-    /// The proxy's /dev/fuse.
-    pub device: &'a File,
+    /// The proxy's /dev/fuse; `None` for a hand-off only (`--hand-off-fd`:
+    /// the daemon gets its socket and is told its mount worked, and nothing
+    /// is mounted).
+    pub device: Option<&'a File>,
     /// The proxy's own `-o` lists, applied over the daemon's options.
     pub overrides: &'a [String],
 }
@@ -536,7 +538,14 @@ impl Supervisor {
                 }
                 Some(ctx) => match self.mount(pid, n.id, &call, ctx) {
                     Ok((m, opts)) => {
-                        info!(self.log, "{call} by {who}: made on the proxy's /dev/fuse");
+                        if ctx.device.is_some() {
+                            info!(self.log, "{call} by {who}: made on the proxy's /dev/fuse");
+                        } else {
+                            info!(
+                                self.log,
+                                "{call} by {who}: channel handed over, nothing mounted"
+                            );
+                        }
                         self.respond(n.id, Ok(()));
                         Handled::Mounted(m, opts)
                     }
@@ -612,7 +621,11 @@ impl Supervisor {
         // The daemon holds it now; ours must go, or its end would never
         // read as closed.
         self.socket = None;
-        let data = opts.data_as_given(ctx.device.as_raw_fd());
+        let Some(device) = ctx.device else {
+            self.mounted = true;
+            return Ok((Mount::none(&self.mountpoint), opts));
+        };
+        let data = opts.data_as_given(device.as_raw_fd());
         let m = Mount::with_data(&self.mountpoint, &opts, &data)
             .map_err(|e| (e, format!("mount(2) with '{data}': {}", e.desc())))?;
         self.mounted = true;

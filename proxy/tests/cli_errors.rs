@@ -355,3 +355,18 @@ fn help_documents_options_examples_and_exit_statuses() {
         );
     }
 }
+
+/// `--hand-off-fd N` (for `fuseproxy-capture replay --hand-off`) with an
+/// fd that is not open, or not a socket: one line naming it, exit 2.
+#[test]
+fn hand_off_fd_must_be_an_open_socket() {
+    usage_error(
+        &["--hand-off-fd", "77", "{mnt}", "--", "/bin/true", "{mnt}"],
+        &["--hand-off-fd 77: Bad file"],
+    );
+    // Its stdin is /dev/null.
+    usage_error(
+        &["--hand-off-fd", "0", "{mnt}", "--", "/bin/true", "{mnt}"],
+        &["--hand-off-fd 0", "not a socket"],
+    );
+}
