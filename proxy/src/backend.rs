@@ -200,16 +200,11 @@ impl Backend {
         user: Option<crate::backend_user::Ids>,
         end: Option<crate::clean_end::EndDevice>,
     ) -> Result<Backend, Error> {
-        let (program, args) = argv
-            .split_first()
-            .ok_or_else(|| Error::Usage("no backend command after '--'".into()))?;
+        let mut cmd = command(argv)?;
         let fd = theirs.as_raw_fd();
         fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))
             .map_err(|e| Error::Setup(format!("fcntl: {}", e.desc())))?;
-        let end = end.map(|e| (e, socket_inode(&theirs)));
-        let end_fd = end.as_ref().map(|(e, _)| e.fd());
-        let mut cmd = Command::new(program);
-        cmd.args(args).process_group(0);
+        let (end, end_fd) = end_for(end, &theirs);
         // SAFETY: the closure runs in the child between fork and exec: the
         // functions make raw system calls (fcntl, sigprocmask, setgroups,
         // setres[ug]id, capset, prctl) on stack memory only
@@ -228,7 +223,10 @@ impl Backend {
             });
         }
         let child = cmd.spawn().map_err(|e| {
-            Error::Backend(format!("cannot start '{}': {e}", program.to_string_lossy()))
+            Error::Backend(format!(
+                "cannot start '{}': {e}",
+                cmd.get_program().to_string_lossy()
+            ))
         })?;
         // Our copy of their end must go, or we would never see their EOF.
         drop(theirs);
@@ -263,9 +261,7 @@ impl Backend {
         user: Option<crate::backend_user::Ids>,
         end: Option<crate::clean_end::EndDevice>,
     ) -> Result<Backend, Error> {
-        let (program, args) = argv
-            .split_first()
-            .ok_or_else(|| Error::Usage("no backend command after '--'".into()))?;
+        let mut cmd = command(argv)?;
         let (ours, child_end) = socketpair(
             AddressFamily::Unix,
             SockType::Stream,
@@ -280,13 +276,8 @@ impl Backend {
             fcntl(theirs.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::empty()))
                 .map_err(|e| Error::Setup(format!("fcntl: {}", e.desc())))?;
         }
-        let end = end.map(|e| {
-            let (Handoff::Hold(s) | Handoff::Inherit(s)) = &handoff;
-            (e, socket_inode(s))
-        });
-        let end_fd = end.as_ref().map(|(e, _)| e.fd());
-        let mut cmd = Command::new(program);
-        cmd.args(args).process_group(0);
+        let (Handoff::Hold(socket) | Handoff::Inherit(socket)) = &handoff;
+        let (end, end_fd) = end_for(end, socket);
         // SAFETY: the closure runs in the child between fork and exec, where
         // only async-signal-safe code may run: `hide_fuse_device`, `install`
         // and `drop_to` make raw system calls (unshare, mount, seccomp,
@@ -313,7 +304,7 @@ impl Backend {
         let child = cmd.spawn().map_err(|e| {
             Error::Backend(format!(
                 "cannot start '{}' under the seccomp filter: {e}",
-                program.to_string_lossy()
+                cmd.get_program().to_string_lossy()
             ))
         })?;
         drop(child_end);
@@ -364,11 +355,8 @@ impl Backend {
     ) -> Result<Backend, Error> {
         use std::ffi::CString;
         use std::os::unix::ffi::OsStrExt;
-        let (program, args) = argv
-            .split_first()
-            .ok_or_else(|| Error::Usage("no backend command after '--'".into()))?;
-        let end = end.map(|e| (e, socket_inode(&theirs)));
-        let end_fd = end.as_ref().map(|(e, _)| e.fd());
+        let mut cmd = command(argv)?;
+        let (end, end_fd) = end_for(end, &theirs);
         if !crate::fusermount::on_shared_mount(mountpoint) {
             slog::warn!(
                 log,
@@ -415,8 +403,6 @@ impl Backend {
         };
         let listener_out = guard.as_ref().map(|(_, child_end)| child_end.as_raw_fd());
         let prog = crate::seccomp_filter::program();
-        let mut cmd = Command::new(program);
-        cmd.args(args).process_group(0);
         // SAFETY: the closure runs in the child between fork and exec: the
         // functions it calls make raw system calls (fcntl, unshare, mount,
         // seccomp, sendmsg, prctl, capget, capset, setgroups, setres[ug]id)
@@ -450,7 +436,7 @@ impl Backend {
         let child = cmd.spawn().map_err(|e| {
             Error::Backend(format!(
                 "cannot start '{}' for the fusermount channel: {e}",
-                program.to_string_lossy()
+                cmd.get_program().to_string_lossy()
             ))
         })?;
         let mut backend = Backend {
@@ -686,6 +672,32 @@ pub fn inherited_socket(fd: std::os::fd::RawFd) -> Result<OwnedFd, Error> {
     // SAFETY: F_DUPFD_CLOEXEC just returned `dup`, a new descriptor that
     // nothing else in this process knows.
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(dup) })
+}
+
+/// `argv` as a command in a process group of its own, so that a Ctrl-C on
+/// the terminal reaches the proxy, which then shuts the backend down in
+/// order.
+fn command(argv: &[OsString]) -> Result<Command, Error> {
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| Error::Usage("no backend command after '--'".into()))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args).process_group(0);
+    Ok(cmd)
+}
+
+/// The aborted device paired with the inode of the backend's `socket`, and
+/// its fd for the child to inherit.
+fn end_for(
+    end: Option<crate::clean_end::EndDevice>,
+    socket: &OwnedFd,
+) -> (
+    Option<(crate::clean_end::EndDevice, u64)>,
+    Option<std::os::fd::RawFd>,
+) {
+    let end = end.map(|e| (e, socket_inode(socket)));
+    let fd = end.as_ref().map(|(e, _)| e.fd());
+    (end, fd)
 }
 
 /// Clears close-on-exec on `fd` in the child (between fork and exec).
