@@ -8,7 +8,8 @@
 //! builds it); needs root and /dev/fuse, as the harness does.
 
 use std::io::Read;
-use std::path::PathBuf;
+mod common;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,13 +18,7 @@ const LIMIT: Duration = Duration::from_secs(120);
 /// Runs the harness, killing it (by its pid) if it outlives `LIMIT`.
 /// Returns its exit code and stdout + stderr.
 fn bench(args: &[&str]) -> (Option<i32>, String) {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_fuseproxy-bench"));
-    let proxy = exe.with_file_name("fuseproxy");
-    assert!(
-        proxy.exists(),
-        "{} is missing: build the workspace first (cargo build --workspace)",
-        proxy.display()
-    );
+    let (exe, proxy) = common::bench_and_proxy();
     let dir = std::env::temp_dir().join(format!("fuseproxy-bench-callers.{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let out_file = dir.join("out");

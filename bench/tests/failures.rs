@@ -7,17 +7,12 @@
 //! Measures the debug proxy next to this binary (`cargo test --workspace`
 //! builds it); needs root and /dev/fuse, as the harness does.
 
-use std::path::PathBuf;
+mod common;
+
 use std::process::{Command, Output};
 
 fn bench(extra: &[&str]) -> Output {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_fuseproxy-bench"));
-    let proxy = exe.with_file_name("fuseproxy");
-    assert!(
-        proxy.exists(),
-        "{} is missing: build the workspace first (cargo build --workspace)",
-        proxy.display()
-    );
+    let (exe, proxy) = common::bench_and_proxy();
     let dir = std::env::temp_dir().join(format!("fuseproxy-bench-test.{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let out = Command::new(&exe)
