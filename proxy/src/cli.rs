@@ -293,6 +293,17 @@ pub struct Cli {
     #[arg(long, value_name = "US", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub spin_us: u64,
 
+    /// Threads that read the kernel's requests, each from its own clone of
+    /// the device (FUSE_DEV_IOC_CLONE) and answering on it; one more thread
+    /// reads the backend's replies. Every thread blocks in its read, so a
+    /// request costs a read, a send, a receive and a write: no polling, no
+    /// wake-up of a loop. The engine is one state machine under a lock, so
+    /// its ordering guarantees do not depend on the count. Each thread takes
+    /// one arena slot while it waits and a 64 KiB stack.
+    /// [default: 1 up to 4 CPUs, then one per 4 CPUs, at most 8]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub threads: Option<u32>,
+
     /// The policy file (TOML): what the proxy changes in this mount's
     /// traffic. See the description above and policies/examples/. SIGHUP
     /// reloads it. [default: none: time updates async, every other rule off]
