@@ -271,6 +271,13 @@ impl Engine {
             && self.actions.len() < ACTION_QUEUE / 2
     }
 
+    /// The kernel's requests that can wait for an answer at once: in flight
+    /// to the backend, or held by the engine (what a proxy sizes per-request
+    /// tables of its own for).
+    pub fn waiting_capacity(&self) -> usize {
+        self.config.max_inflight + self.held.capacity()
+    }
+
     /// Whether the DESTROY sent after [`handle_shutdown`](Self::handle_shutdown)
     /// has been answered, or no answer can come (nothing to send, backend gone).
     pub fn is_shutdown_complete(&self) -> bool {

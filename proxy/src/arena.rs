@@ -78,7 +78,21 @@ impl Lent {
         // and the borrow of `self` ties the slice to the handle's life.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
+
+    /// The bytes, writable: a reader thread receives a message into a slot
+    /// lent whole ([`Arena::lend_whole`]).
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`; `&mut self` makes this the only reference
+        // through the handle, and no other exists (the slot is lent).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
 }
+
+// SAFETY: the arena owns its mapping (`base` points into `map`, which
+// moves with it) and gives access to a slot only through `&self`/`&mut self`
+// or a `Lent`; moving the arena to another thread, or sharing it behind the
+// session's mutex, moves or serializes that access with it.
+unsafe impl Send for Arena {}
 
 impl Drop for Arena {
     fn drop(&mut self) {
@@ -159,6 +173,7 @@ impl Arena {
     }
 
     /// The whole slot, to receive a message into.
+    #[cfg(test)]
     pub fn buf_mut(&mut self, slot: SlotId) -> &mut [u8] {
         let p = self.slot_ptr(slot);
         // SAFETY: `p..p+SLOT_SIZE` is one whole slot of the live mapping
@@ -200,6 +215,15 @@ impl Arena {
             len: self.lens[slot.0 as usize],
             slot,
         }
+    }
+
+    /// Takes a free slot and lends all of it, to receive a message into
+    /// outside the session's lock; `None` when no slot is free. Its length
+    /// is set by [`Arena::set_len`] once it is reclaimed.
+    pub fn lend_whole(&mut self) -> Option<Lent> {
+        let slot = self.alloc()?;
+        self.lens[slot.0 as usize] = SLOT_SIZE;
+        Some(self.lend(slot))
     }
 
     /// Takes a lent slot back; it is in use again (release it to free it).

@@ -60,3 +60,35 @@ pub fn write(fd: BorrowedFd<'_>, msg: &[u8]) -> Write {
         };
     }
 }
+
+/// `FUSE_DEV_IOC_CLONE`: `_IOR(229, 0, uint32_t)` in the kernel's fuse.h.
+const FUSE_DEV_IOC_CLONE: libc::c_ulong = 0x8004_e500;
+
+/// A new descriptor of the mounted connection: requests are read from the
+/// connection's one input queue by whichever clone reads first, and each
+/// clone has its own queue of requests being processed (answers must go to
+/// the clone that read the request).
+#[allow(unsafe_code)]
+pub fn clone_device(device: &std::fs::File) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let clone = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/fuse")?;
+    let mut session_fd: u32 = device.as_raw_fd() as u32;
+    // SAFETY: FUSE_DEV_IOC_CLONE reads one u32 (the fd to clone) from the
+    // pointer, which points to a live local of that type; the descriptor
+    // `clone` is open for the duration of the call.
+    let r = unsafe {
+        libc::ioctl(
+            clone.as_raw_fd(),
+            FUSE_DEV_IOC_CLONE,
+            &mut session_fd as *mut u32,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(clone)
+}

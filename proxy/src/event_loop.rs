@@ -1,9 +1,24 @@
-//! The event loop: mio over /dev/fuse, the backend's socket and a signalfd.
-//! It feeds the engine and carries out its actions, and nothing cleverer.
+//! The session: the threads that forward, and the loop that runs the rest.
+//!
+//! Forwarding threads block in their read and take the session's lock once
+//! per message (see `forwarders`): readers of the kernel's requests, each on
+//! its own clone of the device, and one reader of the backend's replies. A
+//! message costs read, send, receive, write; nothing polls on the way. The
+//! main thread waits in mio for what is not a message (signals, the engine's
+//! deadlines, the seccomp listener, room on a full socket, the helper
+//! threads' wake-ups) and handles it under the same lock.
+//!
+//! All state is in [`Shared`], behind one mutex: the engine sees one message
+//! at a time in the order the lock was taken, exactly as with one thread, so
+//! its guarantees (per-file ordering of time updates and what is held behind
+//! them, one flush in flight per file, shutdown) do not depend on how many
+//! threads forward. Answers go back to the clone that read the request
+//! (`origins`).
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use mio::unix::SourceFd;
@@ -16,7 +31,7 @@ use fuseproxy_policies::{Action, Engine, Event, Inline, Instant, SlotId, Stats};
 use fuseproxy_protocol::{encode, flags, unique_of, Request, Unique};
 
 use crate::alloc_count;
-use crate::arena::Arena;
+use crate::arena::{Arena, Lent};
 use crate::backend::{describe, Backend};
 use crate::channel::{self, Recv, Send};
 use crate::device::{self, Read, Write};
@@ -25,10 +40,11 @@ use crate::memory::Pinning;
 use crate::mount::unmount_in_background;
 use crate::mount::{self as mounting, Mount};
 use crate::notifier::Notifier;
+use crate::origins::Origins;
 use crate::policy_file::{PolicySource, Reloader};
 use crate::recorder::{self, Recorder};
 
-const DEVICE: Token = Token(0);
+/// The backend's socket, watched for room only while messages wait for it.
 const BACKEND: Token = Token(1);
 const SIGNALS: Token = Token(2);
 /// The policy reload thread or the notification writer has something back
@@ -90,14 +106,59 @@ pub struct Startup {
     pub policy: Option<PolicySource>,
     /// `--trace` / `-vv`: every message decoded on stderr.
     pub trace: bool,
+    /// Readers of the kernel's requests (`--threads`).
+    pub threads: usize,
 }
 
-/// One FUSE session: the device, the backend, the engine between them.
+/// One FUSE session: the main thread's poll, and the state every thread
+/// shares.
 pub struct Session {
-    log: Logger,
     poll: Poll,
-    device: Option<File>,
-    socket: Option<OwnedFd>,
+    shared: Arc<Locked>,
+    /// The first reader's device (the one mounted) and the clones.
+    readers: Vec<Arc<File>>,
+    socket: Arc<OwnedFd>,
+}
+
+/// The session's state and the condition its threads wait on for room
+/// (a free slot, an empty queue to the backend, a notification taken back).
+pub(crate) struct Locked {
+    pub(crate) state: Mutex<Shared>,
+    pub(crate) room: Condvar,
+}
+
+impl Locked {
+    /// The state, also after a thread panicked holding it (its invariants
+    /// are those of one message's handling, and ending the session cleanly
+    /// matters more than the panicked thread's work).
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Everything the session's threads share, under [`Locked`].
+pub(crate) struct Shared {
+    log: Logger,
+    /// The mounted device; `None` once given up (the clones go with it).
+    device: Option<Arc<File>>,
+    /// The other readers' clones, by reader index - 1.
+    clones: Vec<Arc<File>>,
+    /// Which reader read each request waiting for its answer (several
+    /// readers only).
+    origins: Option<Origins>,
+    socket: Option<Arc<OwnedFd>>,
+    /// To watch the socket for room while `pending` is not empty.
+    registry: mio::Registry,
+    watching_room: bool,
+    waker: Arc<mio::Waker>,
+    /// When the main thread wakes by itself next (`None`: not before an
+    /// event); a thread that brings a deadline earlier wakes it.
+    main_wakes_at: Option<std::time::Instant>,
+    /// A forwarding thread changed what the main thread must look at
+    /// (the session's phase): wake it.
+    wake_main: bool,
+    /// Threads waiting on [`Locked::room`].
+    pub(crate) waiting: usize,
     signals: SignalFd,
     engine: Engine,
     arena: Arena,
@@ -109,8 +170,6 @@ pub struct Session {
     /// INVARIANT: its capacity is the arena's slot count plus the injected
     /// room, allocated once; at most one per slot can be pending.
     pending: VecDeque<Pending>,
-    device_readable: bool,
-    socket_readable: bool,
     phase: Phase,
     /// The reason the backend is considered gone, once it is.
     backend_end: Option<String>,
@@ -153,7 +212,9 @@ pub struct Session {
 }
 
 impl Session {
-    /// Assembles a session around a mount, its device and a started backend.
+    /// Assembles a session around a mount, its device and a started backend:
+    /// clones the device for each reader beyond the first and sets up the
+    /// main thread's poll. The threads start in [`Session::run`].
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         log: Logger,
@@ -171,18 +232,36 @@ impl Session {
         // not even queued.
         engine.set_decisions(recorder.is_some() || startup.trace);
         let trace = startup.trace.then(|| crate::trace::Trace::new(log.clone()));
+        let threads = startup.threads.max(1);
+        // Each reader keeps a slot while it waits, the backend's reader one,
+        // and the notification writer needs its reserve.
+        if arena.slots() < threads + 1 + NOTIFY_RESERVE + 1 {
+            return Err(Error::Setup(format!(
+                "--threads {threads} needs an arena of at least {} slots (--arena-size {}M); it has {}",
+                threads + 2 + NOTIFY_RESERVE,
+                threads + 2 + NOTIFY_RESERVE + 1,
+                arena.slots()
+            )));
+        }
+        // Forwarding threads block in read and recv; sends stay
+        // non-blocking (MSG_DONTWAIT), so a full socket queues instead.
+        crate::forwarders::set_blocking(device.as_fd())
+            .and_then(|()| crate::forwarders::set_blocking(socket.as_fd()))
+            .map_err(|e| Error::Setup(format!("fcntl: {e}")))?;
+        let mut clones = Vec::with_capacity(threads - 1);
+        for _ in 1..threads {
+            clones.push(Arc::new(device::clone_device(&device).map_err(|e| {
+                Error::Device(format!(
+                    "cannot clone /dev/fuse for --threads {threads}: {e}"
+                ))
+            })?));
+        }
         let poll = Poll::new().map_err(|e| Error::Setup(format!("epoll: {e}")))?;
         let reg = |fd: i32, token, interest| {
             poll.registry()
                 .register(&mut SourceFd(&fd), token, interest)
                 .map_err(|e| Error::Setup(format!("epoll_ctl: {e}")))
         };
-        reg(device.as_raw_fd(), DEVICE, Interest::READABLE)?;
-        reg(
-            socket.as_raw_fd(),
-            BACKEND,
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
         reg(signals.as_raw_fd(), SIGNALS, Interest::READABLE)?;
         if let Some(fd) = backend.listener_fd() {
             // Daemons unmount at exit and may run helpers that mount.
@@ -191,10 +270,14 @@ impl Session {
         if let Some(fd) = backend.guard_fd() {
             reg(fd, GUARD, Interest::READABLE)?;
         }
-        let waker = std::sync::Arc::new(
+        let waker = Arc::new(
             mio::Waker::new(poll.registry(), WAKE)
                 .map_err(|e| Error::Setup(format!("eventfd: {e}")))?,
         );
+        let registry = poll
+            .registry()
+            .try_clone()
+            .map_err(|e| Error::Setup(format!("epoll: {e}")))?;
         let notifier = Notifier::start(&device, arena.slots(), waker.clone())
             .map_err(|e| Error::Setup(format!("notification writer: {e}")))?;
         if let Some(r) = recorder.as_mut() {
@@ -218,11 +301,26 @@ impl Session {
             None => None,
         };
         let pending = VecDeque::with_capacity(arena.slots() + 64);
-        Ok(Session {
+        // Waiting for an answer at once: what the engine lets in flight and
+        // holds, plus one being read by each reader.
+        let origins = (threads > 1)
+            .then(|| Origins::new(engine.waiting_capacity() + arena.slots() + threads));
+        let device = Arc::new(device);
+        let socket = Arc::new(socket);
+        let mut readers = vec![device.clone()];
+        readers.extend(clones.iter().cloned());
+        let shared = Shared {
             log,
-            poll,
             device: Some(device),
-            socket: Some(socket),
+            clones,
+            origins,
+            socket: Some(socket.clone()),
+            registry,
+            watching_room: false,
+            waker,
+            main_wakes_at: None,
+            wake_main: false,
+            waiting: 0,
             signals,
             engine,
             arena,
@@ -231,8 +329,6 @@ impl Session {
             startup,
             clock: std::time::Instant::now(),
             pending,
-            device_readable: true,
-            socket_readable: true,
             phase: Phase::Running,
             backend_end: None,
             left_unanswered: 0,
@@ -253,65 +349,115 @@ impl Session {
             recorder,
             trace,
             reloader,
+        };
+        Ok(Session {
+            poll,
+            shared: Arc::new(Locked {
+                state: Mutex::new(shared),
+                room: Condvar::new(),
+            }),
+            readers,
+            socket,
         })
     }
 
-    fn now(&self) -> Instant {
-        Instant::from_nanos(self.clock.elapsed().as_nanos() as u64)
-    }
-
-    /// Runs until the session ends. `Ok` for an orderly end (signal, umount),
-    /// `Err` with the reason when the backend died or something failed.
-    pub fn run(mut self) -> Result<(), Error> {
-        let mut events = Events::with_capacity(8);
-        let mut spin_until = std::time::Instant::now();
-        loop {
-            // Right after traffic, poll without sleeping for a moment: the
-            // next request of a caller in a loop comes within microseconds,
-            // and catching it awake saves two cross-CPU wake-ups per call.
-            let timeout = if std::time::Instant::now() < spin_until {
-                Some(Duration::ZERO)
-            } else {
-                self.timeout()
-            };
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(Error::Setup(format!("epoll_wait: {e}")));
+    /// Starts the forwarding threads and runs the main thread's loop until
+    /// the session ends. `Ok` for an orderly end (signal, umount), `Err`
+    /// with the reason when the backend died or something failed.
+    pub fn run(self) -> Result<(), Error> {
+        let Session {
+            mut poll,
+            shared,
+            readers,
+            socket,
+        } = self;
+        let spin = shared.lock().startup.spin;
+        for (i, fd) in readers.into_iter().enumerate() {
+            let mine = shared.clone();
+            let started = crate::forwarders::spawn(&format!("kernel-{i}"), move || {
+                crate::forwarders::read_kernel(&mine, &fd, i as u8, spin)
+            });
+            if let Err(e) = started {
+                return shared.lock().fail_start(e);
             }
+        }
+        {
+            let mine = shared.clone();
+            let started = crate::forwarders::spawn("backend", move || {
+                crate::forwarders::read_backend(&mine, &socket, spin)
+            });
+            if let Err(e) = started {
+                return shared.lock().fail_start(e);
+            }
+        }
+        let mut events = Events::with_capacity(8);
+        loop {
+            let timeout = {
+                let mut s = shared.lock();
+                let at = s.next_wake();
+                s.main_wakes_at = at;
+                s.wake_main = false;
+                at.map(|t| t.saturating_duration_since(std::time::Instant::now()))
+            };
+            if let Err(e) = poll.poll(&mut events, timeout) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(Error::Setup(format!("epoll_wait: {e}")));
+                }
+            }
+            let mut s = shared.lock();
+            // Awake: nobody needs to wake this thread until it sleeps again.
+            s.main_wakes_at = Some(std::time::Instant::now());
             for ev in events.iter() {
                 match ev.token() {
-                    DEVICE => self.device_readable = true,
-                    // Readable, hung up, error, or writable: every case is
-                    // found out by trying (recv/send report the state).
-                    BACKEND => self.socket_readable = true,
-                    SIGNALS => self.handle_signals(),
+                    // Room on the socket: flush_pending below.
+                    BACKEND => {}
+                    SIGNALS => s.handle_signals(),
                     // What came back from the writer is taken by pump().
                     WAKE => {
-                        self.policy_reloaded();
-                        self.recorder_failed();
+                        s.policy_reloaded();
+                        s.recorder_failed();
                     }
                     // Off the forwarding path: only mount and umount calls.
                     SECCOMP | GUARD => {
-                        self.backend.handle_notifications();
+                        s.backend.handle_notifications();
                     }
-                    t => warn!(self.log, "event for unknown token {}", t.0),
+                    t => warn!(s.log, "event for unknown token {}", t.0),
                 }
             }
-            self.handle_deadlines();
-            if self.pump() {
-                spin_until = std::time::Instant::now() + self.startup.spin;
+            s.handle_deadlines();
+            s.pump();
+            if s.waiting > 0 {
+                shared.room.notify_all();
             }
-            if let Some(end) = self.finished() {
-                return self.finish(end);
+            if let Some(end) = s.finished() {
+                let result = s.finish(end);
+                // Readers waiting for room see the end and return; readers
+                // in read(2) got ENODEV or are in a connection that is
+                // aborted; the process exits after this.
+                shared.room.notify_all();
+                return result;
             }
         }
     }
+}
 
-    /// Until the earliest of: the engine's deadline, a shutdown step's, the
-    /// next bad-reply summary.
-    fn timeout(&self) -> Option<Duration> {
+impl Shared {
+    pub(crate) fn now(&self) -> Instant {
+        Instant::from_nanos(self.clock.elapsed().as_nanos() as u64)
+    }
+
+    /// A forwarding thread could not be started: end as any failure does.
+    fn fail_start(&mut self, e: std::io::Error) -> Result<(), Error> {
+        error!(self.log, "cannot start a forwarding thread: {e}");
+        self.abort_connection();
+        self.kernel_gone();
+        let _ = self.finish(Phase::KernelGone);
+        Err(Error::Setup(format!("forwarding thread: {e}")))
+    }
+
+    /// The earliest of: the engine's deadline, a shutdown step's, the next
+    /// bad-reply summary, a parked notification's.
+    fn next_wake(&self) -> Option<std::time::Instant> {
         let now = std::time::Instant::now();
         let engine = self.engine.poll_timeout().map(|t| {
             let ns = t.as_nanos().saturating_sub(self.now().as_nanos());
@@ -326,7 +472,27 @@ impl Session {
         .into_iter()
         .flatten()
         .min()
-        .map(|t| t.saturating_duration_since(now))
+    }
+
+    /// After a forwarding thread's turn: wakes the threads waiting for room
+    /// (a slot may be free, the queue empty), and the main thread if the
+    /// phase changed or a deadline now comes before it would wake.
+    pub(crate) fn after_turn(&mut self, room: &Condvar) {
+        if self.waiting > 0 {
+            room.notify_all();
+        }
+        let wake = self.wake_main
+            || self.finished().is_some()
+            || match (self.next_wake(), self.main_wakes_at) {
+                (Some(t), Some(at)) => t < at,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+        if wake {
+            self.wake_main = false;
+            self.main_wakes_at = Some(std::time::Instant::now());
+            let _ = self.waker.wake();
+        }
     }
 
     fn handle_deadlines(&mut self) {
@@ -348,13 +514,13 @@ impl Session {
             self.grace_until = None;
             if self.phase == Phase::Unmounting {
                 // The mount is detached but still in use: abort the
-                // connection, as closing the last device fd does.
+                // connection.
                 warn!(
                     self.log,
                     "the kernel kept the connection {}s after the unmount; aborting it",
                     SHUTDOWN_GRACE.as_secs()
                 );
-                self.close_device();
+                self.abort_connection();
                 self.kernel_gone();
             } else if self.phase == Phase::KernelGone {
                 warn!(
@@ -367,117 +533,109 @@ impl Session {
         }
     }
 
-    /// Moves messages until neither side can make progress.
-    /// Returns whether anything moved.
-    fn pump(&mut self) -> bool {
-        let mut any = false;
-        loop {
-            let mut progress = self.notifications_back();
-            progress |= self.flush_pending();
-            progress |= self.read_replies();
-            progress |= self.read_requests();
-            if !progress {
-                return any;
-            }
-            any = true;
-        }
+    /// What the main thread moves: notifications back from their writer,
+    /// and messages that waited for room on the socket.
+    fn pump(&mut self) {
+        while self.notifications_back() | self.flush_pending() {}
     }
 
-    fn read_requests(&mut self) -> bool {
-        let mut progress = false;
-        while self.device_readable
-            && self.pending.is_empty()
-            && self.engine.can_accept_request()
-            // Keep a slot for the backend's replies, which free the rest.
-            && self.arena.free() > 1
-        {
-            let Some(dev) = self.device.as_ref() else {
-                break;
-            };
-            let Some(slot) = self.arena.alloc() else {
-                break;
-            };
-            match device::read(dev.as_fd(), self.arena.buf_mut(slot)) {
-                Read::Message(n) => {
-                    self.arena.set_len(slot, n);
-                    if let Some(r) = self.recorder.as_mut() {
-                        r.request_from_kernel(self.arena.msg(slot));
+    /// Whether a reader of the kernel's requests may take a slot and read:
+    /// nothing waits for the socket, the engine has room, a slot stays for
+    /// the backend's replies (which free the rest), and the device is live.
+    pub(crate) fn may_read_request(&self) -> bool {
+        self.pending.is_empty() && self.engine.can_accept_request() && self.arena.free() > 1
+    }
+
+    /// Whether readers of the kernel's requests are done: the device is
+    /// given up or the connection is over.
+    pub(crate) fn readers_done(&self) -> bool {
+        self.device.is_none() || matches!(self.phase, Phase::KernelGone | Phase::BackendGone)
+    }
+
+    /// Whether the backend's reader is done.
+    pub(crate) fn backend_done(&self) -> bool {
+        self.backend_end.is_some() || self.socket.is_none()
+    }
+
+    /// Whether the backend's reader may take a slot and receive: a parked
+    /// notification holds the channel until the writer gives a slot back or
+    /// NOTIFY_STALL passes.
+    pub(crate) fn may_receive(&self) -> bool {
+        self.parked.is_none() && self.arena.free() > 0
+    }
+
+    /// A whole slot to read a message into, outside the lock.
+    pub(crate) fn take_buffer(&mut self) -> Option<Lent> {
+        self.arena.lend_whole()
+    }
+
+    /// A reader of the kernel's requests is back from read(2) with `got`.
+    pub(crate) fn request_read(&mut self, buf: Lent, got: Read, reader: u8) {
+        let slot = self.arena.reclaim(buf);
+        match got {
+            Read::Message(n) => {
+                self.arena.set_len(slot, n);
+                if let Some(o) = self.origins.as_mut() {
+                    let msg = self.arena.msg(slot);
+                    if let Some(u) = unique_of(msg).filter(|_| expects_answer(msg)) {
+                        o.insert(u.0, reader);
                     }
-                    if let Some(t) = self.trace.as_mut() {
-                        t.request_from_kernel(self.arena.msg(slot));
-                    }
-                    let (now, wall) = (self.now(), wall_clock());
-                    self.engine
-                        .handle_request(now, wall, slot, self.arena.msg_mut(slot));
-                    self.run_actions();
-                    progress = true;
                 }
-                Read::WouldBlock => {
-                    self.arena.release(slot);
-                    self.device_readable = false;
+                if let Some(r) = self.recorder.as_mut() {
+                    r.request_from_kernel(self.arena.msg(slot));
                 }
-                Read::Retry => self.arena.release(slot),
-                Read::Gone => {
-                    self.arena.release(slot);
-                    self.device_readable = false;
-                    self.kernel_gone();
+                if let Some(t) = self.trace.as_mut() {
+                    t.request_from_kernel(self.arena.msg(slot));
                 }
-                Read::Failed(e) => {
-                    self.arena.release(slot);
-                    self.device_readable = false;
+                let (now, wall) = (self.now(), wall_clock());
+                self.engine
+                    .handle_request(now, wall, slot, self.arena.msg_mut(slot));
+                self.run_actions();
+            }
+            Read::WouldBlock | Read::Retry => self.arena.release(slot),
+            Read::Gone => {
+                self.arena.release(slot);
+                self.kernel_gone();
+            }
+            Read::Failed(e) => {
+                self.arena.release(slot);
+                if self.device.is_some() {
                     error!(self.log, "reading /dev/fuse failed: {}", e.desc());
-                    self.close_device();
-                    self.kernel_gone();
+                    self.abort_connection();
                 }
+                self.kernel_gone();
             }
         }
-        progress
     }
 
-    fn read_replies(&mut self) -> bool {
-        let mut progress = false;
-        // A parked notification holds the backend's channel until the writer
-        // gives a slot back or NOTIFY_STALL passes.
-        while self.socket_readable && self.backend_end.is_none() && self.parked.is_none() {
-            let Some(sock) = self.socket.as_ref() else {
-                break;
-            };
-            let Some(slot) = self.arena.alloc() else {
-                break;
-            };
-            match channel::recv(sock.as_fd(), self.arena.buf_mut(slot)) {
-                Recv::Message { len, real_len } => {
-                    self.arena.set_len(slot, len);
-                    if let Some(r) = self.recorder.as_mut() {
-                        r.reply_from_backend(self.arena.msg(slot));
-                    }
-                    if let Some(t) = self.trace.as_mut() {
-                        t.reply_from_backend(self.arena.msg(slot));
-                    }
-                    let now = self.now();
-                    self.engine
-                        .handle_reply(now, slot, self.arena.msg_mut(slot), real_len);
-                    self.run_actions();
-                    progress = true;
+    /// The backend's reader is back from recv(2) with `got`.
+    pub(crate) fn reply_received(&mut self, buf: Lent, got: Recv) {
+        let slot = self.arena.reclaim(buf);
+        match got {
+            Recv::Message { len, real_len } => {
+                self.arena.set_len(slot, len);
+                if let Some(r) = self.recorder.as_mut() {
+                    r.reply_from_backend(self.arena.msg(slot));
                 }
-                Recv::WouldBlock => {
-                    self.arena.release(slot);
-                    self.socket_readable = false;
+                if let Some(t) = self.trace.as_mut() {
+                    t.reply_from_backend(self.arena.msg(slot));
                 }
-                Recv::Closed(errno) => {
-                    self.arena.release(slot);
-                    let how = match errno {
-                        None => "closed its channel".to_string(),
-                        Some(e) => format!("channel failed ({})", e.desc()),
-                    };
-                    self.backend_gone(how);
-                    progress = true;
-                }
+                let now = self.now();
+                self.engine
+                    .handle_reply(now, slot, self.arena.msg_mut(slot), real_len);
+                self.run_actions();
+            }
+            Recv::WouldBlock => self.arena.release(slot),
+            Recv::Closed(errno) => {
+                self.arena.release(slot);
+                let how = match errno {
+                    None => "closed its channel".to_string(),
+                    Some(e) => format!("channel failed ({})", e.desc()),
+                };
+                self.backend_gone(how);
             }
         }
-        progress
     }
-
     /// Sends what waited for room on the socket, in order.
     fn flush_pending(&mut self) -> bool {
         let mut progress = false;
@@ -496,7 +654,33 @@ impl Session {
             // A send that failed may have queued answers.
             self.run_actions();
         }
+        if self.pending.is_empty() {
+            self.watch_room(false);
+        }
         progress
+    }
+
+    /// Watches the socket for room in the main thread's poll while messages
+    /// wait for it, and only then: a watched socket would wake the main
+    /// thread each time the backend reads.
+    fn watch_room(&mut self, on: bool) {
+        if on == self.watching_room {
+            return;
+        }
+        let Some(fd) = self.socket.as_ref().map(|s| s.as_raw_fd()) else {
+            return;
+        };
+        let mut src = SourceFd(&fd);
+        let done = if on {
+            self.registry
+                .register(&mut src, BACKEND, Interest::WRITABLE)
+        } else {
+            self.registry.deregister(&mut src)
+        };
+        match done {
+            Ok(()) => self.watching_room = on,
+            Err(e) => error!(self.log, "epoll_ctl on the backend's socket: {e}"),
+        }
     }
 
     /// Sends one message: `Some(true)` sent, `Some(false)` socket full,
@@ -543,6 +727,25 @@ impl Session {
             return;
         }
         self.pending.push_back(p);
+        self.watch_room(true);
+    }
+
+    /// The reader that read the request `unique`: its answer must be
+    /// written to that reader's device. `take`: this is the answer itself.
+    fn reader_of(&mut self, unique: u64, take: bool) -> u8 {
+        match self.origins.as_mut() {
+            Some(o) => o.reader(unique, take).unwrap_or(0),
+            None => 0,
+        }
+    }
+
+    /// A reader's device, while the device is kept.
+    fn reader_device(&self, reader: u8) -> Option<&File> {
+        let dev = self.device.as_deref()?;
+        Some(match reader {
+            0 => dev,
+            i => self.clones.get(i as usize - 1).map_or(dev, |c| &**c),
+        })
     }
 
     /// Carries out the engine's actions, then logs its events.
@@ -609,15 +812,20 @@ impl Session {
     }
 
     fn write_device_slot(&mut self, slot: SlotId) {
-        let Some(dev) = self.device.as_ref() else {
+        if self.device.is_none() {
             return;
-        };
+        }
         if let Some(r) = self.recorder.as_mut() {
             r.reply_to_kernel(self.arena.msg(slot), false);
         }
         if let Some(t) = self.trace.as_mut() {
             t.reply_to_kernel(self.arena.msg(slot), false);
         }
+        let unique = unique_of(self.arena.msg(slot)).map_or(0, |u| u.0);
+        let reader = self.reader_of(unique, true);
+        let Some(dev) = self.reader_device(reader) else {
+            return;
+        };
         let outcome = device::write(dev.as_fd(), self.arena.msg(slot));
         self.count_write(outcome);
     }
@@ -709,11 +917,26 @@ impl Session {
         );
     }
 
-    /// Gives up the device: the connection ends once the writer, which holds
-    /// the same open file, has closed its descriptor too.
+    /// Gives up the device: the connection ends once every descriptor of it
+    /// is closed (the writer's, and the readers' when they return).
     fn close_device(&mut self) {
         self.device = None;
+        self.clones.clear();
         self.notifier.close();
+    }
+
+    /// Ends the connection now. Closing descriptors is not enough: readers
+    /// blocked in read(2) hold the device open, so through fusectl, which
+    /// wakes them with ENODEV. Before the connection is known (INIT not
+    /// answered), the unmount that follows ends it.
+    fn abort_connection(&mut self) {
+        self.close_device();
+        if let Some(id) = self.connection {
+            match mounting::abort_connection(id) {
+                Ok(()) => info!(self.log, "connection {id} aborted through fusectl"),
+                Err(e) => debug!(self.log, "aborting connection {id} through fusectl: {e}"),
+            }
+        }
     }
 
     /// Ends the writer at the end of the session. A writer stuck in the
@@ -762,15 +985,19 @@ impl Session {
 
     /// Writes a reply the proxy made itself.
     fn write_device(&mut self, msg: &[u8]) {
-        let Some(dev) = self.device.as_ref() else {
+        if self.device.is_none() {
             return;
-        };
+        }
         if let Some(r) = self.recorder.as_mut() {
             r.reply_to_kernel(msg, true);
         }
         if let Some(t) = self.trace.as_mut() {
             t.reply_to_kernel(msg, true);
         }
+        let reader = self.reader_of(unique_of(msg).map_or(0, |u| u.0), true);
+        let Some(dev) = self.reader_device(reader) else {
+            return;
+        };
         let outcome = device::write(dev.as_fd(), msg);
         self.count_write(outcome);
     }
@@ -783,9 +1010,9 @@ impl Session {
                 self.rejected_writes += 1;
                 debug!(self.log, "the kernel rejected a reply: {}", e.desc());
             }
-            // The next read of the device reports ENODEV and ends the
-            // session through the one path that handles it.
-            Write::Gone => self.device_readable = true,
+            // The readers' next read reports ENODEV and ends the session
+            // through the one path that handles it.
+            Write::Gone => {}
         }
     }
 
@@ -1104,7 +1331,7 @@ impl Session {
         if self.signalled > 1 || self.phase != Phase::Running {
             if self.device.is_some() && self.phase != Phase::BackendGone {
                 warn!(self.log, "{} again: aborting the connection", sig.as_str());
-                self.close_device();
+                self.abort_connection();
                 self.kernel_gone();
             }
             return;
@@ -1129,6 +1356,7 @@ impl Session {
             return;
         }
         self.phase = Phase::KernelGone;
+        self.wake_main = true;
         self.mount.detach();
         let now = self.now();
         self.engine.handle_shutdown(now);
@@ -1141,12 +1369,22 @@ impl Session {
             return;
         }
         self.backend_end = Some(how);
+        self.wake_main = true;
         self.left_unanswered = self.engine.inflight();
         let now = self.now();
         self.engine.handle_backend_gone(now);
         self.run_actions();
         if self.phase != Phase::KernelGone {
             self.phase = Phase::BackendGone;
+        }
+    }
+
+    /// Closes the proxy's end of the channel: the backend reads EOF, and the
+    /// backend's reader, blocked in recv(2) on the same socket, returns.
+    fn close_socket(&mut self) {
+        self.watch_room(false);
+        if let Some(s) = self.socket.take() {
+            let _ = nix::sys::socket::shutdown(s.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         }
     }
 
@@ -1166,12 +1404,13 @@ impl Session {
         }
     }
 
-    fn finish(mut self, end: Phase) -> Result<(), Error> {
+    fn finish(&mut self, end: Phase) -> Result<(), Error> {
         let result = match end {
             Phase::BackendGone => {
                 // Every waiting request has been answered (run_actions after
                 // handle_backend_gone). Abort the connection so that nothing
                 // new waits on a dead backend, then remove the mount.
+                self.abort_connection();
                 self.stop_notifier();
                 self.mount.detach();
                 let st = self.backend.stop(Duration::from_millis(500));
@@ -1230,7 +1469,7 @@ impl Session {
                 if !self.backend.end_cleanly(&self.log) {
                     self.backend.terminate(Duration::from_millis(100));
                 }
-                self.socket = None;
+                self.close_socket();
                 let st = self.backend.stop(SHUTDOWN_GRACE);
                 if let Some(st) = st {
                     info!(
@@ -1358,6 +1597,12 @@ fn wall_clock() -> (i64, u32) {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     (d.as_secs() as i64, d.subsec_nanos())
+}
+
+/// Whether the kernel waits for an answer to this request (FORGET and
+/// BATCH_FORGET get none; an INTERRUPT's answer is its request's).
+fn expects_answer(msg: &[u8]) -> bool {
+    Request::parse(msg).is_ok_and(|r| r.opcode().needs_reply())
 }
 
 /// A request as its header says: the engine may have shortened it in place

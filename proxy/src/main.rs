@@ -19,12 +19,14 @@ mod cli;
 mod device;
 mod error;
 mod event_loop;
+mod forwarders;
 mod fusermount;
 mod fusermount_helper;
 mod memory;
 mod mount;
 mod mount_options;
 mod notifier;
+mod origins;
 mod policy_file;
 mod record_files;
 mod recorder;
@@ -383,6 +385,9 @@ fn run(
             spin: std::time::Duration::from_micros(cli.spin_us),
             policy: source.path().is_some().then_some(source),
             trace: cli.tracing(),
+            threads: cli
+                .threads
+                .map_or_else(cli::default_threads, |n| n as usize),
         },
     )?;
     session.run()

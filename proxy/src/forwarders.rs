@@ -1,0 +1,129 @@
+//! The forwarding threads: readers of the kernel's requests, one per device
+//! clone, and the reader of the backend's replies.
+//!
+//! Each blocks in its read(2)/recv(2) with a whole arena slot lent to it,
+//! then takes the session's lock, hands the message to the engine, carries
+//! out the actions (sends to the backend are non-blocking; a full socket
+//! queues them for the main thread), and goes back to reading. So a message
+//! costs exactly its read, and never a poll or a read that finds nothing.
+//!
+//! A reader first waits (on the session's condition) until it may read: a
+//! kernel reader while messages wait for room on the socket, the engine is
+//! full, or one slot is all that is left (it stays for the backend's
+//! replies, which free the others); the backend's reader while a
+//! notification is parked. Readers of the kernel return once the device is
+//! given up or the connection has ended (ENODEV); the backend's once the
+//! backend is gone or the proxy shut the socket.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use crate::channel;
+use crate::device;
+use crate::event_loop::Locked;
+
+/// Stack of each forwarding thread: their frames are the engine's, which
+/// keeps its tables on the heap; locked with the rest by mlockall.
+const STACK: usize = 256 * 1024;
+
+/// Starts a forwarding thread.
+pub fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .stack_size(STACK)
+        .spawn(body)
+        .map(drop)
+}
+
+/// Clears O_NONBLOCK: the descriptor's reader waits in read(2).
+pub fn set_blocking(fd: BorrowedFd<'_>) -> nix::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?);
+    fcntl(
+        fd.as_raw_fd(),
+        FcntlArg::F_SETFL(flags & !OFlag::O_NONBLOCK),
+    )
+    .map(drop)
+}
+
+/// Waits until `fd` is readable or `spin` has passed, without sleeping
+/// (`--spin-us`): the next message of a caller in a loop is caught awake.
+fn spin_until_readable(fd: BorrowedFd<'_>, spin: Duration) {
+    if spin.is_zero() {
+        return;
+    }
+    let until = Instant::now() + spin;
+    let mut pfd = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+    while Instant::now() < until {
+        if nix::poll::poll(&mut pfd, nix::poll::PollTimeout::ZERO).unwrap_or(1) > 0 {
+            return;
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// One reader of the kernel's requests, on `fd` (reader number `reader`).
+pub fn read_kernel(shared: &Locked, fd: &File, reader: u8, spin: Duration) {
+    let mut spun = false;
+    loop {
+        let mut buf = {
+            let mut s = shared.lock();
+            loop {
+                if s.readers_done() {
+                    return;
+                }
+                if s.may_read_request() {
+                    if let Some(b) = s.take_buffer() {
+                        break b;
+                    }
+                }
+                s.waiting += 1;
+                s = shared.room.wait(s).unwrap_or_else(|e| e.into_inner());
+                s.waiting -= 1;
+            }
+        };
+        if spun {
+            spin_until_readable(fd.as_fd(), spin);
+        }
+        let got = device::read(fd.as_fd(), buf.bytes_mut());
+        spun = matches!(got, device::Read::Message(_));
+        let mut s = shared.lock();
+        s.request_read(buf, got, reader);
+        s.after_turn(&shared.room);
+    }
+}
+
+/// The reader of the backend's replies and notifications.
+pub fn read_backend(shared: &Locked, socket: &OwnedFd, spin: Duration) {
+    let mut spun = false;
+    loop {
+        let mut buf = {
+            let mut s = shared.lock();
+            loop {
+                if s.backend_done() {
+                    return;
+                }
+                if s.may_receive() {
+                    if let Some(b) = s.take_buffer() {
+                        break b;
+                    }
+                }
+                s.waiting += 1;
+                s = shared.room.wait(s).unwrap_or_else(|e| e.into_inner());
+                s.waiting -= 1;
+            }
+        };
+        if spun {
+            spin_until_readable(socket.as_fd(), spin);
+        }
+        let got = channel::recv(socket.as_fd(), buf.bytes_mut());
+        spun = matches!(got, channel::Recv::Message { .. });
+        let mut s = shared.lock();
+        s.reply_received(buf, got);
+        s.after_turn(&shared.room);
+        if matches!(got, channel::Recv::Closed(_)) {
+            return;
+        }
+    }
+}
