@@ -540,6 +540,14 @@ pub fn program_name(argv: &[OsString]) -> String {
         .unwrap_or_default()
 }
 
+/// `--threads` when not given: one reader up to 4 CPUs (there the callers,
+/// the daemon and the proxy share the cores, and a second reader only adds
+/// hand-offs), then one per 4 CPUs, at most 8.
+pub fn default_threads() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cpus / 4).clamp(1, 8)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -600,12 +608,4 @@ mod tests {
         let e = as_user("no-such-user-here").unwrap_err().to_string();
         assert!(e.contains("no user 'no-such-user-here'"), "{e}");
     }
-}
-
-/// `--threads` when not given: one reader up to 4 CPUs (there the callers,
-/// the daemon and the proxy share the cores, and a second reader only adds
-/// hand-offs), then one per 4 CPUs, at most 8.
-pub fn default_threads() -> usize {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cpus / 4).clamp(1, 8)
 }
