@@ -626,6 +626,8 @@ impl Shared {
                 self.run_actions();
             }
             Recv::WouldBlock => self.arena.release(slot),
+            // The proxy shut the socket itself at the end of the session.
+            Recv::Closed(_) if self.socket.is_none() => self.arena.release(slot),
             Recv::Closed(errno) => {
                 self.arena.release(slot);
                 let how = match errno {
