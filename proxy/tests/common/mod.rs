@@ -16,6 +16,12 @@
 //!   `Mode::Proxy` into `Mode::Direct` (to tell a workload bug from a proxy
 //!   bug); tests that only make sense through the proxy check
 //!   [`Mount::mode`].
+//! - `FUSEPROXY_TEST_THREADS=N` in the environment adds `--threads N` to
+//!   the proxy's arguments of every Proxy-mode mount built from parts
+//!   (backend command plus `.proxy_args`), unless the builder set
+//!   `.threads(n)` itself or its proxy arguments already name `--threads`.
+//!   Mounts with `.raw_proxy_args` (the whole argv given) are left as they
+//!   are, and so is Direct mode.
 //! - [`MountBuilder`]: a fresh temporary directory (mode 0755, so `nobody`
 //!   can traverse it) holding `mnt/` (the mountpoint), `backing/` (the
 //!   backend's source directory) and the child's `stderr.log`/`stdout.log`.
@@ -31,6 +37,8 @@
 //!   - `MountBuilder::passthrough(mode, &["-o", "xattr"])` is the common case:
 //!     `passthrough_ll -f -o source={backing} [EXTRA...] {mnt}`.
 //!   - `.raw_proxy_args(args)` replaces the whole proxy argv (CLI tests).
+//!   - `.threads(n)` adds `--threads n` (Proxy mode, not with
+//!     `.raw_proxy_args`), whatever `FUSEPROXY_TEST_THREADS` says.
 //!   - `.dirs_owned_by(uid, gid)` chowns `mnt/` and `backing/` before the
 //!     start (a backend run as another user).
 //! - [`Mount`]: the guard. Accessors `mountpoint()`, `backing()`, `dir()`,
@@ -394,6 +402,28 @@ pub struct MountBuilder {
     owner: Option<(u32, u32)>,
     shared: bool,
     program: Option<OsString>,
+    threads: Option<u32>,
+}
+
+/// `FUSEPROXY_TEST_THREADS`, if set and not empty; panics on anything but
+/// a positive number (a typo must not silently test the default).
+pub fn env_threads() -> Option<u32> {
+    let v = std::env::var_os("FUSEPROXY_TEST_THREADS")?;
+    if v.is_empty() {
+        return None;
+    }
+    match v.to_str().and_then(|s| s.trim().parse::<u32>().ok()) {
+        Some(n) if n > 0 => Some(n),
+        _ => panic!("FUSEPROXY_TEST_THREADS={v:?}: expected a positive number"),
+    }
+}
+
+/// Whether `args` already give fuseproxy `--threads`.
+fn names_threads(args: &[OsString]) -> bool {
+    args.iter().any(|a| {
+        a.to_str()
+            .is_some_and(|s| s == "--threads" || s.starts_with("--threads="))
+    })
 }
 
 impl MountBuilder {
@@ -415,6 +445,7 @@ impl MountBuilder {
             owner: None,
             shared: false,
             program: None,
+            threads: None,
         }
     }
 
@@ -459,6 +490,39 @@ impl MountBuilder {
     pub fn program(mut self, program: impl AsRef<OsStr>) -> Self {
         self.program = Some(program.as_ref().to_owned());
         self
+    }
+
+    /// `--threads n` for the proxy (Proxy mode, not with
+    /// [`raw_proxy_args`](Self::raw_proxy_args)), overriding
+    /// `FUSEPROXY_TEST_THREADS`.
+    pub fn threads(mut self, n: u32) -> Self {
+        self.threads = Some(n);
+        self
+    }
+
+    /// The `--threads` this builder will add to the proxy's arguments: its
+    /// own, else `FUSEPROXY_TEST_THREADS`'s; `None` in Direct mode, with
+    /// raw proxy arguments, or when the proxy arguments already name
+    /// `--threads` (with either of the last two, `.threads(n)` panics).
+    pub fn effective_threads(&self) -> Option<u32> {
+        if self.mode != Mode::Proxy {
+            return None;
+        }
+        if self.raw_proxy_args.is_some() {
+            assert!(
+                self.threads.is_none(),
+                ".threads() with .raw_proxy_args(): put --threads in the raw arguments"
+            );
+            return None;
+        }
+        if names_threads(&self.proxy_args) {
+            assert!(
+                self.threads.is_none(),
+                "--threads both in .proxy_args and in .threads()"
+            );
+            return None;
+        }
+        self.threads.or_else(env_threads)
     }
 
     /// An environment variable for the spawned process.
@@ -544,7 +608,12 @@ impl MountBuilder {
                 let args = match &self.raw_proxy_args {
                     Some(raw) => raw.iter().map(sub).collect(),
                     None => {
-                        let mut a: Vec<OsString> = self.proxy_args.iter().map(sub).collect();
+                        let mut a: Vec<OsString> = Vec::new();
+                        if let Some(n) = self.effective_threads() {
+                            a.push("--threads".into());
+                            a.push(n.to_string().into());
+                        }
+                        a.extend(self.proxy_args.iter().map(sub));
                         a.push(mnt.clone().into_os_string());
                         a.push("--".into());
                         a.extend(backend.iter().cloned());
