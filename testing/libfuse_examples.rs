@@ -21,7 +21,8 @@ pub fn passthrough_ll() -> &'static Path {
 
 /// Compiles `EXAMPLES_DIR/NAME.c` into `CARGO_TARGET_TMPDIR/NAME` unless it
 /// is already there. The output is written under a unique name and renamed
-/// into place, so concurrent test binaries never see a partial file.
+/// into place, so concurrent test binaries (and tests) never see a partial
+/// file.
 pub fn build_example(name: &str) -> PathBuf {
     let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     fs::create_dir_all(&out_dir).expect("create CARGO_TARGET_TMPDIR");
@@ -45,7 +46,11 @@ pub fn build_example(name: &str) -> PathBuf {
         String::from_utf8_lossy(&flags.stderr)
     );
     let flags = String::from_utf8(flags.stdout).expect("pkg-config output is UTF-8");
-    let tmp = out_dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    // Unique per process and per call: two tests of one binary may build
+    // the same example at once, and the last rename simply wins.
+    static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = out_dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
     let gcc = Command::new("gcc")
         .arg("-O2")
         .arg("-I")

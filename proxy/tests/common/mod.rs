@@ -20,8 +20,8 @@
 //!   the proxy's arguments of every Proxy-mode mount built from parts
 //!   (backend command plus `.proxy_args`), unless the builder set
 //!   `.threads(n)` itself or its proxy arguments already name `--threads`.
-//!   Mounts with `.raw_proxy_args` (the whole argv given) are left as they
-//!   are, and so is Direct mode.
+//!   Mounts with `.raw_proxy_args` (the whole argv given) get it too when
+//!   they run a backend (contain `--`); Direct mode never.
 //! - [`MountBuilder`]: a fresh temporary directory (mode 0755, so `nobody`
 //!   can traverse it) holding `mnt/` (the mountpoint), `backing/` (the
 //!   backend's source directory) and the child's `stderr.log`/`stdout.log`.
@@ -508,12 +508,17 @@ impl MountBuilder {
         if self.mode != Mode::Proxy {
             return None;
         }
-        if self.raw_proxy_args.is_some() {
+        if let Some(raw) = &self.raw_proxy_args {
             assert!(
                 self.threads.is_none(),
                 ".threads() with .raw_proxy_args(): put --threads in the raw arguments"
             );
-            return None;
+            // A whole command line that runs a backend takes the variable
+            // too; one that does not (--help, --check) is left alone.
+            let runs_backend = raw.iter().any(|a| a == "--");
+            return (runs_backend && !names_threads(raw))
+                .then(env_threads)
+                .flatten();
         }
         if names_threads(&self.proxy_args) {
             assert!(
@@ -606,7 +611,15 @@ impl MountBuilder {
             }
             Mode::Proxy => {
                 let args = match &self.raw_proxy_args {
-                    Some(raw) => raw.iter().map(sub).collect(),
+                    Some(raw) => {
+                        let mut a: Vec<OsString> = Vec::new();
+                        if let Some(n) = self.effective_threads() {
+                            a.push("--threads".into());
+                            a.push(n.to_string().into());
+                        }
+                        a.extend(raw.iter().map(sub));
+                        a
+                    }
                     None => {
                         let mut a: Vec<OsString> = Vec::new();
                         if let Some(n) = self.effective_threads() {
