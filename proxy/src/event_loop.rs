@@ -28,7 +28,7 @@ use nix::sys::signalfd::SignalFd;
 use slog::{debug, error, info, warn, Logger};
 
 use fuseproxy_policies::{Action, Engine, Event, Inline, Instant, SlotId, Stats};
-use fuseproxy_protocol::{encode, flags, unique_of, Request, Unique};
+use fuseproxy_protocol::{flags, unique_of, Request, Unique};
 
 use crate::alloc_count;
 use crate::arena::{Arena, Lent};
@@ -41,6 +41,7 @@ use crate::mount::unmount_in_background;
 use crate::mount::{self as mounting, Mount};
 use crate::notifier::Notifier;
 use crate::origins::Origins;
+use crate::outbox::{self, Item, Msg, Outbox};
 use crate::policy_file::{PolicySource, Reloader};
 use crate::recorder::{self, Recorder};
 
@@ -159,6 +160,10 @@ pub(crate) struct Shared {
     wake_main: bool,
     /// Threads waiting on [`Locked::room`].
     pub(crate) waiting: usize,
+    /// A forwarding thread's turn: I/O goes to `outbox`, carried out after
+    /// the lock is let go.
+    defer: bool,
+    outbox: Outbox,
     signals: SignalFd,
     engine: Engine,
     arena: Arena,
@@ -321,6 +326,8 @@ impl Session {
             main_wakes_at: None,
             wake_main: false,
             waiting: 0,
+            defer: false,
+            outbox: Outbox::default(),
             signals,
             engine,
             arena,
@@ -372,19 +379,23 @@ impl Session {
             socket,
         } = self;
         let spin = shared.lock().startup.spin;
-        for (i, fd) in readers.into_iter().enumerate() {
-            let mine = shared.clone();
+        let io = Arc::new(crate::forwarders::Io {
+            devices: readers,
+            socket,
+        });
+        for i in 0..io.devices.len() {
+            let (mine, io) = (shared.clone(), io.clone());
             let started = crate::forwarders::spawn(&format!("kernel-{i}"), move || {
-                crate::forwarders::read_kernel(&mine, &fd, i as u8, spin)
+                crate::forwarders::read_kernel(&mine, &io, i as u8, spin)
             });
             if let Err(e) = started {
                 return shared.lock().fail_start(e);
             }
         }
         {
-            let mine = shared.clone();
+            let (mine, io) = (shared.clone(), io.clone());
             let started = crate::forwarders::spawn("backend", move || {
-                crate::forwarders::read_backend(&mine, &socket, spin)
+                crate::forwarders::read_backend(&mine, &io, spin)
             });
             if let Err(e) = started {
                 return shared.lock().fail_start(e);
@@ -696,24 +707,31 @@ impl Shared {
             Pending::Slot(s) => request_bytes(self.arena.msg(*s)),
             Pending::Injected(i) => i.as_bytes(),
         };
-        match channel::send(sock.as_fd(), msg) {
+        let outcome = channel::send(sock.as_fd(), msg);
+        let unique = Request::parse(msg).map(|r| r.unique()).ok();
+        self.sent(outcome, msg.len(), unique)
+    }
+
+    /// Acts on a send's outcome: `Some(true)` sent, `Some(false)` socket
+    /// full, `None` dropped (the backend is gone, or it can never fit).
+    fn sent(&mut self, outcome: Send, len: usize, unique: Option<Unique>) -> Option<bool> {
+        match outcome {
             Send::Sent => Some(true),
             Send::WouldBlock => Some(false),
             Send::TooBig => {
                 // Cannot happen with the forced buffers; answer, never hang.
                 error!(
                     self.log,
-                    "a {}-byte message does not fit the backend's socket",
-                    msg.len()
+                    "a {len}-byte message does not fit the backend's socket"
                 );
-                let unique = Request::parse(msg).map(|r| r.unique());
                 let now = self.now();
-                if let Ok(u) = unique {
+                if let Some(u) = unique {
                     // Its EIO is queued; the caller's run_actions writes it.
                     self.engine.handle_send_failure(now, u);
                 }
                 None
             }
+            Send::Closed(_) if self.socket.is_none() => None,
             Send::Closed(e) => {
                 self.backend_gone(format!("channel failed ({})", e.desc()));
                 None
@@ -721,7 +739,97 @@ impl Shared {
         }
     }
 
+    /// Carries out what the turn has deferred so far, under the lock, and
+    /// defers nothing more: the session is ending, and its last answers
+    /// must reach the kernel before the main thread aborts the connection.
+    fn stop_deferring(&mut self) {
+        self.defer = false;
+        if self.outbox.is_empty() {
+            return;
+        }
+        // Once per session: the one allocation here is not per message.
+        let mut out = std::mem::take(&mut self.outbox);
+        let socket = self.socket.clone();
+        out.carry_out(|r| self.reader_device(r), socket.as_deref());
+        self.turn_done(&mut out);
+        self.outbox = out;
+    }
+
+    /// Starts a forwarding thread's turn: its I/O is deferred.
+    pub(crate) fn begin_turn(&mut self) {
+        self.defer = true;
+    }
+
+    /// Ends the turn: what it deferred moves to the thread's `outbox`.
+    pub(crate) fn end_turn(&mut self, outbox: &mut Outbox) {
+        self.defer = false;
+        std::mem::swap(&mut self.outbox, outbox);
+    }
+
+    /// Takes back a turn's I/O, carried out: slots back to the arena,
+    /// outcomes counted, sends that found the socket full queued in order,
+    /// failures handed to the engine.
+    pub(crate) fn turn_done(&mut self, outbox: &mut Outbox) {
+        let mut queue_rest = false;
+        for item in outbox.drain() {
+            match item {
+                Item::Write { msg, done, .. } => {
+                    if let Some(w) = done {
+                        self.count_write(w);
+                    }
+                    if let Msg::Slot(lent) = msg {
+                        let slot = self.arena.reclaim(lent);
+                        self.arena.release(slot);
+                    }
+                }
+                Item::Send { msg, done } => {
+                    let pending = match msg {
+                        Msg::Slot(lent) => Pending::Slot(self.arena.reclaim(lent)),
+                        Msg::Inline(i) => Pending::Injected(i),
+                        // Sends are requests, never error answers.
+                        Msg::Error { .. } => continue,
+                    };
+                    let sent = match done {
+                        Some(outcome) if !queue_rest => {
+                            let (len, unique) = {
+                                let b = match &pending {
+                                    Pending::Slot(s) => request_bytes(self.arena.msg(*s)),
+                                    Pending::Injected(i) => i.as_bytes(),
+                                };
+                                (b.len(), Request::parse(b).map(|r| r.unique()).ok())
+                            };
+                            self.sent(outcome, len, unique)
+                        }
+                        _ => Some(false),
+                    };
+                    if sent == Some(false) && self.backend_end.is_none() && self.socket.is_some() {
+                        queue_rest = true;
+                        self.pending.push_back(pending);
+                        self.watch_room(true);
+                    } else if let Pending::Slot(s) = pending {
+                        self.arena.release(s);
+                    }
+                }
+            }
+        }
+        // Failed sends may have queued answers.
+        self.run_actions();
+    }
+
     fn forward(&mut self, p: Pending) {
+        if self.pending.is_empty()
+            && self.defer
+            && self.outbox.has_room()
+            && self.socket.is_some()
+            && self.backend_end.is_none()
+        {
+            let msg = match p {
+                Pending::Slot(s) => Msg::Slot(self.arena.lend(s)),
+                Pending::Injected(i) => Msg::Inline(i),
+            };
+            self.outbox.push(Item::Send { msg, done: None });
+            return;
+        }
         if self.pending.is_empty() && self.send(&p) != Some(false) {
             if let Pending::Slot(s) = p {
                 self.arena.release(s);
@@ -780,12 +888,13 @@ impl Shared {
                     self.deliver_notification(slot)
                 }
                 Action::DeliverReply(slot) => {
-                    self.write_device_slot(slot);
-                    self.arena.release(slot);
+                    if let Some(slot) = self.write_device_slot(slot) {
+                        self.arena.release(slot);
+                    }
                 }
                 Action::Free(slot) => self.arena.release(slot),
                 Action::AnswerError { unique, errno } => self.answer_error(unique, errno),
-                Action::Answer(reply) => self.write_device(reply.as_bytes()),
+                Action::Answer(reply) => self.write_device(Msg::Inline(reply)),
             }
             // Drained after each action too: a gone backend's answers come
             // one per poll_action, each with its decision, and the queue
@@ -813,9 +922,11 @@ impl Shared {
         }
     }
 
-    fn write_device_slot(&mut self, slot: SlotId) {
+    /// Writes a reply in a slot, or defers it; gives the slot back when it
+    /// is done with it (not when deferred: the turn's end releases it).
+    fn write_device_slot(&mut self, slot: SlotId) -> Option<SlotId> {
         if self.device.is_none() {
-            return;
+            return Some(slot);
         }
         if let Some(r) = self.recorder.as_mut() {
             r.reply_to_kernel(self.arena.msg(slot), false);
@@ -825,11 +936,20 @@ impl Shared {
         }
         let unique = unique_of(self.arena.msg(slot)).map_or(0, |u| u.0);
         let reader = self.reader_of(unique, true);
-        let Some(dev) = self.reader_device(reader) else {
-            return;
-        };
-        let outcome = device::write(dev.as_fd(), self.arena.msg(slot));
-        self.count_write(outcome);
+        if self.defer && self.outbox.has_room() {
+            let msg = Msg::Slot(self.arena.lend(slot));
+            self.outbox.push(Item::Write {
+                msg,
+                reader,
+                done: None,
+            });
+            return None;
+        }
+        if let Some(dev) = self.reader_device(reader) {
+            let outcome = device::write(dev.as_fd(), self.arena.msg(slot));
+            self.count_write(outcome);
+        }
+        Some(slot)
     }
 
     /// A notification (unique 0) goes to the writer thread: written here, it
@@ -979,28 +1099,36 @@ impl Shared {
     }
 
     fn answer_error(&mut self, unique: Unique, errno: i32) {
-        let mut buf = [0u8; 16];
-        if let Some(n) = encode::encode_error_reply(&mut buf, unique, errno) {
-            self.write_device(&buf[..n]);
-        }
+        self.write_device(Msg::Error { unique, errno });
     }
 
-    /// Writes a reply the proxy made itself.
-    fn write_device(&mut self, msg: &[u8]) {
+    /// Writes a reply the proxy made itself, or defers it.
+    fn write_device(&mut self, msg: Msg) {
         if self.device.is_none() {
             return;
         }
-        if let Some(r) = self.recorder.as_mut() {
-            r.reply_to_kernel(msg, true);
+        let unique = outbox::with_bytes(&msg, |b| {
+            if let Some(r) = self.recorder.as_mut() {
+                r.reply_to_kernel(b, true);
+            }
+            if let Some(t) = self.trace.as_mut() {
+                t.reply_to_kernel(b, true);
+            }
+            unique_of(b).map_or(0, |u| u.0)
+        });
+        let reader = self.reader_of(unique, true);
+        if self.defer && self.outbox.has_room() {
+            self.outbox.push(Item::Write {
+                msg,
+                reader,
+                done: None,
+            });
+            return;
         }
-        if let Some(t) = self.trace.as_mut() {
-            t.reply_to_kernel(msg, true);
-        }
-        let reader = self.reader_of(unique_of(msg).map_or(0, |u| u.0), true);
         let Some(dev) = self.reader_device(reader) else {
             return;
         };
-        let outcome = device::write(dev.as_fd(), msg);
+        let outcome = outbox::with_bytes(&msg, |b| device::write(dev.as_fd(), b));
         self.count_write(outcome);
     }
 
@@ -1358,6 +1486,7 @@ impl Shared {
             return;
         }
         self.phase = Phase::KernelGone;
+        self.stop_deferring();
         self.wake_main = true;
         self.mount.detach();
         let now = self.now();
@@ -1371,6 +1500,7 @@ impl Shared {
             return;
         }
         self.backend_end = Some(how);
+        self.stop_deferring();
         self.wake_main = true;
         self.left_unanswered = self.engine.inflight();
         let now = self.now();
@@ -1609,7 +1739,7 @@ fn expects_answer(msg: &[u8]) -> bool {
 
 /// A request as its header says: the engine may have shortened it in place
 /// (BATCH_FORGET), and the header's `len` is authoritative once parsed.
-fn request_bytes(msg: &[u8]) -> &[u8] {
+pub(crate) fn request_bytes(msg: &[u8]) -> &[u8] {
     let len = msg
         .get(..4)
         .and_then(|b| b.try_into().ok())

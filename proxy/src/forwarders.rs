@@ -22,6 +22,35 @@ use std::time::{Duration, Instant};
 use crate::channel;
 use crate::device;
 use crate::event_loop::Locked;
+use crate::outbox::Outbox;
+
+/// What a forwarding thread writes and sends to outside the lock: every
+/// reader's device (by reader index) and the backend's socket.
+pub struct Io {
+    pub devices: Vec<std::sync::Arc<File>>,
+    pub socket: std::sync::Arc<OwnedFd>,
+}
+
+/// The end of a turn: the lock is let go, the turn's I/O carried out, and
+/// the lock taken again to give back its slots and act on the outcomes.
+fn finish_turn(
+    shared: &Locked,
+    mut s: std::sync::MutexGuard<'_, crate::event_loop::Shared>,
+    outbox: &mut Outbox,
+    io: &Io,
+) {
+    s.end_turn(outbox);
+    s.after_turn(&shared.room);
+    drop(s);
+    if outbox.is_empty() {
+        return;
+    }
+    let device = |r: u8| io.devices.get(r as usize).map(|d| &**d);
+    outbox.carry_out(device, Some(&io.socket));
+    let mut s = shared.lock();
+    s.turn_done(outbox);
+    s.after_turn(&shared.room);
+}
 
 /// Stack of each forwarding thread: their frames are the engine's, which
 /// keeps its tables on the heap; locked with the rest by mlockall.
@@ -64,7 +93,9 @@ fn spin_until_readable(fd: BorrowedFd<'_>, spin: Duration) {
 }
 
 /// One reader of the kernel's requests, on `fd` (reader number `reader`).
-pub fn read_kernel(shared: &Locked, fd: &File, reader: u8, spin: Duration) {
+pub fn read_kernel(shared: &Locked, io: &Io, reader: u8, spin: Duration) {
+    let fd = &*io.devices[reader as usize];
+    let mut outbox = Outbox::default();
     let mut spun = false;
     loop {
         let mut buf = {
@@ -89,13 +120,16 @@ pub fn read_kernel(shared: &Locked, fd: &File, reader: u8, spin: Duration) {
         let got = device::read(fd.as_fd(), buf.bytes_mut());
         spun = matches!(got, device::Read::Message(_));
         let mut s = shared.lock();
+        s.begin_turn();
         s.request_read(buf, got, reader);
-        s.after_turn(&shared.room);
+        finish_turn(shared, s, &mut outbox, io);
     }
 }
 
 /// The reader of the backend's replies and notifications.
-pub fn read_backend(shared: &Locked, socket: &OwnedFd, spin: Duration) {
+pub fn read_backend(shared: &Locked, io: &Io, spin: Duration) {
+    let socket = &*io.socket;
+    let mut outbox = Outbox::default();
     let mut spun = false;
     loop {
         let mut buf = {
@@ -120,8 +154,9 @@ pub fn read_backend(shared: &Locked, socket: &OwnedFd, spin: Duration) {
         let got = channel::recv(socket.as_fd(), buf.bytes_mut());
         spun = matches!(got, channel::Recv::Message { .. });
         let mut s = shared.lock();
+        s.begin_turn();
         s.reply_received(buf, got);
-        s.after_turn(&shared.room);
+        finish_turn(shared, s, &mut outbox, io);
         if matches!(got, channel::Recv::Closed(_)) {
             return;
         }

@@ -27,6 +27,7 @@ mod mount;
 mod mount_options;
 mod notifier;
 mod origins;
+mod outbox;
 mod policy_file;
 mod record_files;
 mod recorder;
