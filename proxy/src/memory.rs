@@ -23,6 +23,13 @@ pub struct Pinning {
 /// Applies both; failure of either is reported, not fatal.
 pub fn pin() -> Pinning {
     use nix::sys::mman::{mlockall, MlockAllFlags};
+    // One malloc arena for every thread: each thread that allocates would
+    // otherwise reserve an arena of its own (64 MiB of address space), and
+    // under MCL_FUTURE every reservation counts against RLIMIT_MEMLOCK.
+    // The forwarding path does not allocate, so nothing contends for it.
+    // SAFETY: mallopt takes two integers and changes a malloc setting; it is
+    // called before the proxy starts any thread.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     let mlockall = mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE).is_ok();
     // SAFETY: prctl(PR_SET_IO_FLUSHER) takes four integer arguments and
     // dereferences no pointer; the unused ones must be zero (prctl(2)). It
