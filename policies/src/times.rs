@@ -221,13 +221,15 @@ pub struct NodeTimes {
     /// Someone waits for the pending record: send it as soon as the flush in
     /// flight is answered, instead of at its deadline.
     pub urgent: bool,
-    /// FORGET counts the kernel sent while times were outstanding, to be
-    /// passed on once they are applied.
+    /// FORGET counts the kernel sent while times were pending or being
+    /// flushed, to be passed on once they are applied (the state ends
+    /// then: nonzero only with `pending` or `flushing`).
     pub deferred_forget: u64,
     /// GETATTRs of this node, and LOOKUPs of a name known to be it, sent to
     /// the backend while this state existed and not yet answered: the
     /// backend may answer them with times from before a flush, so the state
-    /// (and `applied`) stays to overlay their replies.
+    /// (and `applied`) stays to overlay their replies, until the node is
+    /// forgotten.
     pub readers: u32,
     /// What the backend has applied since the state was made, for the
     /// replies of those readers.

@@ -204,6 +204,10 @@ impl Engine {
 
     /// Drops `node`'s state, whatever readers it was kept for: the node is
     /// forgotten, and nothing of it may carry over to its id's next life.
+    /// (A listing still in flight that the backend read before it applied
+    /// the node's last flush then shows the node's old times: the price of
+    /// never showing them on a new file with the same id, and of a FORGET
+    /// that no stream of listings holds back.)
     fn end_state(&mut self, node: NodeId) {
         if let Some(e) = self.times.remove(node) {
             if e.kept {
@@ -700,7 +704,9 @@ impl Engine {
         }
     }
 
-    /// `node` may have nothing outstanding any more: drop its state, and
+    /// `node` may have nothing outstanding any more: drop its state (or
+    /// keep it while listings sent before its last flush was answered may
+    /// still need its applied times; a FORGET ends it all the same), and
     /// when no node has any, release what waits for all of them (a held
     /// DESTROY) and send our own DESTROY if shutting down.
     pub(super) fn settle(&mut self, node: NodeId) {

@@ -451,3 +451,33 @@ fn shutdown_sends_destroy_once_the_kept_states_go() {
         "{acts:?}"
     );
 }
+
+/// Rule: a request held behind a flush is sent after it was answered: its
+/// reply (here a time update the proxy may not answer itself, which sets
+/// mtime 9 after the acknowledged 5) gets nothing the flush applied.
+#[test]
+fn a_request_held_behind_the_flush_counts_as_sent_after_it() {
+    let mut e = session(config());
+    setattr(&mut e, T0, 10, 0, times_arg(FATTR_MTIME, 0, 5));
+    readdirplus(&mut e, 12);
+    // uid 2000 does not own FILE: forwarded, behind the flush of mtime 5.
+    let acts = setattr(&mut e, T0, 14, 2000, times_arg(FATTR_MTIME, 0, 9));
+    let f = flushes(&acts);
+    assert_eq!(f.len(), 1, "{acts:?}");
+    assert!(!released(&acts, 2), "held: {acts:?}");
+    let acts = answer_flush(&mut e, f[0].0, 0);
+    assert!(released(&acts, 2), "{acts:?}");
+    let mut b = Buf::new();
+    let out = AttrOut {
+        attr: attr(1, 9),
+        ..AttrOut::default()
+    };
+    let n = reply(&mut b, 14, out.as_bytes());
+    e.handle_reply(T0, SlotId(2), &mut b.0[..n], n);
+    drain(&mut e);
+    let got = AttrOut::read_from_bytes(&b.0[16..n]).unwrap().attr;
+    assert_eq!(
+        got.mtime, 9,
+        "the flushed mtime laid over the later update's"
+    );
+}
