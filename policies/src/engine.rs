@@ -379,11 +379,13 @@ impl Engine {
                     self.attrs.remove(node);
                     let deferred = self.defer_forget(node, n);
                     self.forward_unless(deferred, slot);
+                    self.forgotten();
                     return;
                 }
                 Operation::BatchForget { .. } => {
                     let all_deferred = self.filter_batch_forget(msg) == 0;
                     self.forward_unless(all_deferred, slot);
+                    self.forgotten();
                     return;
                 }
                 Operation::Rename { arg, .. } => second = Some(NodeId(arg.newdir)),
@@ -419,6 +421,10 @@ impl Engine {
         }
 
         aux[3] = name_hash;
+        // When it was sent, for the times laid over its reply (bit 0 is the
+        // listing flag of `note_readers`); a held request's is set again
+        // when it goes (`release_held`).
+        aux[2] |= self.times.clock() << 1;
         match opcode {
             Opcode::Init => self.rewrite_init(unique, msg),
             Opcode::Open | Opcode::Create | Opcode::TmpFile => {
@@ -594,6 +600,10 @@ impl Engine {
                 };
             if ready {
                 self.held.remove(i);
+                let clock = self.times.clock();
+                if let Some(e) = self.inflight.get_mut(h.unique) {
+                    e.aux[2] = e.aux[2] & 1 | clock << 1;
+                }
                 self.note(DecisionKind::Released, h.unique, h.node, 0);
                 self.actions.push_back(Action::ForwardRequest(h.slot));
             } else {

@@ -149,6 +149,11 @@ impl Inflight {
         self.find(unique).and_then(|i| self.slots[i].as_ref())
     }
 
+    /// The entry for `unique`, to change its `aux` in place.
+    pub fn get_mut(&mut self, unique: Unique) -> Option<&mut Entry> {
+        self.find(unique).and_then(|i| self.slots[i].as_mut())
+    }
+
     /// Removes and returns the entry for `unique`.
     pub fn remove(&mut self, unique: Unique) -> Option<Entry> {
         let mut hole = self.find(unique)?;

@@ -221,17 +221,26 @@ pub struct NodeTimes {
     /// Someone waits for the pending record: send it as soon as the flush in
     /// flight is answered, instead of at its deadline.
     pub urgent: bool,
-    /// FORGET counts the kernel sent while times were outstanding, to be
-    /// passed on once they are applied.
+    /// FORGET counts the kernel sent while times were pending or being
+    /// flushed, to be passed on once they are applied (the state ends
+    /// then: nonzero only with `pending` or `flushing`).
     pub deferred_forget: u64,
     /// GETATTRs of this node, and LOOKUPs of a name known to be it, sent to
     /// the backend while this state existed and not yet answered: the
     /// backend may answer them with times from before a flush, so the state
-    /// (and `applied`) stays to overlay their replies.
+    /// (and `applied`) stays to overlay their replies, until the node is
+    /// forgotten.
     pub readers: u32,
     /// What the backend has applied since the state was made, for the
     /// replies of those readers.
     pub applied: Option<Stamps>,
+    /// When each field of `applied` (atime, mtime, ctime) was applied, on
+    /// the table's clock: only replies to requests sent before then may
+    /// predate it (see [`overlay`](Self::overlay)).
+    pub applied_at: [u64; 3],
+    /// When the state was made, on the table's clock: a request sent
+    /// before then was not counted among its readers.
+    pub born: u64,
     /// Idle, but kept for a listing in flight (the engine's `kept` list).
     pub kept: bool,
     /// The file's last name was removed (its cached link count reached 0):
@@ -255,6 +264,8 @@ impl NodeTimes {
             deferred_forget: 0,
             readers: 0,
             applied: None,
+            applied_at: [0; 3],
+            born: 0,
             kept: false,
             unlinked: false,
             heap_pos: NIL,
@@ -270,10 +281,20 @@ impl NodeTimes {
         }
     }
 
-    /// The newest times the kernel has been told, field by field: pending
-    /// over flushing. What `stat` must show until the backend has them.
-    pub fn overlay(&self) -> Stamps {
-        let mut t = self.applied.unwrap_or_default();
+    /// The times to lay over the reply to a request sent at `sent` (the
+    /// table's [`clock`](TimesTable::clock) then), field by field: pending
+    /// over flushing, over what was applied after the request was sent.
+    /// What `stat` must show until the backend has them. Times applied
+    /// before the request was sent are the backend's own by then, and its
+    /// reply may show newer ones (a write's mtime): they are not laid over.
+    pub fn overlay(&self, sent: u64) -> Stamps {
+        let mut t = Stamps::default();
+        if let Some(a) = &self.applied {
+            let [at, mt, ct] = self.applied_at;
+            t.atime = a.atime.filter(|_| sent < at);
+            t.mtime = a.mtime.filter(|_| sent < mt);
+            t.ctime = a.ctime.filter(|_| sent < ct);
+        }
         if let Some(f) = &self.flushing {
             t.merge(&f.stamps);
         }
@@ -304,6 +325,10 @@ pub struct TimesTable {
     heap: IndexHeap,
     /// Nodes with a pending record, scheduled or not.
     pending: usize,
+    /// Counts the events requests are ordered against: states made and
+    /// flushes answered. A request notes it when sent (see
+    /// [`NodeTimes::overlay`]).
+    clock: u64,
 }
 
 impl TimesTable {
@@ -318,7 +343,13 @@ impl TimesTable {
             index,
             heap: IndexHeap::with_capacity(capacity),
             pending: 0,
+            clock: 0,
         }
+    }
+
+    /// The clock now: what a request sent now notes.
+    pub fn clock(&self) -> u64 {
+        self.clock
     }
 
     /// Nodes with a pending (unsent) record.
@@ -377,7 +408,11 @@ impl TimesTable {
             return Some(s);
         }
         let s = self.free.pop()?;
-        self.slab[s as usize] = NodeTimes::new(node);
+        self.clock += 1;
+        self.slab[s as usize] = NodeTimes {
+            born: self.clock,
+            ..NodeTimes::new(node)
+        };
         let mut i = self.home(node);
         while self.index[i] != NIL {
             i = (i + 1) & self.mask();
@@ -388,11 +423,17 @@ impl TimesTable {
 
     /// Drops `node`'s state if it is idle.
     pub fn remove_if_idle(&mut self, node: NodeId) {
-        let Some((mut hole, s)) = self.find(node) else {
-            return;
-        };
-        if !self.slab[s as usize].is_idle() {
-            return;
+        if self.get(node).is_some_and(NodeTimes::is_idle) {
+            self.remove(node);
+        }
+    }
+
+    /// Drops `node`'s state whatever it holds (the node is forgotten: its
+    /// id may name another file next). Returns the state dropped.
+    pub fn remove(&mut self, node: NodeId) -> Option<NodeTimes> {
+        let (mut hole, s) = self.find(node)?;
+        if self.slab[s as usize].pending.is_some() {
+            self.pending -= 1;
         }
         self.heap_remove(s);
         self.free.push(s);
@@ -407,6 +448,7 @@ impl TimesTable {
             }
             i = (i + 1) & self.mask();
         }
+        Some(self.slab[s as usize])
     }
 
     /// Records a locally acknowledged update, to be sent by `due` and
@@ -525,11 +567,23 @@ impl TimesTable {
     /// The backend answered `node`'s flush (applied, or refused for the
     /// last time). Returns the times it carried and its generation.
     pub fn finish_flush(&mut self, node: NodeId) -> Option<(Stamps, u32)> {
-        let e = self.get_mut(node)?;
+        let (_, s) = self.find(node)?;
+        let clock = self.clock + 1;
+        let e = &mut self.slab[s as usize];
         let Flushing {
             stamps: t, gen: g, ..
         } = e.flushing.take()?;
+        self.clock = clock;
         e.done_gen = g;
+        for (at, set) in
+            e.applied_at
+                .iter_mut()
+                .zip([t.atime.is_some(), t.mtime.is_some(), t.ctime.is_some()])
+        {
+            if set {
+                *at = clock;
+            }
+        }
         match &mut e.applied {
             Some(a) => a.merge(&t),
             None => e.applied = Some(t),
@@ -648,8 +702,8 @@ mod tests {
         tab.acknowledge(t0, Retry::default(), n, &t(Some(5), None));
         assert_eq!(tab.get(n).unwrap().barrier_gen(), Some(2));
         assert!(tab.start_flush(n, Unique(102)).is_none());
-        assert_eq!(tab.get(n).unwrap().overlay().atime, Some((5, 0)));
-        assert_eq!(tab.get(n).unwrap().overlay().mtime, Some((2, 0)));
+        assert_eq!(tab.get(n).unwrap().overlay(0).atime, Some((5, 0)));
+        assert_eq!(tab.get(n).unwrap().overlay(0).mtime, Some((2, 0)));
         assert_eq!(tab.finish_flush(n).unwrap().1, 1);
         assert!(tab.start_flush(n, Unique(102)).is_some());
         tab.finish_flush(n);

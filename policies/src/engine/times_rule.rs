@@ -175,13 +175,20 @@ impl Engine {
         }
     }
 
-    /// A FORGET for a node with outstanding times waits until they are
-    /// applied: the backend may drop the node on FORGET. Returns whether it
-    /// was deferred.
+    /// A FORGET for a node with times pending or being flushed waits until
+    /// they are applied: the backend may drop the node on FORGET. Returns
+    /// whether it was deferred. Otherwise it goes now, and the node's state
+    /// (kept for readers, or with readers in flight) ends with it: the
+    /// backend may give the id to another file, which must not get this
+    /// one's times (the caller then calls [`forgotten`](Self::forgotten)).
     pub(super) fn defer_forget(&mut self, node: NodeId, nlookup: u64) -> bool {
         let Some(e) = self.times.get(node) else {
             return false;
         };
+        if e.pending.is_none() && e.flushing.is_none() {
+            self.end_state(node);
+            return false;
+        }
         // No caller waits for a FORGET: a retry waiting for its back-off
         // keeps waiting (the kernel forgets idle inodes at any time; that
         // must not use up a refused flush's retries in a burst).
@@ -193,6 +200,33 @@ impl Engine {
             e.deferred_forget += nlookup;
         }
         true
+    }
+
+    /// Drops `node`'s state, whatever readers it was kept for: the node is
+    /// forgotten, and nothing of it may carry over to its id's next life.
+    /// (A listing still in flight that the backend read before it applied
+    /// the node's last flush then shows the node's old times: the price of
+    /// never showing them on a new file with the same id, and of a FORGET
+    /// that no stream of listings holds back.)
+    fn end_state(&mut self, node: NodeId) {
+        if let Some(e) = self.times.remove(node) {
+            if e.kept {
+                if let Some(i) = self.kept.iter().position(|n| *n == node) {
+                    self.kept.swap_remove(i);
+                }
+            }
+        }
+    }
+
+    /// After a FORGET was passed on (or deferred): when no node has any
+    /// state left, what waits for all of them may go.
+    pub(super) fn forgotten(&mut self) {
+        if self.times.is_empty() {
+            self.release_held();
+            if self.shutting_down {
+                self.send_destroy_when_idle();
+            }
+        }
     }
 
     /// Removes from a BATCH_FORGET (in place) the nodes whose forgets must
@@ -337,7 +371,8 @@ impl Engine {
             _ => {}
         }
         if error == 0 {
-            self.observe_attrs(entry.opcode, entry.node, entry.aux[0], msg);
+            let sent = entry.aux[2] >> 1;
+            self.observe_attrs(entry.opcode, entry.node, entry.aux[0], sent, msg);
         }
         self.readers_done(entry);
     }
@@ -351,7 +386,8 @@ impl Engine {
     /// an update it saw complete, so only requests sent while some state
     /// exists need this. A LOOKUP of a known name counts on that node
     /// (`aux[1]`); one of an unknown name, and a READDIRPLUS, keep every
-    /// state that goes idle until no such request is left (`aux[2]` = 1).
+    /// state that goes idle until no such request is left (bit 0 of
+    /// `aux[2]`; the other bits are when the request was sent).
     pub(super) fn note_readers(&mut self, opcode: Opcode, aux: &mut [u64; 4]) {
         if self.times.is_empty() {
             return;
@@ -390,13 +426,16 @@ impl Engine {
             _ => None,
         };
         if let Some(node) = reader {
-            if let Some(e) = self.times.get_mut(node) {
+            // Not a state made after the request was sent: the one it
+            // counted on ended (FORGET) and the id names another file now.
+            let sent = entry.aux[2] >> 1;
+            if let Some(e) = self.times.get_mut(node).filter(|e| e.born <= sent) {
                 e.readers = e.readers.saturating_sub(1);
             }
             self.settle(node);
         }
         let listing = matches!(entry.opcode, Opcode::Lookup | Opcode::Readdirplus);
-        if listing && entry.aux[2] == 1 {
+        if listing && entry.aux[2] & 1 == 1 {
             self.listings = self.listings.saturating_sub(1);
             if self.listings == 0 {
                 while let Some(node) = self.kept.pop() {
@@ -436,12 +475,14 @@ impl Engine {
 
     /// Caches the attributes a reply carries, with pending times laid over
     /// them (in the reply too, so that `stat` shows what the caller set).
-    /// `name_key` is the entry's name for replies that create or find one.
+    /// `name_key` is the entry's name for replies that create or find one;
+    /// `sent` when the request was sent (the times table's clock).
     pub(super) fn observe_attrs(
         &mut self,
         opcode: Opcode,
         node: NodeId,
         name_key: u64,
+        sent: u64,
         msg: &mut [u8],
     ) {
         let body = &mut msg[OUT_HEADER..];
@@ -453,6 +494,7 @@ impl Engine {
                         &mut out.attr,
                         out.attr_valid,
                         out.attr_valid_nsec,
+                        sent,
                     );
                 }
             }
@@ -464,7 +506,7 @@ impl Engine {
             | Opcode::Link => {
                 if let Ok((e, _)) = EntryOut::mut_from_prefix(body) {
                     self.names.insert(name_key, e.nodeid);
-                    self.entry_attrs(e);
+                    self.entry_attrs(e, sent);
                 }
             }
             Opcode::Readdirplus => {
@@ -477,7 +519,7 @@ impl Engine {
                     let rec = fuseproxy_protocol::abi::fuse_rec_align(
                         FUSE_NAME_OFFSET_DIRENTPLUS + namelen,
                     );
-                    self.entry_attrs(&mut d.entry_out);
+                    self.entry_attrs(&mut d.entry_out, sent);
                     let start = at + FUSE_NAME_OFFSET_DIRENTPLUS;
                     let nodeid = d.entry_out.nodeid;
                     if let Some(name) = body.get(start..start + namelen) {
@@ -492,26 +534,31 @@ impl Engine {
         }
     }
 
-    pub(super) fn entry_attrs(&mut self, e: &mut EntryOut) {
+    pub(super) fn entry_attrs(&mut self, e: &mut EntryOut, sent: u64) {
         if e.nodeid != 0 {
             self.overlay_and_cache(
                 NodeId(e.nodeid),
                 &mut e.attr,
                 e.attr_valid,
                 e.attr_valid_nsec,
+                sent,
             );
         }
     }
 
+    /// Lays over `attr` the times of `node` its reply may predate (the
+    /// request was sent at `sent`; see [`crate::times::NodeTimes::overlay`])
+    /// and caches the result.
     pub(super) fn overlay_and_cache(
         &mut self,
         node: NodeId,
         attr: &mut fuseproxy_protocol::abi::Attr,
         valid: u64,
         nsec: u32,
+        sent: u64,
     ) {
         if let Some(state) = self.times.get(node) {
-            set_times(attr, &state.overlay());
+            set_times(attr, &state.overlay(sent));
         }
         self.attrs.insert(
             node,
@@ -573,7 +620,16 @@ impl Engine {
                 attempts: u32::from(flushing.sent),
             });
         } else if let Some(Ok((out, _))) = msg.get_mut(OUT_HEADER..).map(AttrOut::mut_from_prefix) {
-            self.overlay_and_cache(node, &mut out.attr, out.attr_valid, out.attr_valid_nsec);
+            // The flush's own reply shows what the backend has now, this
+            // flush included: only times still pending are laid over it.
+            let now = self.times.clock();
+            self.overlay_and_cache(
+                node,
+                &mut out.attr,
+                out.attr_valid,
+                out.attr_valid_nsec,
+                now,
+            );
         }
         let (urgent, forget) = match self.times.get(node) {
             Some(e) => (
@@ -593,9 +649,6 @@ impl Engine {
                 .get(node)
                 .is_some_and(|e| e.pending.is_none() && e.flushing.is_none())
         {
-            if let Some(e) = self.times.get_mut(node) {
-                e.deferred_forget = 0;
-            }
             let header = InHeader {
                 opcode: Opcode::Forget.into(),
                 unique: self.next_injected,
@@ -603,6 +656,8 @@ impl Engine {
                 ..InHeader::default()
             };
             self.inject(header, ForgetIn { nlookup: forget }.as_bytes(), false);
+            // The node is forgotten: its state ends here, kept or not.
+            self.end_state(node);
         }
         self.settle(node);
     }
@@ -649,7 +704,9 @@ impl Engine {
         }
     }
 
-    /// `node` may have nothing outstanding any more: drop its state, and
+    /// `node` may have nothing outstanding any more: drop its state (or
+    /// keep it while listings sent before its last flush was answered may
+    /// still need its applied times; a FORGET ends it all the same), and
     /// when no node has any, release what waits for all of them (a held
     /// DESTROY) and send our own DESTROY if shutting down.
     pub(super) fn settle(&mut self, node: NodeId) {

@@ -1367,6 +1367,8 @@ mod times {
 
 mod retry;
 
+mod node_life;
+
 mod names_track {
     use super::*;
     use fuseproxy_protocol::abi::{Attr, EntryOut, LinkIn, RenameIn};
