@@ -274,10 +274,10 @@ pub struct Cli {
 
     /// Bytes of message buffers, allocated and locked at start (suffixes K, M,
     /// G). Cut into slots of 1 MiB + 4 KiB, the largest FUSE message; at least
-    /// four slots are made (23 at the default). When all are busy the proxy
+    /// four slots are made (22 at the default). When all are busy the proxy
     /// stops reading requests until one frees up. The default, with the
     /// other tables at theirs, keeps a mount's locked memory under 40 MiB.
-    #[arg(long, value_name = "SIZE", default_value = "24M", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "23M", value_parser = parse_size)]
     pub arena_size: usize,
 
     /// Requests in flight to the backend at most; the table is allocated at
@@ -334,8 +334,8 @@ pub struct Cli {
 
     /// Files with acknowledged, unsent times at most; beyond it the oldest
     /// are sent at once. The table is allocated and locked at start, about
-    /// 0.9 KiB per file (room for as many again being flushed): 7 MiB at
-    /// the default, 60 MiB at 65536. Overrides times.max_pending.
+    /// 1 KiB per file (room for as many again being flushed): 7.5 MiB at
+    /// the default, 64 MiB at 65536. Overrides times.max_pending.
     /// [default: 8192]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4_194_304))]
     pub times_max_pending: Option<u32>,
