@@ -238,16 +238,7 @@ impl Session {
         engine.set_decisions(recorder.is_some() || startup.trace);
         let trace = startup.trace.then(|| crate::trace::Trace::new(log.clone()));
         let threads = startup.threads.max(1);
-        // Each reader keeps a slot while it waits, the backend's reader one,
-        // and the notification writer needs its reserve.
-        if arena.slots() < threads + 1 + NOTIFY_RESERVE + 1 {
-            return Err(Error::Setup(format!(
-                "--threads {threads} needs an arena of at least {} slots (--arena-size {}M); it has {}",
-                threads + 2 + NOTIFY_RESERVE,
-                threads + 2 + NOTIFY_RESERVE + 1,
-                arena.slots()
-            )));
-        }
+        check_slots(threads, arena.slots())?;
         // Forwarding threads block in read and recv; sends stay
         // non-blocking (MSG_DONTWAIT), so a full socket queues instead.
         crate::forwarders::set_blocking(device.as_fd())
@@ -395,7 +386,7 @@ impl Session {
         {
             let (mine, io) = (shared.clone(), io.clone());
             let started = crate::forwarders::spawn("backend", move || {
-                crate::forwarders::read_backend(&mine, &io, spin)
+                crate::forwarders::read_backend(&mine, &io)
             });
             if let Err(e) = started {
                 return shared.lock().fail_start(e);
@@ -1729,6 +1720,21 @@ fn wall_clock() -> (i64, u32) {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     (d.as_secs() as i64, d.subsec_nanos())
+}
+
+/// Each reader of the kernel keeps a slot while it waits, the backend's
+/// reader one, and the notification writer needs its reserve: an arena too
+/// small for `threads` readers is refused before anything is mounted.
+pub fn check_slots(threads: usize, slots: usize) -> Result<(), Error> {
+    let least = threads + 1 + NOTIFY_RESERVE + 1;
+    if slots < least {
+        return Err(Error::Setup(format!(
+            "--threads {threads} needs an arena of at least {least} slots \
+             (--arena-size {}M or more); --arena-size gives {slots}",
+            least + least.div_ceil(256)
+        )));
+    }
+    Ok(())
 }
 
 /// Whether the kernel waits for an answer to this request (FORGET and

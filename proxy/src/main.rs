@@ -212,6 +212,10 @@ fn run(
     }
 
     let arena = arena::Arena::new(cli.arena_size)?;
+    let threads = cli
+        .threads
+        .map_or_else(cli::default_threads, |n| n as usize);
+    event_loop::check_slots(threads, arena.slots())?;
     let build = |opts: &MountOptions| {
         let rules = Rules::compile(policy);
         Engine::with_rules(

@@ -102,6 +102,19 @@ fn setup_error(args: &[&str], words: &[&str]) {
 }
 
 #[test]
+fn threads_beyond_the_arena_are_refused_before_mounting() {
+    usage_error(
+        &["--threads", "0", "{mnt}", "--", "/bin/true", "{mnt}"],
+        &["--threads", "0"],
+    );
+    // The default arena has 22 slots; 30 readers cannot each keep one.
+    setup_error(
+        &["--threads", "30", "{mnt}", "--", "/bin/true", "{mnt}"],
+        &["--threads 30", "--arena-size 35M", "22"],
+    );
+}
+
+#[test]
 fn backend_command_without_double_dash() {
     usage_error(
         &["{mnt}", "/bin/true", "{mnt}"],
