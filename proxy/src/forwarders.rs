@@ -19,9 +19,10 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use crate::arena::Lent;
 use crate::channel;
 use crate::device;
-use crate::event_loop::Locked;
+use crate::event_loop::{Locked, Shared};
 use crate::outbox::Outbox;
 
 /// What a forwarding thread writes and sends to outside the lock: every
@@ -35,7 +36,7 @@ pub struct Io {
 /// the lock taken again to give back its slots and act on the outcomes.
 fn finish_turn(
     shared: &Locked,
-    mut s: std::sync::MutexGuard<'_, crate::event_loop::Shared>,
+    mut s: std::sync::MutexGuard<'_, Shared>,
     outbox: &mut Outbox,
     io: &Io,
 ) {
@@ -96,27 +97,38 @@ fn spin_until_readable(fd: BorrowedFd<'_>, spin: Duration) {
     }
 }
 
+/// A whole slot to read into once `may` allows it, waiting on the session's
+/// condition meanwhile; `None` once `done` says the reader is finished.
+fn wait_for_buffer(
+    shared: &Locked,
+    done: fn(&Shared) -> bool,
+    may: fn(&Shared) -> bool,
+) -> Option<Lent> {
+    let mut s = shared.lock();
+    loop {
+        if done(&s) {
+            return None;
+        }
+        if may(&s) {
+            if let Some(b) = s.take_buffer() {
+                return Some(b);
+            }
+        }
+        s.waiting += 1;
+        s = shared.room.wait(s).unwrap_or_else(|e| e.into_inner());
+        s.waiting -= 1;
+    }
+}
+
 /// One reader of the kernel's requests, on `fd` (reader number `reader`).
 pub fn read_kernel(shared: &Locked, io: &Io, reader: u8, spin: Duration) {
     let fd = &*io.devices[reader as usize];
     let mut outbox = Outbox::default();
     let mut spun = false;
     loop {
-        let mut buf = {
-            let mut s = shared.lock();
-            loop {
-                if s.readers_done() {
-                    return;
-                }
-                if s.may_read_request() {
-                    if let Some(b) = s.take_buffer() {
-                        break b;
-                    }
-                }
-                s.waiting += 1;
-                s = shared.room.wait(s).unwrap_or_else(|e| e.into_inner());
-                s.waiting -= 1;
-            }
+        let Some(mut buf) = wait_for_buffer(shared, Shared::readers_done, Shared::may_read_request)
+        else {
+            return;
         };
         if spun {
             spin_until_readable(fd.as_fd(), spin);
@@ -135,21 +147,9 @@ pub fn read_backend(shared: &Locked, io: &Io) {
     let socket = &*io.socket;
     let mut outbox = Outbox::default();
     loop {
-        let mut buf = {
-            let mut s = shared.lock();
-            loop {
-                if s.backend_done() {
-                    return;
-                }
-                if s.may_receive() {
-                    if let Some(b) = s.take_buffer() {
-                        break b;
-                    }
-                }
-                s.waiting += 1;
-                s = shared.room.wait(s).unwrap_or_else(|e| e.into_inner());
-                s.waiting -= 1;
-            }
+        let Some(mut buf) = wait_for_buffer(shared, Shared::backend_done, Shared::may_receive)
+        else {
+            return;
         };
         let got = channel::recv(socket.as_fd(), buf.bytes_mut());
         let mut s = shared.lock();

@@ -43,7 +43,7 @@
 mod common;
 
 use common::policy::{passthrough_backend, ContOnDrop};
-use common::stats::{stat_field, stats_lines};
+use common::stats::stat_field;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -653,40 +653,6 @@ fn wait_progress(shared: &Shared, marks: &[usize], n: usize, what: &str) -> Vec<
     now
 }
 
-/// Ends the mount the way its user would: SIGTERM to the proxy (which
-/// flushes pending times and must exit 0), or `umount` for a direct mount.
-/// Returns the proxy's last stats line (empty for a direct mount).
-fn unmount(m: &mut Mount) -> String {
-    match m.mode() {
-        Mode::Proxy => {
-            m.send_signal(Signal::SIGTERM)
-                .expect("SIGTERM to the proxy");
-            let st = m.wait_exit(EXIT_BOUND).unwrap_or_else(|| {
-                panic!("the proxy did not exit within {EXIT_BOUND:?} of SIGTERM")
-            });
-            assert_eq!(
-                st.code(),
-                Some(0),
-                "proxy exit status {st}; log:\n{}",
-                m.proxy_log()
-            );
-        }
-        Mode::Direct => {
-            let st = m.umount().expect("umount did not return");
-            assert!(st.success(), "umount {}: {st}", m.mountpoint().display());
-            m.wait_exit(EXIT_BOUND).unwrap_or_else(|| {
-                panic!("the backend did not exit within {EXIT_BOUND:?} of umount")
-            });
-        }
-    }
-    assert!(
-        m.wait_unmounted(EXIT_BOUND),
-        "{} still mounted",
-        m.mountpoint().display()
-    );
-    stats_lines(&m.proxy_log()).pop().unwrap_or_default()
-}
-
 /// Compares one backing directory with a model; the differences.
 fn compare_backing(dir: &Path, files: &BTreeMap<String, File>, label: &str) -> Vec<String> {
     let mut bad = Vec::new();
@@ -946,7 +912,7 @@ fn stress(threads: u32) {
     let ran = started.elapsed();
 
     let unmounting = Instant::now();
-    let last = unmount(&mut m);
+    let last = m.end_as_its_user(EXIT_BOUND);
     let unmount_took = unmounting.elapsed();
     // Not a failure here (the exit status and the final state are what
     // this test checks), but worth seeing: the proxy's warnings, e.g. a

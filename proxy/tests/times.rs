@@ -45,10 +45,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::stats::{dump_stats, stat_field, stats_lines};
+use common::stats::{dump_stats, stat_field};
 use common::sys::{self, ts};
 use common::tree::{self, SnapOpts};
-use common::{wait_until, Mode, Mount, MountBuilder, Signal};
+use common::{wait_until, Mode, Mount, MountBuilder};
 
 /// Uniques of the proxy's own requests have bit 62 set.
 const PROXY_UNIQUE: u64 = 1 << 62;
@@ -107,39 +107,11 @@ fn quiet_stats(m: &mut Mount) -> String {
     line
 }
 
-/// Ends a mount the way its user would and waits for the process: the
-/// proxy gets SIGTERM and must exit 0 (it flushes pending times before
-/// DESTROY); a direct mount gets `umount`. Returns the proxy's last stats
-/// line (empty for a direct mount).
+/// Ends a mount as its user would ([`Mount::end_as_its_user`]) and checks
+/// that the proxy applied every time update it acknowledged. Returns the
+/// proxy's last stats line (empty for a direct mount).
 fn unmount(m: &mut Mount) -> String {
-    match m.mode() {
-        Mode::Proxy => {
-            m.send_signal(Signal::SIGTERM)
-                .expect("SIGTERM to the proxy");
-            let st = m.wait_exit(EXIT_BOUND).unwrap_or_else(|| {
-                panic!("the proxy did not exit within {EXIT_BOUND:?} of SIGTERM")
-            });
-            assert_eq!(
-                st.code(),
-                Some(0),
-                "proxy exit status {st}; log:\n{}",
-                m.proxy_log()
-            );
-        }
-        Mode::Direct => {
-            let st = m.umount().expect("umount did not return");
-            assert!(st.success(), "umount {}: {st}", m.mountpoint().display());
-            m.wait_exit(EXIT_BOUND).unwrap_or_else(|| {
-                panic!("the backend did not exit within {EXIT_BOUND:?} of umount")
-            });
-        }
-    }
-    assert!(
-        m.wait_unmounted(EXIT_BOUND),
-        "{} still mounted",
-        m.mountpoint().display()
-    );
-    let last = stats_lines(&m.proxy_log()).pop().unwrap_or_default();
+    let last = m.end_as_its_user(EXIT_BOUND);
     if m.mode() == Mode::Proxy {
         assert!(!last.is_empty(), "no final stats line:\n{}", m.proxy_log());
         assert_eq!(

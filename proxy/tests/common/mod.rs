@@ -867,6 +867,43 @@ impl Mount {
     pub fn wait_unmounted(&self, timeout: Duration) -> bool {
         wait_until(timeout, || !is_mounted(&self.mnt))
     }
+    /// Ends the mount the way its user would and waits for the process,
+    /// each step within `bound`: the proxy gets SIGTERM and must exit 0 (it
+    /// flushes pending times before DESTROY); a direct mount gets `umount`.
+    /// Returns the proxy's last stats line (empty for a direct mount).
+    pub fn end_as_its_user(&mut self, bound: Duration) -> String {
+        match self.mode() {
+            Mode::Proxy => {
+                self.send_signal(Signal::SIGTERM)
+                    .expect("SIGTERM to the proxy");
+                let st = self.wait_exit(bound).unwrap_or_else(|| {
+                    panic!("the proxy did not exit within {bound:?} of SIGTERM")
+                });
+                assert_eq!(
+                    st.code(),
+                    Some(0),
+                    "proxy exit status {st}; log:\n{}",
+                    self.proxy_log()
+                );
+            }
+            Mode::Direct => {
+                let st = self.umount().expect("umount did not return");
+                assert!(st.success(), "umount {}: {st}", self.mnt.display());
+                self.wait_exit(bound).unwrap_or_else(|| {
+                    panic!("the backend did not exit within {bound:?} of umount")
+                });
+            }
+        }
+        assert!(
+            self.wait_unmounted(bound),
+            "{} still mounted",
+            self.mnt.display()
+        );
+        stats::stats_lines(&self.proxy_log())
+            .pop()
+            .unwrap_or_default()
+    }
+
     /// A user's `umount MOUNTPOINT` (util-linux), bounded; its exit status.
     pub fn umount(&self) -> Option<ExitStatus> {
         run_bounded(Command::new("umount").arg(&self.mnt), MOUNT_TIMEOUT).map(|o| o.0)
