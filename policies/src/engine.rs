@@ -16,6 +16,7 @@ use crate::action::{
     Action, BadReplyReason, Decision, DecisionKind, Event, Inline, SlotId, INLINE_MAX,
 };
 use crate::attr_cache::AttrCache;
+
 use crate::deadlines::{DeadlineId, Expired};
 use crate::fault::Rng;
 use crate::inflight::{Entry, Inflight, Origin, INJECTED_UNIQUE_BASE};
@@ -92,6 +93,8 @@ pub(crate) const IN_HEADER: usize = 40;
 pub(crate) const EIO: i32 = 5;
 pub(crate) const ENOENT: i32 = 2;
 const EAGAIN: i32 = 11;
+/// What a backend answers an INTERRUPT it does not do.
+const ENOSYS: i32 = 38;
 
 /// A request waiting for flushes before it may go to the backend.
 #[derive(Debug, Clone, Copy)]
@@ -531,6 +534,13 @@ impl Engine {
             } else if self.expired.contains(unique.without_int_bit()) {
                 self.stats.policy.late_replies += 1;
                 self.note(DecisionKind::LateReplyDropped, unique, NodeId(0), 0);
+                self.actions.push_back(Action::Free(slot));
+            } else if error == -EAGAIN || error == -ENOSYS {
+                // The interrupted request was answered first: the kernel
+                // would find nothing to act on either (a backend answers
+                // EAGAIN to an INTERRUPT it got before its request, which
+                // several readers of the device can cause). Not a bad reply.
+                self.stats.stale_interrupt_replies += 1;
                 self.actions.push_back(Action::Free(slot));
             } else {
                 self.bad_reply(BadReplyReason::UnknownUnique, None, Some(unique));

@@ -13,6 +13,9 @@ pub struct Stats {
     pub replies: u64,
     /// Notifications (unique 0) from the backend delivered to the kernel.
     pub notifications: u64,
+    /// Replies to an INTERRUPT whose request had been answered already
+    /// (dropped: the kernel has nothing to act on).
+    pub stale_interrupt_replies: u64,
     /// Requests the engine answered itself with an error (malformed, backend gone).
     pub answered_with_error: u64,
     /// Requests of the proxy's own sent to the backend.

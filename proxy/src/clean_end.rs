@@ -122,6 +122,11 @@ pub struct HandOver {
     pub failed: Vec<String>,
 }
 
+/// Why `swap_in` found no thread to run dup3, and how often it tries again
+/// (every 2 ms) before giving up.
+const NOT_WAITING: &str = "no thread waiting in a restartable system call";
+const NOT_WAITING_TRIES: u32 = 25;
+
 /// How long one holder may take to stop under ptrace.
 const STOP_WAIT: Duration = Duration::from_millis(500);
 
@@ -140,7 +145,19 @@ pub fn hand_over(socket_ino: u64, end: &EndDevice) -> HandOver {
             ));
             continue;
         };
-        match swap_in(Pid::from_raw(pid), end_fd, &fds) {
+        // A daemon that has just answered DESTROY may be between its reply
+        // and its next read: give it a moment to get back into one.
+        let mut tries = 0;
+        let done = loop {
+            match swap_in(Pid::from_raw(pid), end_fd, &fds) {
+                Err(e) if e == NOT_WAITING && tries < NOT_WAITING_TRIES => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                other => break other,
+            }
+        };
+        match done {
             Ok(()) => out.swapped += 1,
             Err(e) => out.failed.push(format!("pid {pid}: {e}")),
         }
@@ -242,7 +259,7 @@ fn swap_in(pid: Pid, end_fd: RawFd, targets: &[RawFd]) -> Result<(), String> {
         let injector = held
             .iter_mut()
             .find(|h| regs::restartable(h.tid))
-            .ok_or("no thread waiting in a restartable system call")?;
+            .ok_or(NOT_WAITING)?;
         for &target in targets {
             let flags = cloexec_of(pid, target);
             let r = regs::call(

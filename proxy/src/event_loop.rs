@@ -1660,7 +1660,7 @@ impl Shared {
             self.log,
             "stats: requests={} forwarded={} replies={} notifications={} answered_with_error={} \
              injected={} bad_replies={} inflight={} free_slots={}/{} stale_writes={} rejected_writes={} \
-             dropped_notifications={} \
+             dropped_notifications={} stale_interrupt_replies={} \
              times_acked={} times_coalesced={} times_forwarded={} times_flushes={} times_flush_errors={} \
              times_flush_moot={} times_pending={} held={} cache_clears={} denied={} faulted={} delayed={} \
              deadlines_hit={} late_replies={} flush_retries={} flush_gave_up={} init_rewrites={} \
@@ -1679,6 +1679,7 @@ impl Shared {
             self.stale_writes,
             self.rejected_writes,
             self.dropped_notifications,
+            s.stale_interrupt_replies,
             s.times.acked_locally,
             s.times.coalesced,
             s.times.forwarded_sync,

@@ -275,6 +275,11 @@ fn interrupt_replies_pass_only_while_the_request_is_in_flight() {
     let n = raw_reply(&mut b, 16, -11, 12 | 1, 16);
     e.handle_reply(T0, SlotId(2), &mut b.0[..n], n);
     assert!(matches!(drain(&mut e)[..], [Action::Free(SlotId(2))]));
+    // One whose request was answered already is stale, not a bad reply: a
+    // backend that got the INTERRUPT first (several readers) says EAGAIN.
+    assert_eq!(e.stats().stale_interrupt_replies, 1);
+    assert_eq!(e.stats().bad.total(), 0);
+    assert!(e.poll_event().is_none(), "no bad-reply event");
 }
 
 #[test]

@@ -515,7 +515,8 @@ impl MountBuilder {
             );
             // A whole command line that runs a backend takes the variable
             // too; one that does not (--help, --check) is left alone.
-            let runs_backend = raw.iter().any(|a| a == "--");
+            // Not through a wrapper program: its own options come first.
+            let runs_backend = raw.iter().any(|a| a == "--") && self.program.is_none();
             return (runs_backend && !names_threads(raw))
                 .then(env_threads)
                 .flatten();
