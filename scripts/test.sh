@@ -14,11 +14,10 @@ cargo run -p fuseproxy-bench -- --smoke --no-save
 cargo test --workspace
 # Again with three kernel reader threads (--threads 3 through the harness's
 # FUSEPROXY_TEST_THREADS): the ordering, lifecycle and bad-backend guarantees
-# must hold with several forwarding threads. The variable reaches the mounts
-# a test builds from parts (MountBuilder without raw_proxy_args); a test that
-# gives the proxy's whole command line (all of lifecycle and bad_backend,
-# most of times) or sets .threads() itself (stress: 1 and 4) runs as in the
-# pass above.
+# must hold with several forwarding threads, and every daemon of the matrix
+# must work with requests read from clones of the device. The variable
+# reaches every mount that runs a backend, except through a wrapper program
+# (setarch) and where a test sets .threads() itself (stress: 1 and 4).
 FUSEPROXY_TEST_THREADS=3 cargo test -p fuseproxy \
     --test lifecycle --test bad_backend --test times --test notifications \
-    --test deadlines --test flush_retry --test stress
+    --test deadlines --test flush_retry --test stress --test daemons

@@ -1180,11 +1180,12 @@ impl Shared {
                 info!(
                     self.log,
                     "mounted {} ({}), channel {}, backend pid {}, protocol {major}.{minor}, \
-                     max_write={max_write}, mlockall={}, io_flusher={}, arena={}x{}B{}",
+                     max_write={max_write}, threads={}, mlockall={}, io_flusher={}, arena={}x{}B{}",
                     self.mount.path().display(),
                     self.startup.options,
                     self.startup.channel,
                     self.backend.pid(),
+                    self.startup.threads.max(1),
                     yes(p.mlockall),
                     match p.io_flusher {
                         Ok(()) => "yes".into(),
