@@ -239,11 +239,14 @@ impl Session {
         let trace = startup.trace.then(|| crate::trace::Trace::new(log.clone()));
         let threads = startup.threads.max(1);
         check_slots(threads, arena.slots())?;
-        // Forwarding threads block in read and recv; sends stay
-        // non-blocking (MSG_DONTWAIT), so a full socket queues instead.
-        crate::forwarders::set_blocking(device.as_fd())
-            .and_then(|()| crate::forwarders::set_blocking(socket.as_fd()))
-            .map_err(|e| Error::Setup(format!("fcntl: {e}")))?;
+        // Several readers block in read and recv; one thread polls both
+        // (see `forwarders`). Sends stay non-blocking (MSG_DONTWAIT) either
+        // way, so a full socket queues instead.
+        if threads > 1 {
+            crate::forwarders::set_blocking(device.as_fd())
+                .and_then(|()| crate::forwarders::set_blocking(socket.as_fd()))
+                .map_err(|e| Error::Setup(format!("fcntl: {e}")))?;
+        }
         let mut clones = Vec::with_capacity(threads - 1);
         for _ in 1..threads {
             clones.push(Arc::new(device::clone_device(&device).map_err(|e| {
@@ -374,7 +377,16 @@ impl Session {
             devices: readers,
             socket,
         });
-        for i in 0..io.devices.len() {
+        if io.devices.len() == 1 {
+            let (mine, io) = (shared.clone(), io.clone());
+            let started = crate::forwarders::spawn("forward", move || {
+                crate::forwarders::forward_both(&mine, &io, spin)
+            });
+            if let Err(e) = started {
+                return shared.lock().fail_start(e);
+            }
+        }
+        for i in (0..io.devices.len()).filter(|_| io.devices.len() > 1) {
             let (mine, io) = (shared.clone(), io.clone());
             let started = crate::forwarders::spawn(&format!("kernel-{i}"), move || {
                 crate::forwarders::read_kernel(&mine, &io, i as u8, spin)
@@ -383,7 +395,7 @@ impl Session {
                 return shared.lock().fail_start(e);
             }
         }
-        {
+        if io.devices.len() > 1 {
             let (mine, io) = (shared.clone(), io.clone());
             let started = crate::forwarders::spawn("backend", move || {
                 crate::forwarders::read_backend(&mine, &io)
@@ -569,6 +581,12 @@ impl Shared {
     /// A whole slot to read a message into, outside the lock.
     pub(crate) fn take_buffer(&mut self) -> Option<Lent> {
         self.arena.lend_whole()
+    }
+
+    /// A slot taken to read into that got nothing.
+    pub(crate) fn give_back(&mut self, buf: Lent) {
+        let slot = self.arena.reclaim(buf);
+        self.arena.release(slot);
     }
 
     /// A reader of the kernel's requests is back from read(2) with `got`.
