@@ -1,9 +1,10 @@
 //! The session: the threads that forward, and the loop that runs the rest.
 //!
-//! Forwarding threads block in their read and take the session's lock once
-//! per message (see `forwarders`): readers of the kernel's requests, each on
-//! its own clone of the device, and one reader of the backend's replies. A
-//! message costs read, send, receive, write; nothing polls on the way. The
+//! Forwarding threads take the session's lock once per message (see
+//! `forwarders`): with `--threads 1` one thread that reads both sides and
+//! sleeps in poll(2) when neither has anything; with more, readers of the
+//! kernel's requests, each blocking on its own clone of the device, and one
+//! reader of the backend's replies. The
 //! main thread waits in mio for what is not a message (signals, the engine's
 //! deadlines, the seccomp listener, room on a full socket, the helper
 //! threads' wake-ups) and handles it under the same lock.

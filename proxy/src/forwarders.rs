@@ -1,14 +1,15 @@
-//! The forwarding threads: readers of the kernel's requests, one per device
-//! clone, and the reader of the backend's replies.
+//! The forwarding threads: with several readers (`--threads N`), readers of
+//! the kernel's requests, one per device clone, and the reader of the
+//! backend's replies; with one, a single thread for both sides.
 //!
-//! Each blocks in its read(2)/recv(2) with a whole arena slot lent to it,
+//! Each reader blocks in its read(2)/recv(2) with a whole arena slot lent to it,
 //! then takes the session's lock, hands the message to the engine, carries
 //! out the actions (sends to the backend are non-blocking; a full socket
 //! queues them for the main thread), and goes back to reading. So a message
 //! costs exactly its read, and never a poll or a read that finds nothing.
 //!
-//! With one reader (`--threads 1`, the default up to 4 CPUs) one thread
-//! does both sides instead (`forward_both`): it reads whichever descriptor
+//! With `--threads 1` (the default up to 4 CPUs) one thread does both
+//! sides instead (`forward_both`): it reads whichever descriptor
 //! is ready, non-blocking, and sleeps in poll(2) on both when neither is,
 //! after `--spin-us` of polling without sleeping. Two threads that each
 //! sleep in their read cost two wake-ups per round trip that this one
