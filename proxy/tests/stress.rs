@@ -42,6 +42,8 @@
 
 mod common;
 
+use common::clock::{atime_of, mtime_of, show, time_ceiling, time_floor, Ts};
+
 use common::policy::{passthrough_backend, ContOnDrop};
 use common::stats::stat_field;
 
@@ -100,13 +102,6 @@ fn serial() -> MutexGuard<'static, ()> {
 // ---------------------------------------------------------------------------
 // Times.
 
-/// A time as `stat` gives it: (seconds, nanoseconds).
-type Ts = (i64, i64);
-
-fn show(t: Ts) -> String {
-    format!("{}.{:09}", t.0, t.1)
-}
-
 /// Where a time this test sets comes from (see `Caller::touch` and the
 /// probe), to tell at a glance a time of another file from a stale one.
 fn origin(t: Ts) -> String {
@@ -129,37 +124,6 @@ fn origin(t: Ts) -> String {
 /// `show(t)` and where it comes from.
 fn shown(t: Ts) -> String {
     format!("{}{}", show(t), origin(t))
-}
-
-fn clock(id: libc::clockid_t) -> Ts {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `t` is a valid, writable timespec for the duration of the
-    // call; clock_gettime writes only into it.
-    let r = unsafe { libc::clock_gettime(id, &mut t) };
-    assert_eq!(r, 0, "clock_gettime({id})");
-    (t.tv_sec, t.tv_nsec)
-}
-
-/// A lower bound for any timestamp taken from now on (the coarse clock
-/// files are stamped with lags the precise one by up to a tick).
-fn time_floor() -> Ts {
-    clock(libc::CLOCK_REALTIME_COARSE)
-}
-
-/// An upper bound for any timestamp taken so far.
-fn time_ceiling() -> Ts {
-    clock(libc::CLOCK_REALTIME)
-}
-
-fn atime_of(st: &libc::stat) -> Ts {
-    (st.st_atime, st.st_atime_nsec)
-}
-
-fn mtime_of(st: &libc::stat) -> Ts {
-    (st.st_mtime, st.st_mtime_nsec)
 }
 
 /// What one time field of a file must be.

@@ -33,6 +33,8 @@
 
 mod common;
 
+use common::clock::{atime_of, mtime_of, show, time_ceiling, time_floor, Ts};
+
 use common::policy::{passthrough_backend, stop_backend};
 
 use std::collections::BTreeMap;
@@ -123,45 +125,6 @@ fn unmount(m: &mut Mount) -> String {
         assert_eq!(stat_field(&last, "times_pending"), 0, "{last}");
     }
     last
-}
-
-/// A time as `stat` gives it: (seconds, nanoseconds).
-type Ts = (i64, i64);
-
-fn show(t: Ts) -> String {
-    format!("{}.{:09}", t.0, t.1)
-}
-
-fn clock(id: libc::clockid_t) -> Ts {
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `t` is a valid, writable timespec for the duration of the
-    // call; clock_gettime writes only into it.
-    let r = unsafe { libc::clock_gettime(id, &mut t) };
-    assert_eq!(r, 0, "clock_gettime({id})");
-    (t.tv_sec, t.tv_nsec)
-}
-
-/// A lower bound for any timestamp the kernel or a backend takes from now
-/// on: the coarse clock the kernel stamps files with lags the precise one by
-/// up to a tick.
-fn time_floor() -> Ts {
-    clock(libc::CLOCK_REALTIME_COARSE)
-}
-
-/// An upper bound for any timestamp taken so far.
-fn time_ceiling() -> Ts {
-    clock(libc::CLOCK_REALTIME)
-}
-
-fn atime_of(st: &libc::stat) -> Ts {
-    (st.st_atime, st.st_atime_nsec)
-}
-
-fn mtime_of(st: &libc::stat) -> Ts {
-    (st.st_mtime, st.st_mtime_nsec)
 }
 
 fn seconds_between(a: Ts, b: Ts) -> f64 {

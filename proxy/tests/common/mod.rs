@@ -68,6 +68,7 @@
 //! Every wait is bounded; polling is every [`POLL_INTERVAL`].
 #![allow(dead_code)]
 
+pub mod clock;
 pub mod policy;
 pub mod stats;
 pub mod sys;
