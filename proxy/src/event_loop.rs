@@ -718,7 +718,7 @@ impl Shared {
             Pending::Injected(i) => i.as_bytes(),
         };
         let outcome = channel::send(sock.as_fd(), msg);
-        let unique = Request::parse(msg).map(|r| r.unique()).ok();
+        let unique = unique_if_too_big(outcome, msg);
         self.sent(outcome, msg.len(), unique)
     }
 
@@ -806,7 +806,7 @@ impl Shared {
                                     Pending::Slot(s) => request_bytes(self.arena.msg(*s)),
                                     Pending::Injected(i) => i.as_bytes(),
                                 };
-                                (b.len(), Request::parse(b).map(|r| r.unique()).ok())
+                                (b.len(), unique_if_too_big(outcome, b))
                             };
                             self.sent(outcome, len, unique)
                         }
@@ -1756,6 +1756,14 @@ pub fn check_slots(threads: usize, slots: usize) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+/// The unique of a request that can never fit the socket, which the engine
+/// must answer; parsed only then, not for every send.
+fn unique_if_too_big(outcome: Send, msg: &[u8]) -> Option<Unique> {
+    (outcome == Send::TooBig)
+        .then(|| Request::parse(msg).map(|r| r.unique()).ok())
+        .flatten()
 }
 
 /// Whether the kernel waits for an answer to this request (FORGET and
