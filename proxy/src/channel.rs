@@ -30,12 +30,8 @@ pub enum Recv {
 /// Receives one datagram; on a blocking socket (the backend's reader
 /// thread) waits for it, on a non-blocking one says `WouldBlock`.
 pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Recv {
-    recv_with(fd, buf, MsgFlags::empty())
-}
-
-fn recv_with(fd: BorrowedFd<'_>, buf: &mut [u8], flags: MsgFlags) -> Recv {
     loop {
-        return match sys_recv(fd.as_raw_fd(), buf, MsgFlags::MSG_TRUNC | flags) {
+        return match sys_recv(fd.as_raw_fd(), buf, MsgFlags::MSG_TRUNC) {
             Ok(0) => Recv::Closed(None),
             Ok(n) => Recv::Message {
                 len: n.min(buf.len()),
