@@ -1769,7 +1769,9 @@ fn unique_if_too_big(outcome: Send, msg: &[u8]) -> Option<Unique> {
 /// Whether the kernel waits for an answer to this request (FORGET and
 /// BATCH_FORGET get none; an INTERRUPT's answer is its request's).
 fn expects_answer(msg: &[u8]) -> bool {
-    Request::parse(msg).is_ok_and(|r| r.opcode().needs_reply())
+    use zerocopy::FromBytes;
+    fuseproxy_protocol::abi::InHeader::read_from_prefix(msg)
+        .is_ok_and(|(h, _)| fuseproxy_protocol::Opcode::from(h.opcode).needs_reply())
 }
 
 /// A request as its header says: the engine may have shortened it in place

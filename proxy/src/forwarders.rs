@@ -50,16 +50,37 @@ fn finish_turn(
     io: &Io,
 ) {
     s.end_turn(outbox);
-    s.after_turn(&shared.room);
-    drop(s);
     if outbox.is_empty() {
+        s.after_turn(&shared.room);
         return;
     }
+    // Waiters and the main thread are told once, after the I/O: its slots
+    // are only free then, and a deadline can wait the microseconds it takes.
+    drop(s);
     let device = |r: u8| io.devices.get(r as usize).map(|d| &**d);
     outbox.carry_out(device, Some(&io.socket));
     let mut s = shared.lock();
     s.turn_done(outbox);
     s.after_turn(&shared.room);
+}
+
+/// What one read gave (a message, or why there was none) handed to the
+/// engine as a turn.
+fn take_turn(shared: &Locked, io: &Io, outbox: &mut Outbox, buf: Lent, got: Got) {
+    let mut s = shared.lock();
+    s.begin_turn();
+    match got {
+        Got::Request(r, reader) => s.request_read(buf, r, reader),
+        Got::Reply(r) => s.reply_received(buf, r),
+    }
+    finish_turn(shared, s, outbox, io);
+}
+
+/// What a read gave, and from which side.
+#[derive(Clone, Copy)]
+enum Got {
+    Request(device::Read, u8),
+    Reply(channel::Recv),
 }
 
 /// Stack of each forwarding thread: their frames are the engine's, which
@@ -144,10 +165,7 @@ pub fn read_kernel(shared: &Locked, io: &Io, reader: u8, spin: Duration) {
         }
         let got = device::read(fd.as_fd(), buf.bytes_mut());
         spun = matches!(got, device::Read::Message(_));
-        let mut s = shared.lock();
-        s.begin_turn();
-        s.request_read(buf, got, reader);
-        finish_turn(shared, s, &mut outbox, io);
+        take_turn(shared, io, &mut outbox, buf, Got::Request(got, reader));
     }
 }
 
@@ -161,10 +179,7 @@ pub fn read_backend(shared: &Locked, io: &Io) {
             return;
         };
         let got = channel::recv(socket.as_fd(), buf.bytes_mut());
-        let mut s = shared.lock();
-        s.begin_turn();
-        s.reply_received(buf, got);
-        finish_turn(shared, s, &mut outbox, io);
+        take_turn(shared, io, &mut outbox, buf, Got::Reply(got));
         if matches!(got, channel::Recv::Closed(_)) {
             return;
         }
@@ -202,27 +217,19 @@ fn step(shared: &Locked, io: &Io, outbox: &mut Outbox, kernel: bool) -> Step {
             None => return Step::Held,
         }
     };
-    if kernel {
-        let got = device::read(io.devices[0].as_fd(), buf.bytes_mut());
-        if got == device::Read::WouldBlock {
-            shared.lock().give_back(buf);
-            return Step::Empty;
-        }
-        let mut s = shared.lock();
-        s.begin_turn();
-        s.request_read(buf, got, 0);
-        finish_turn(shared, s, outbox, io);
+    let got = if kernel {
+        Got::Request(device::read(io.devices[0].as_fd(), buf.bytes_mut()), 0)
     } else {
-        let got = channel::recv(io.socket.as_fd(), buf.bytes_mut());
-        if got == channel::Recv::WouldBlock {
-            shared.lock().give_back(buf);
-            return Step::Empty;
-        }
-        let mut s = shared.lock();
-        s.begin_turn();
-        s.reply_received(buf, got);
-        finish_turn(shared, s, outbox, io);
+        Got::Reply(channel::recv(io.socket.as_fd(), buf.bytes_mut()))
+    };
+    if matches!(
+        got,
+        Got::Request(device::Read::WouldBlock, _) | Got::Reply(channel::Recv::WouldBlock)
+    ) {
+        shared.lock().give_back(buf);
+        return Step::Empty;
     }
+    take_turn(shared, io, outbox, buf, got);
     Step::Moved
 }
 
