@@ -37,6 +37,8 @@
 //! - [`request`], [`reply`] — the views.
 //! - [`init`] — INIT by protocol minor; in-place flag and size rewriting.
 //! - [`encode`] — writing replies and requests into a caller's buffer.
+//! - [`uring`] — FUSE-over-io_uring: ring entry layout, and conversion of an
+//!   entry to and from the `/dev/fuse` wire format.
 //! - [`error`] — [`ParseError`].
 
 #![forbid(unsafe_code)]
@@ -51,6 +53,7 @@ pub mod init;
 pub mod opcode;
 pub mod reply;
 pub mod request;
+pub mod uring;
 
 pub use encode::{encode_error_reply, encode_notify, encode_reply, encode_request};
 pub use error::ParseError;
