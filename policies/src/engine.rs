@@ -64,6 +64,11 @@ pub struct Config {
     /// Nodes whose names the path table keeps (for `[[paths]]`); 0 when
     /// the policy has no path rules.
     pub path_nodes: usize,
+    /// Accept `FUSE_OVER_IO_URING` toward the kernel when it offers it: the
+    /// proxy, not the backend, serves the kernel's io_uring queues, so the
+    /// flag is set in the answer the kernel gets (the backend never sees it
+    /// offered).
+    pub kernel_uring: bool,
 }
 
 impl Default for Config {
@@ -79,6 +84,7 @@ impl Default for Config {
             max_held: 64,
             default_permissions: false,
             path_nodes: 0,
+            kernel_uring: false,
         }
     }
 }

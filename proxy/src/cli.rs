@@ -311,6 +311,27 @@ pub struct Cli {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
     pub threads: Option<u32>,
 
+    /// How the kernel's requests reach the proxy. `read`: read(2) and
+    /// write(2) on /dev/fuse. `uring`: FUSE-over-io_uring (Linux 6.14+,
+    /// module parameter fuse.enable_uring=Y when the mount is made), one
+    /// queue of --ring-depth entries per possible CPU, a request staying on
+    /// the queue of the CPU that made it, and one system call to answer a
+    /// request and wait for the next. FORGET, INTERRUPT and notifications
+    /// still go through /dev/fuse. Served by one forwarding thread: it
+    /// cannot be combined with --threads above 1. Where the kernel or the
+    /// backend cannot do it (parameter off, io_uring disabled, a daemon of
+    /// protocol 7.35 or older), one log line says why and read(2) is used.
+    /// Each entry locks a buffer of the mount's max_write (1 MiB), so the
+    /// ring adds possible CPUs x depth MiB of locked memory.
+    #[arg(long, value_enum, default_value_t = KernelTransport::Read, value_name = "HOW")]
+    pub kernel_transport: KernelTransport,
+
+    /// Entries per io_uring queue with --kernel-transport uring: how many
+    /// requests made on one CPU the proxy holds at once (the rest wait in
+    /// the kernel's queue). Each costs 1 MiB of locked memory.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub ring_depth: u32,
+
     /// The policy file (TOML): what the proxy changes in this mount's
     /// traffic. See the description above and policies/examples/. SIGHUP
     /// reloads it. [default: none: time updates async, every other rule off]
@@ -545,6 +566,15 @@ pub fn program_name(argv: &[OsString]) -> String {
                 .into_owned()
         })
         .unwrap_or_default()
+}
+
+/// `--kernel-transport`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KernelTransport {
+    /// read(2) and write(2) on /dev/fuse.
+    Read,
+    /// FUSE-over-io_uring, falling back to read(2) where unavailable.
+    Uring,
 }
 
 /// `--threads` when not given: one reader up to 4 CPUs (there the callers,

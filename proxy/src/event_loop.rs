@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
 use slog::{debug, error, info, warn, Logger};
@@ -37,11 +38,12 @@ use crate::backend::{describe, Backend};
 use crate::channel::{self, Recv, Send};
 use crate::device::{self, Read, Write};
 use crate::error::Error;
+use crate::kernel_ring::RingConfig;
 use crate::memory::Pinning;
 use crate::mount::unmount_in_background;
 use crate::mount::{self as mounting, Mount};
 use crate::notifier::Notifier;
-use crate::origins::Origins;
+use crate::origins::{Origins, Route};
 use crate::outbox::{self, Item, Msg, Outbox};
 use crate::policy_file::{PolicySource, Reloader};
 use crate::recorder::{self, Recorder};
@@ -110,6 +112,35 @@ pub struct Startup {
     pub trace: bool,
     /// Readers of the kernel's requests (`--threads`).
     pub threads: usize,
+    /// `--kernel-transport uring` where this kernel allows it: entries per
+    /// queue (`--ring-depth`).
+    pub ring_depth: Option<usize>,
+}
+
+/// FUSE-over-io_uring toward the kernel, seen from the session: the ring
+/// itself belongs to the forwarding thread (`forwarders::forward_ring`),
+/// which alone may submit to it.
+pub(crate) struct RingState {
+    stage: RingStage,
+    depth: usize,
+    /// Replies for ring entries made outside the ring's thread (see
+    /// `Shared::commit_later`). INVARIANT: capacity is the ring's entry
+    /// count, allocated once; an entry has at most one reply.
+    backlog: VecDeque<(u32, Msg)>,
+    /// Wakes the ring's thread; its ring watches it.
+    pub(crate) wake: Arc<EventFd>,
+}
+
+/// Where the ring stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RingStage {
+    /// Asked for; INIT not answered yet.
+    Wanted,
+    /// INIT accepted it: the forwarding thread sets it up now (the kernel
+    /// holds every new request until it has).
+    Start(RingConfig),
+    /// Serving the kernel's requests.
+    Running,
 }
 
 /// One FUSE session: the main thread's poll, and the state every thread
@@ -146,8 +177,10 @@ pub(crate) struct Shared {
     /// The other readers' clones, by reader index - 1.
     clones: Vec<Arc<File>>,
     /// Which reader read each request waiting for its answer (several
-    /// readers only).
+    /// readers, or the ring, only).
     origins: Option<Origins>,
+    /// `--kernel-transport uring`, until it turns out it cannot be used.
+    ring: Option<RingState>,
     socket: Option<Arc<OwnedFd>>,
     /// To watch the socket for room while `pending` is not empty.
     registry: mio::Registry,
@@ -303,8 +336,27 @@ impl Session {
         let pending = VecDeque::with_capacity(arena.slots() + 64);
         // Waiting for an answer at once: what the engine lets in flight and
         // holds, plus one being read by each reader.
-        let origins = (threads > 1)
+        let origins = (threads > 1 || startup.ring_depth.is_some())
             .then(|| Origins::new(engine.waiting_capacity() + arena.slots() + threads));
+        let ring = match startup.ring_depth {
+            Some(depth) => {
+                let queues = crate::kernel_ring::queue_count().map_err(|e| {
+                    Error::Setup(format!("counting the kernel's io_uring queues: {e}"))
+                })?;
+                let wake = EventFd::from_value_and_flags(
+                    0,
+                    EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
+                )
+                .map_err(|e| Error::Setup(format!("eventfd: {e}")))?;
+                Some(RingState {
+                    stage: RingStage::Wanted,
+                    depth,
+                    backlog: VecDeque::with_capacity(queues * depth),
+                    wake: Arc::new(wake),
+                })
+            }
+            None => None,
+        };
         let device = Arc::new(device);
         let socket = Arc::new(socket);
         let mut readers = vec![device.clone()];
@@ -314,6 +366,7 @@ impl Session {
             device: Some(device),
             clones,
             origins,
+            ring,
             socket: Some(socket.clone()),
             registry,
             watching_room: false,
@@ -374,14 +427,16 @@ impl Session {
             socket,
         } = self;
         let spin = shared.lock().startup.spin;
+        let ring_wake = shared.lock().ring.as_ref().map(|r| r.wake.clone());
         let io = Arc::new(crate::forwarders::Io {
             devices: readers,
             socket,
+            ring_wake,
         });
         if io.devices.len() == 1 {
             let (mine, io) = (shared.clone(), io.clone());
             let started = crate::forwarders::spawn("forward", move || {
-                crate::forwarders::forward_both(&mine, &io, spin)
+                crate::forwarders::forward(&mine, &io, spin)
             });
             if let Err(e) = started {
                 return shared.lock().fail_start(e);
@@ -591,7 +646,7 @@ impl Shared {
     }
 
     /// A reader of the kernel's requests is back from read(2) with `got`.
-    pub(crate) fn request_read(&mut self, buf: Lent, got: Read, reader: u8) {
+    pub(crate) fn request_read(&mut self, buf: Lent, got: Read, reader: Route) {
         let slot = self.arena.reclaim(buf);
         match got {
             Read::Message(n) => {
@@ -760,7 +815,7 @@ impl Shared {
         // Once per session: the one allocation here is not per message.
         let mut out = std::mem::take(&mut self.outbox);
         let socket = self.socket.clone();
-        out.carry_out(|r| self.reader_device(r), socket.as_deref());
+        out.carry_out(|r| self.reader_device(r), socket.as_deref(), None);
         self.turn_done(&mut out);
         self.outbox = out;
     }
@@ -783,6 +838,11 @@ impl Shared {
         let mut queue_rest = false;
         for item in outbox.drain() {
             match item {
+                Item::Write {
+                    msg,
+                    reader: Route::Ring(entry),
+                    done: None,
+                } => self.commit_later(entry, msg),
                 Item::Write { msg, done, .. } => {
                     if let Some(w) = done {
                         self.count_write(w);
@@ -852,10 +912,166 @@ impl Shared {
 
     /// The reader that read the request `unique`: its answer must be
     /// written to that reader's device. `take`: this is the answer itself.
-    fn reader_of(&mut self, unique: u64, take: bool) -> u8 {
+    fn reader_of(&mut self, unique: u64, take: bool) -> Route {
         match self.origins.as_mut() {
-            Some(o) => o.reader(unique, take).unwrap_or(0),
-            None => 0,
+            Some(o) => o.reader(unique, take).unwrap_or(Route::Reader(0)),
+            None => Route::Reader(0),
+        }
+    }
+
+    /// A reply for a ring entry, from outside the ring's thread (the main
+    /// thread, or the end of a session): queued for that thread, which
+    /// alone may commit, and the thread woken. Dropped once the ring is
+    /// gone: its entries are then out of service.
+    fn commit_later(&mut self, entry: u32, msg: Msg) {
+        match self.ring.as_mut() {
+            Some(ring) if ring.backlog.len() < ring.backlog.capacity() => {
+                ring.backlog.push_back((entry, msg));
+                let _ = ring.wake.write(1);
+            }
+            _ => {
+                if let Msg::Slot(lent) = msg {
+                    let slot = self.arena.reclaim(lent);
+                    self.arena.release(slot);
+                }
+            }
+        }
+    }
+
+    /// INIT is answered: the ring is set up next if the kernel took it,
+    /// else the session goes on over read(2), saying why in one line.
+    fn ring_negotiated(&mut self, flags: u64, offered: u64, max_write: u32, max_pages: u16) {
+        let Some(ring) = self.ring.as_mut().filter(|r| r.stage == RingStage::Wanted) else {
+            return;
+        };
+        if flags & flags::FUSE_OVER_IO_URING != 0 {
+            let queues = ring.backlog.capacity() / ring.depth;
+            // 0: FUSE_MAX_PAGES not in effect, the kernel's default.
+            let pages = if max_pages == 0 { 32 } else { max_pages };
+            ring.stage = RingStage::Start(RingConfig {
+                queues,
+                depth: ring.depth,
+                payload: fuseproxy_protocol::uring::ring_payload_size(max_write, pages, 4096),
+            });
+            return;
+        }
+        let why = if offered & flags::FUSE_OVER_IO_URING == 0 {
+            "the kernel did not offer it (fuse.enable_uring was off when the mount was made)"
+        } else {
+            "the backend's INIT answer has no room for it (a daemon of protocol 7.35 or older)"
+        };
+        warn!(
+            self.log,
+            "FUSE-over-io_uring not used: {why}; requests come through read(2)"
+        );
+        self.ring = None;
+    }
+
+    /// The ring the forwarding thread must set up now, once.
+    pub(crate) fn ring_to_start(&self) -> Option<RingConfig> {
+        match self.ring.as_ref()?.stage {
+            RingStage::Start(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The forwarding thread's attempt at the ring. Refused by the kernel
+    /// at once, the connection goes on over /dev/fuse (the kernel says so
+    /// by clearing its io_uring mode); any other failure leaves the
+    /// kernel holding every request for a ring that will not come, so the
+    /// connection is aborted.
+    /// Returns whether the ring is in service.
+    pub(crate) fn ring_started(
+        &mut self,
+        done: Result<&crate::kernel_ring::KernelRing, crate::kernel_ring::RingError>,
+    ) -> bool {
+        use crate::kernel_ring::RingError;
+        match done {
+            Ok(r) => {
+                if let Some(ring) = self.ring.as_mut() {
+                    ring.stage = RingStage::Running;
+                }
+                info!(
+                    self.log,
+                    "FUSE-over-io_uring: {} queues of {} entries, {} KiB each{}",
+                    r.queues(),
+                    r.entries() / r.queues().max(1),
+                    r.max_request_len() / 1024,
+                    if r.is_locked() {
+                        ", locked"
+                    } else {
+                        ", NOT locked"
+                    }
+                );
+                return true;
+            }
+            Err(e @ RingError::Register { .. }) => {
+                warn!(
+                    self.log,
+                    "FUSE-over-io_uring not used: {e}; requests come through read(2)"
+                );
+                self.ring = None;
+            }
+            Err(e) => {
+                error!(
+                    self.log,
+                    "cannot set up the io_uring the kernel was told to use ({e}); \
+                     the connection is aborted"
+                );
+                self.ring = None;
+                self.abort_connection();
+                self.kernel_gone();
+            }
+        }
+        false
+    }
+
+    /// The ring gave back an entry without a request. Out of service for
+    /// good: at the end of the connection that is every entry, and else the
+    /// kernel's queue that lost it waits on its other entries.
+    pub(crate) fn ring_trouble(&mut self, what: crate::kernel_ring::Arrival) {
+        use crate::kernel_ring::Arrival;
+        match what {
+            Arrival::Gone { entry, why } => {
+                debug!(self.log, "io_uring entry {} ended: {why:?}", entry.0)
+            }
+            Arrival::Failed { entry, errno } => error!(
+                self.log,
+                "io_uring entry {} failed: {}; it is out of service",
+                entry.0,
+                std::io::Error::from_raw_os_error(errno)
+            ),
+            Arrival::Invalid { unique, error, .. } => error!(
+                self.log,
+                "a request from the io_uring cannot be read ({error:?}); answered EIO (unique {unique:#x})"
+            ),
+            Arrival::Request { .. } => {}
+        }
+    }
+
+    /// Waiting on the ring failed: the kernel's requests cannot be taken
+    /// any more, so the connection is aborted.
+    pub(crate) fn ring_failed(&mut self, e: crate::kernel_ring::RingError) {
+        error!(self.log, "io_uring: {e}; the connection is aborted");
+        self.abort_connection();
+        self.kernel_gone();
+    }
+
+    /// Replies waiting for the ring's thread (see `commit_later`), moved to
+    /// its `outbox` up to its room.
+    pub(crate) fn take_ring_backlog(&mut self, outbox: &mut Outbox) {
+        let Some(ring) = self.ring.as_mut() else {
+            return;
+        };
+        while outbox.has_room() {
+            let Some((entry, msg)) = ring.backlog.pop_front() else {
+                break;
+            };
+            outbox.push(Item::Write {
+                msg,
+                reader: Route::Ring(entry),
+                done: None,
+            });
         }
     }
 
@@ -955,9 +1171,18 @@ impl Shared {
             });
             return None;
         }
-        if let Some(dev) = self.reader_device(reader) {
-            let outcome = device::write(dev.as_fd(), self.arena.msg(slot));
-            self.count_write(outcome);
+        match reader {
+            Route::Ring(entry) => {
+                let msg = Msg::Slot(self.arena.lend(slot));
+                self.commit_later(entry, msg);
+                return None;
+            }
+            Route::Reader(r) => {
+                if let Some(dev) = self.reader_device(r) {
+                    let outcome = device::write(dev.as_fd(), self.arena.msg(slot));
+                    self.count_write(outcome);
+                }
+            }
         }
         Some(slot)
     }
@@ -1135,7 +1360,11 @@ impl Shared {
             });
             return;
         }
-        let Some(dev) = self.reader_device(reader) else {
+        let r = match reader {
+            Route::Ring(entry) => return self.commit_later(entry, msg),
+            Route::Reader(r) => r,
+        };
+        let Some(dev) = self.reader_device(r) else {
             return;
         };
         let outcome = outbox::with_bytes(&msg, |b| device::write(dev.as_fd(), b));
@@ -1218,6 +1447,7 @@ impl Shared {
                         " NOT locked"
                     },
                 );
+                self.ring_negotiated(f, offered, max_write, max_pages);
                 // The three flag sets in one line; their names only at debug,
                 // what the proxy changed by name at info.
                 let names = |bits: u64| flags::init_flag_names(bits).collect::<Vec<_>>().join(" ");

@@ -32,6 +32,8 @@ use crate::arena::Lent;
 use crate::channel;
 use crate::device;
 use crate::event_loop::{Locked, Shared};
+use crate::kernel_ring::{Arrival, KernelRing, RingConfig};
+use crate::origins::Route;
 use crate::outbox::Outbox;
 
 /// What a forwarding thread writes and sends to outside the lock: every
@@ -39,6 +41,8 @@ use crate::outbox::Outbox;
 pub struct Io {
     pub devices: Vec<std::sync::Arc<File>>,
     pub socket: std::sync::Arc<OwnedFd>,
+    /// Wakes the ring's thread (`--kernel-transport uring`).
+    pub ring_wake: Option<std::sync::Arc<nix::sys::eventfd::EventFd>>,
 }
 
 /// The end of a turn: the lock is let go, the turn's I/O carried out, and
@@ -48,6 +52,7 @@ fn finish_turn(
     mut s: std::sync::MutexGuard<'_, Shared>,
     outbox: &mut Outbox,
     io: &Io,
+    ring: Option<&mut KernelRing>,
 ) {
     s.end_turn(outbox);
     if outbox.is_empty() {
@@ -58,7 +63,7 @@ fn finish_turn(
     // are only free then, and a deadline can wait the microseconds it takes.
     drop(s);
     let device = |r: u8| io.devices.get(r as usize).map(|d| &**d);
-    outbox.carry_out(device, Some(&io.socket));
+    outbox.carry_out(device, Some(&io.socket), ring);
     let mut s = shared.lock();
     s.turn_done(outbox);
     s.after_turn(&shared.room);
@@ -66,20 +71,27 @@ fn finish_turn(
 
 /// What one read gave (a message, or why there was none) handed to the
 /// engine as a turn.
-fn take_turn(shared: &Locked, io: &Io, outbox: &mut Outbox, buf: Lent, got: Got) {
+fn take_turn(
+    shared: &Locked,
+    io: &Io,
+    outbox: &mut Outbox,
+    buf: Lent,
+    got: Got,
+    ring: Option<&mut KernelRing>,
+) {
     let mut s = shared.lock();
     s.begin_turn();
     match got {
         Got::Request(r, reader) => s.request_read(buf, r, reader),
         Got::Reply(r) => s.reply_received(buf, r),
     }
-    finish_turn(shared, s, outbox, io);
+    finish_turn(shared, s, outbox, io, ring);
 }
 
 /// What a read gave, and from which side.
 #[derive(Clone, Copy)]
 enum Got {
-    Request(device::Read, u8),
+    Request(device::Read, Route),
     Reply(channel::Recv),
 }
 
@@ -165,7 +177,8 @@ pub fn read_kernel(shared: &Locked, io: &Io, reader: u8, spin: Duration) {
         }
         let got = device::read(fd.as_fd(), buf.bytes_mut());
         spun = matches!(got, device::Read::Message(_));
-        take_turn(shared, io, &mut outbox, buf, Got::Request(got, reader));
+        let got = Got::Request(got, Route::Reader(reader));
+        take_turn(shared, io, &mut outbox, buf, got, None);
     }
 }
 
@@ -179,7 +192,7 @@ pub fn read_backend(shared: &Locked, io: &Io) {
             return;
         };
         let got = channel::recv(socket.as_fd(), buf.bytes_mut());
-        take_turn(shared, io, &mut outbox, buf, Got::Reply(got));
+        take_turn(shared, io, &mut outbox, buf, Got::Reply(got), None);
         if matches!(got, channel::Recv::Closed(_)) {
             return;
         }
@@ -198,12 +211,24 @@ enum Step {
     Held,
     /// This side is over.
     Over,
+    /// INIT accepted FUSE-over-io_uring: set the ring up before anything
+    /// else.
+    Ring(RingConfig),
 }
 
 /// Reads one message from the device (`kernel`) or the socket, if allowed.
-fn step(shared: &Locked, io: &Io, outbox: &mut Outbox, kernel: bool) -> Step {
+fn step(
+    shared: &Locked,
+    io: &Io,
+    outbox: &mut Outbox,
+    kernel: bool,
+    ring: Option<&mut KernelRing>,
+) -> Step {
     let mut buf = {
         let mut s = shared.lock();
+        if let Some(config) = s.ring_to_start() {
+            return Step::Ring(config);
+        }
         let (done, may) = if kernel {
             (s.readers_done(), s.may_read_request())
         } else {
@@ -218,7 +243,10 @@ fn step(shared: &Locked, io: &Io, outbox: &mut Outbox, kernel: bool) -> Step {
         }
     };
     let got = if kernel {
-        Got::Request(device::read(io.devices[0].as_fd(), buf.bytes_mut()), 0)
+        Got::Request(
+            device::read(io.devices[0].as_fd(), buf.bytes_mut()),
+            Route::Reader(0),
+        )
     } else {
         Got::Reply(channel::recv(io.socket.as_fd(), buf.bytes_mut()))
     };
@@ -229,13 +257,31 @@ fn step(shared: &Locked, io: &Io, outbox: &mut Outbox, kernel: bool) -> Step {
         shared.lock().give_back(buf);
         return Step::Empty;
     }
-    take_turn(shared, io, outbox, buf, got);
+    take_turn(shared, io, outbox, buf, got, ring);
     Step::Moved
 }
 
 /// The one forwarding thread of `--threads 1`: both sides, on non-blocking
-/// descriptors (see the module doc).
-pub fn forward_both(shared: &Locked, io: &Io, spin: Duration) {
+/// descriptors (see the module doc), over read(2) or, once INIT has
+/// accepted it, over the kernel's io_uring.
+pub fn forward(shared: &Locked, io: &Io, spin: Duration) {
+    let Some(config) = forward_both(shared, io, spin) else {
+        return;
+    };
+    // The ring is made on this thread, the only one that may submit to it.
+    let ring = KernelRing::new(io.devices[0].as_fd(), config);
+    let started = shared.lock().ring_started(ring.as_ref().map_err(|e| *e));
+    if let Some(ring) = ring.ok().filter(|_| started) {
+        forward_ring(shared, io, spin, ring);
+    }
+    // The ring given up, or failed: the rest over read(2) (it is set up at
+    // most once). After an ordinary end both sides are over already.
+    let _ = forward_both(shared, io, spin);
+}
+
+/// Both sides over read(2), until they are over (`None`) or the ring is to
+/// be set up.
+fn forward_both(shared: &Locked, io: &Io, spin: Duration) -> Option<RingConfig> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut outbox = Outbox::default();
     // Whether each side may have something: tried until it reads nothing,
@@ -244,19 +290,25 @@ pub fn forward_both(shared: &Locked, io: &Io, spin: Duration) {
     let mut last = Instant::now();
     loop {
         let k = if kernel_ready {
-            step(shared, io, &mut outbox, true)
+            step(shared, io, &mut outbox, true, None)
         } else {
             Step::Empty
         };
+        if let Step::Ring(config) = k {
+            return Some(config);
+        }
         let b = if backend_ready {
-            step(shared, io, &mut outbox, false)
+            step(shared, io, &mut outbox, false, None)
         } else {
             Step::Empty
         };
+        if let Step::Ring(config) = b {
+            return Some(config);
+        }
         kernel_ready &= k != Step::Empty;
         backend_ready &= b != Step::Empty;
         if k == Step::Over && b == Step::Over {
-            return;
+            return None;
         }
         if k == Step::Moved || b == Step::Moved {
             last = Instant::now();
@@ -289,5 +341,123 @@ pub fn forward_both(shared: &Locked, io: &Io, spin: Duration) {
         let woke = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
         kernel_ready |= (k == Step::Empty && woke(&fds[0])) || k == Step::Held;
         backend_ready |= (b == Step::Empty && woke(&fds[1])) || b == Step::Held;
+    }
+}
+
+/// Tokens of the descriptors the ring watches beside its entries.
+const WATCH_DEVICE: usize = 0;
+const WATCH_SOCKET: usize = 1;
+const WATCH_WAKE: usize = 2;
+
+/// Takes the next request the ring has brought, if allowed, and hands it
+/// to the engine; first commits what other threads left for the ring.
+fn ring_step(shared: &Locked, io: &Io, outbox: &mut Outbox, ring: &mut KernelRing) -> Step {
+    let mut buf = {
+        let mut s = shared.lock();
+        s.take_ring_backlog(outbox);
+        if !outbox.is_empty() {
+            s.begin_turn();
+            finish_turn(shared, s, outbox, io, Some(ring));
+            return Step::Moved;
+        }
+        if s.readers_done() {
+            return Step::Over;
+        }
+        match s.may_read_request().then(|| s.take_buffer()).flatten() {
+            Some(b) => b,
+            None => return Step::Held,
+        }
+    };
+    match ring.poll_arrival(buf.bytes_mut()) {
+        None => {
+            shared.lock().give_back(buf);
+            Step::Empty
+        }
+        Some(Arrival::Request { entry, len }) => {
+            let got = Got::Request(device::Read::Message(len), Route::Ring(entry.0));
+            take_turn(shared, io, outbox, buf, got, Some(ring));
+            Step::Moved
+        }
+        Some(other) => {
+            let mut s = shared.lock();
+            s.give_back(buf);
+            s.ring_trouble(other);
+            if let Arrival::Invalid { entry, .. } = other {
+                // Answered, or the caller would wait for ever.
+                let _ = ring.commit_error(entry, libc::EIO);
+            }
+            Step::Moved
+        }
+    }
+}
+
+/// The forwarding thread once the kernel's requests come through `ring`:
+/// as `forward_both`, with the ring's wait in place of poll(2). The ring
+/// also watches the device (FORGET, INTERRUPT and the end still come
+/// through it), the socket and the session's wake-up, so one
+/// io_uring_enter both sends the answers made since the last one and waits
+/// for whatever comes next.
+fn forward_ring(shared: &Locked, io: &Io, spin: Duration, mut ring: KernelRing) {
+    let mut outbox = Outbox::default();
+    ring.watch(io.devices[0].as_fd(), WATCH_DEVICE);
+    ring.watch(io.socket.as_fd(), WATCH_SOCKET);
+    if let Some(w) = io.ring_wake.as_ref() {
+        ring.watch(w.as_fd(), WATCH_WAKE);
+    }
+    let (mut kernel_ready, mut backend_ready) = (true, true);
+    let mut last = Instant::now();
+    loop {
+        let r = ring_step(shared, io, &mut outbox, &mut ring);
+        let k = if kernel_ready {
+            step(shared, io, &mut outbox, true, Some(&mut ring))
+        } else {
+            Step::Empty
+        };
+        let b = if backend_ready {
+            step(shared, io, &mut outbox, false, Some(&mut ring))
+        } else {
+            Step::Empty
+        };
+        kernel_ready &= k != Step::Empty;
+        backend_ready &= b != Step::Empty;
+        if r == Step::Over && k == Step::Over && b == Step::Over {
+            // Sends the last answers before the ring goes.
+            let _ = ring.wait(0, Some(Duration::ZERO));
+            return;
+        }
+        if [r, k, b].contains(&Step::Moved) {
+            last = Instant::now();
+            continue;
+        }
+        let held = [r, k, b].contains(&Step::Held);
+        if !held && last.elapsed() < spin {
+            // Spinning reads the ring's shared memory only: a request or a
+            // watched descriptor shows as task work waiting.
+            let until = last + spin;
+            while !ring.has_work() && Instant::now() < until {
+                std::hint::spin_loop();
+            }
+        }
+        let timeout = if held {
+            // Room comes back through the main thread; look again soon.
+            Some(Duration::from_millis(1))
+        } else if ring.has_work() {
+            Some(Duration::ZERO)
+        } else {
+            None
+        };
+        let min = usize::from(timeout != Some(Duration::ZERO));
+        if let Err(e) = ring.wait(min, timeout) {
+            shared.lock().ring_failed(e);
+            return;
+        }
+        let woken = ring.take_woken();
+        kernel_ready |= woken & (1 << WATCH_DEVICE) != 0 || k == Step::Held;
+        backend_ready |= woken & (1 << WATCH_SOCKET) != 0 || b == Step::Held;
+        if woken & (1 << WATCH_WAKE) != 0 {
+            if let Some(w) = io.ring_wake.as_ref() {
+                let _ = w.read();
+            }
+        }
     }
 }

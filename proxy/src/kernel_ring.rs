@@ -103,7 +103,7 @@
 //! ECONNABORTED for an aborted connection in `fuse_uring_cmd`, but after an
 //! abort through fusectl 6.18 was measured returning ENOTCONN too). These
 //! come out of [`KernelRing::poll_arrival`] as [`Arrival::Gone`] with a
-//! [`Gone`] reason; [`KernelRing::is_ended`] says when every entry is gone.
+//! [`Gone`] reason.
 //! Closing the io_uring while the connection lives cancels the waiting
 //! entries (`fuse_uring_cancel`, ENOTCONN) but the connection keeps using
 //! the ring ("Once a connection has io-uring enabled on it, it can't be
@@ -125,7 +125,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::time::Duration;
 
@@ -148,6 +148,14 @@ pub const ENABLE_URING_PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
 const HEADER_STRIDE: usize = 512;
 
 const PAGE: usize = 4096;
+
+/// `user_data` bit of a watch's poll (the low bits are its token); an
+/// entry's commands carry the entry's index, always below 2^15.
+const WATCH: u64 = 1 << 63;
+
+/// Watches at most (tokens are bits of a `u64`; the submission queue keeps
+/// a slot for each beside the entries').
+pub const MAX_WATCHES: usize = 8;
 
 /// Largest `fuse_in_header` + op struct in front of the payload.
 const REQUEST_OVERHEAD: usize = 40 + FUSE_URING_OP_IN_OUT_SZ;
@@ -365,8 +373,7 @@ enum State {
 ///    next `wait`). Keep serving `/dev/fuse` too (FORGET, INTERRUPT,
 ///    notifications; see the module doc).
 /// 4. After the unmount every entry comes back as [`Arrival::Gone`] (held
-///    entries once committed); [`is_ended`](KernelRing::is_ended) then
-///    holds.
+///    entries once committed).
 ///
 /// Not `Send` on purpose: the kernel copies requests in the creating
 /// thread's `io_uring_enter` and refuses submissions from any other.
@@ -402,6 +409,11 @@ pub struct KernelRing {
     queues: usize,
     depth: usize,
     locked: bool,
+    /// Descriptors watched for input, by token: (fd, armed).
+    watches: [(i32, bool); MAX_WATCHES],
+    /// Tokens whose descriptor became readable since the last
+    /// [`KernelRing::take_woken`], as bits.
+    woken: u64,
 }
 
 impl KernelRing {
@@ -518,7 +530,7 @@ impl KernelRing {
         let base = NonNull::new(map.as_mut_ptr()).expect("mmap never returns null");
 
         let ring = Self::builder()
-            .build(entries as u32)
+            .build((entries + MAX_WATCHES) as u32)
             .map_err(|e| RingError::Setup(e.raw_os_error().unwrap_or(0)))?;
         let iovecs: Box<[[libc::iovec; 2]]> = (0..entries)
             .map(|i| {
@@ -553,6 +565,8 @@ impl KernelRing {
             queues,
             depth,
             locked,
+            watches: [(-1, false); MAX_WATCHES],
+            woken: 0,
         };
         for i in 0..entries {
             let sqe = register_sqe(
@@ -613,10 +627,70 @@ impl KernelRing {
 
     /// Moves the completion queue's entries to `ready`.
     fn reap(&mut self) {
+        let mut rearm = 0u64;
         for cqe in self.ring.completion() {
+            if cqe.user_data() & WATCH != 0 {
+                let token = (cqe.user_data() & !WATCH) as usize;
+                // Woken also on an error: the reader's own call says what.
+                self.woken |= 1 << token;
+                if !cqueue::more(cqe.flags()) {
+                    rearm |= 1 << token;
+                }
+                continue;
+            }
             debug_assert!(self.ready.len() < self.ready.capacity());
             self.ready.push_back((cqe.user_data() as u32, cqe.result()));
         }
+        for token in (0..MAX_WATCHES).filter(|t| rearm & (1 << t) != 0) {
+            self.watches[token].1 = false;
+            self.arm(token);
+        }
+    }
+
+    /// Watches `fd` for input: from the next [`KernelRing::wait`] on, the
+    /// wait also ends when it becomes readable, and
+    /// [`KernelRing::take_woken`] reports `token`. The poll is multishot
+    /// and re-armed when the kernel ends it; it reports a change to
+    /// readable, so the caller reads until the descriptor is empty before
+    /// relying on it. `fd` must stay open while the ring lives.
+    ///
+    /// # Panics
+    ///
+    /// If `token` is [`MAX_WATCHES`] or more.
+    pub fn watch(&mut self, fd: BorrowedFd<'_>, token: usize) {
+        assert!(token < MAX_WATCHES, "watch token {token}");
+        self.watches[token] = (fd.as_raw_fd(), false);
+        self.arm(token);
+    }
+
+    fn arm(&mut self, token: usize) {
+        let (fd, armed) = self.watches[token];
+        if armed || fd < 0 {
+            return;
+        }
+        let sqe = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(WATCH | token as u64);
+        let sqe: squeue::Entry128 = sqe.into();
+        self.push(&sqe);
+        self.watches[token].1 = true;
+    }
+
+    /// The tokens woken since the last call, as bits (`1 << token`).
+    pub fn take_woken(&mut self) -> u64 {
+        std::mem::take(&mut self.woken)
+    }
+
+    /// Whether a [`KernelRing::wait`] would find something at once:
+    /// completions reaped or posted, or task work (a request to copy, a
+    /// watch to report) waiting for the ring's thread. Reads shared memory
+    /// only, no system call: what a spinning caller checks.
+    pub fn has_work(&mut self) -> bool {
+        !self.ready.is_empty()
+            || self.woken != 0
+            || self.ring.submission().taskrun()
+            || !self.ring.completion().is_empty()
     }
 
     /// The next completion reaped by [`KernelRing::wait`]; a request is
@@ -793,12 +867,8 @@ impl KernelRing {
         self.queues
     }
 
-    /// The queue an entry belongs to.
-    pub fn queue_of(&self, entry: EntryId) -> usize {
-        entry.0 as usize / self.depth
-    }
-
     /// Entries the caller holds (requests owed a reply).
+    #[cfg(test)]
     pub fn held(&self) -> usize {
         self.states
             .iter()
@@ -808,6 +878,7 @@ impl KernelRing {
 
     /// Whether every entry is out of service: the connection is over, or
     /// the ring can carry nothing more.
+    #[cfg(test)]
     pub fn is_ended(&self) -> bool {
         self.states.iter().all(|s| *s == State::Dead)
     }

@@ -22,6 +22,7 @@ mod event_loop;
 mod forwarders;
 mod fusermount;
 mod fusermount_helper;
+mod kernel_ring;
 mod memory;
 mod mount;
 mod mount_options;
@@ -212,10 +213,32 @@ fn run(
     }
 
     let arena = arena::Arena::new(cli.arena_size)?;
-    let threads = cli
-        .threads
-        .map_or_else(cli::default_threads, |n| n as usize);
+    let uring = cli.kernel_transport == cli::KernelTransport::Uring;
+    let threads = match cli.threads {
+        Some(n) if uring && n > 1 => {
+            return Err(Error::Usage(format!(
+                "--kernel-transport uring is served by one forwarding thread; \
+                 it cannot be combined with --threads {n}"
+            )))
+        }
+        _ if uring => 1,
+        Some(n) => n as usize,
+        None => cli::default_threads(),
+    };
     event_loop::check_slots(threads, arena.slots())?;
+    // Checked before the mount: once INIT has accepted the ring, the kernel
+    // holds every request until the ring is set up.
+    let ring_depth = match uring.then(kernel_ring::KernelRing::available) {
+        Some(Ok(())) => Some(cli.ring_depth as usize),
+        Some(Err(why)) => {
+            slog::warn!(
+                log,
+                "FUSE-over-io_uring not used: {why}; requests come through read(2)"
+            );
+            None
+        }
+        None => None,
+    };
     let build = |opts: &MountOptions| {
         let rules = Rules::compile(policy);
         Engine::with_rules(
@@ -237,6 +260,7 @@ fn run(
                 // Room for the nodes of a large tree; only with path rules (a
                 // reload cannot add the first ones).
                 path_nodes: if policy.paths.is_empty() { 0 } else { 65_536 },
+                kernel_uring: ring_depth.is_some(),
                 ..Config::default()
             },
             rules,
@@ -390,9 +414,8 @@ fn run(
             spin: std::time::Duration::from_micros(cli.spin_us),
             policy: source.path().is_some().then_some(source),
             trace: cli.tracing(),
-            threads: cli
-                .threads
-                .map_or_else(cli::default_threads, |n| n as usize),
+            threads,
+            ring_depth,
         },
     )?;
     session.run()

@@ -1,10 +1,13 @@
-//! Which device clone read each request still waiting for its answer.
+//! Which device clone, or which io_uring entry, carried each request still
+//! waiting for its answer.
 //!
 //! The kernel finds the request a reply answers in the processing queue of
 //! the device file the reply is written to (`fuse_dev_do_write` looks in
 //! `fud->pq`), so with several readers, each on its own clone
 //! (FUSE_DEV_IOC_CLONE), an answer must go back to the clone that read the
-//! request. This table remembers it from the read to the answer.
+//! request. With FUSE-over-io_uring an answer is committed to the ring
+//! entry that carried the request. This table remembers where from the read
+//! to the answer.
 //!
 //! Open addressing with linear probing over a power-of-two array allocated
 //! once; removal shifts the following entries back, so there are no
@@ -20,11 +23,20 @@
 /// the request it refers to has the same unique without it.
 const INT_REQ_BIT: u64 = 1;
 
-/// The reader of each waiting request, by unique.
+/// Where a request came from, and so where its answer goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Read from this reader's device clone (0: the mounted device).
+    Reader(u8),
+    /// Carried by this entry of the kernel's io_uring.
+    Ring(u32),
+}
+
+/// Where each waiting request came from, by unique.
 pub struct Origins {
     /// 0 = empty (the kernel never uses unique 0 for a request).
     keys: Vec<u64>,
-    readers: Vec<u8>,
+    readers: Vec<Route>,
     len: usize,
 }
 
@@ -34,7 +46,7 @@ impl Origins {
         let cap = (waiting.max(16) * 2).next_power_of_two();
         Origins {
             keys: vec![0; cap],
-            readers: vec![0; cap],
+            readers: vec![Route::Reader(0); cap],
             len: 0,
         }
     }
@@ -46,7 +58,7 @@ impl Origins {
     /// Remembers that `reader` read the request `unique`. Returns false (and
     /// remembers nothing) only if the table is full, which its sizing rules
     /// out; the answer then goes to the first reader.
-    pub fn insert(&mut self, unique: u64, reader: u8) -> bool {
+    pub fn insert(&mut self, unique: u64, reader: Route) -> bool {
         let key = unique & !INT_REQ_BIT;
         if key == 0 || self.len + 1 >= self.keys.len() {
             return false;
@@ -78,17 +90,25 @@ impl Origins {
         }
     }
 
-    /// The reader of the request `unique` answers (an INTERRUPT's reply goes
-    /// where the interrupted request was read). `take` forgets it: the
-    /// request's own answer is the last word on it.
-    pub fn reader(&mut self, unique: u64, take: bool) -> Option<u8> {
+    /// Where the answer to `unique` goes. An INTERRUPT's reply goes where
+    /// the interrupted request was read, except that a ring takes no such
+    /// reply (the kernel reads it from the device only, as it sends
+    /// INTERRUPT there). `take` forgets it: the request's own answer is the
+    /// last word on it.
+    pub fn reader(&mut self, unique: u64, take: bool) -> Option<Route> {
         let key = unique & !INT_REQ_BIT;
         if key == 0 {
             return None;
         }
         let i = self.find(key)?;
         let reader = self.readers[i];
-        if take && unique & INT_REQ_BIT == 0 {
+        if unique & INT_REQ_BIT != 0 {
+            return Some(match reader {
+                Route::Ring(_) => Route::Reader(0),
+                r => r,
+            });
+        }
+        if take {
             self.remove_at(i);
         }
         Some(reader)
@@ -128,14 +148,17 @@ mod tests {
     #[test]
     fn answers_go_to_their_reader_and_are_forgotten() {
         let mut o = Origins::new(8);
-        assert!(o.insert(2, 0));
-        assert!(o.insert(4, 3));
+        assert!(o.insert(2, Route::Reader(0)));
+        assert!(o.insert(4, Route::Reader(3)));
+        assert!(o.insert(6, Route::Ring(9)));
         // An INTERRUPT's reply goes to the interrupted request's reader and
-        // does not end it.
-        assert_eq!(o.reader(4 | INT_REQ_BIT, true), Some(3));
-        assert_eq!(o.reader(4, true), Some(3));
+        // does not end it; for a request from the ring, to the device.
+        assert_eq!(o.reader(4 | INT_REQ_BIT, true), Some(Route::Reader(3)));
+        assert_eq!(o.reader(6 | INT_REQ_BIT, true), Some(Route::Reader(0)));
+        assert_eq!(o.reader(4, true), Some(Route::Reader(3)));
         assert_eq!(o.reader(4, true), None);
-        assert_eq!(o.reader(2, false), Some(0));
+        assert_eq!(o.reader(6, true), Some(Route::Ring(9)));
+        assert_eq!(o.reader(2, false), Some(Route::Reader(0)));
         assert_eq!(o.len(), 1);
     }
 
@@ -145,7 +168,7 @@ mod tests {
         // checked against a plain model.
         let mut o = Origins::new(16);
         let cap = o.keys.len() as u64;
-        let mut model: Vec<(u64, u8)> = Vec::new();
+        let mut model: Vec<(u64, Route)> = Vec::new();
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         for step in 0..20_000u32 {
             x ^= x << 13;
@@ -154,7 +177,10 @@ mod tests {
             // Keys that collide often: few buckets' worth of uniques.
             let key = ((x % (cap * 3)) + 1) * 2;
             if model.len() < 16 && x & 1 == 0 && !model.iter().any(|&(k, _)| k == key) {
-                let r = (step % 7) as u8;
+                let r = match step % 3 {
+                    0 => Route::Ring(step),
+                    _ => Route::Reader((step % 7) as u8),
+                };
                 assert!(o.insert(key, r));
                 model.push((key, r));
             } else if let Some(pos) = (!model.is_empty()).then(|| (x >> 8) as usize % model.len()) {

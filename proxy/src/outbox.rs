@@ -31,6 +31,8 @@ use fuseproxy_protocol::{encode, Unique};
 use crate::arena::Lent;
 use crate::channel::{self, Send};
 use crate::device::{self, Write};
+use crate::kernel_ring::{CommitError, EntryId, KernelRing};
+use crate::origins::Route;
 
 /// Items one turn may defer; beyond, the rest is done under the lock.
 pub const CAPACITY: usize = 32;
@@ -47,10 +49,12 @@ pub enum Msg {
 
 /// One deferred piece of I/O and, once carried out, its outcome.
 pub enum Item {
-    /// A reply for the device of reader `reader`.
+    /// A reply for the device of reader `reader`, or for a ring entry;
+    /// `None` when not carried out (device given up, or a ring entry and
+    /// this is not the ring's thread).
     Write {
         msg: Msg,
-        reader: u8,
+        reader: Route,
         done: Option<Write>,
     },
     /// A request for the backend; `None` when not attempted (a send before
@@ -91,20 +95,27 @@ impl Outbox {
     }
 
     /// Does the I/O, outside the lock (or, at the end of a session, under
-    /// it). `device(i)` is reader i's device, `socket` the backend's.
+    /// it). `device(i)` is reader i's device, `socket` the backend's, `ring`
+    /// the kernel's io_uring when this is its thread (commits are queued,
+    /// and go with the ring's next wait).
     pub fn carry_out<'a>(
         &mut self,
         device: impl Fn(u8) -> Option<&'a File>,
         socket: Option<&OwnedFd>,
+        mut ring: Option<&mut KernelRing>,
     ) {
         let mut full = false;
         for item in &mut self.items {
             match item {
                 Item::Write { msg, reader, done } => {
-                    let Some(dev) = device(*reader) else {
-                        continue;
+                    *done = match *reader {
+                        Route::Reader(r) => {
+                            device(r).map(|dev| with_bytes(msg, |b| device::write(dev.as_fd(), b)))
+                        }
+                        Route::Ring(e) => ring
+                            .as_deref_mut()
+                            .map(|ring| with_bytes(msg, |b| commit(ring, e, b))),
                     };
-                    *done = Some(with_bytes(msg, |b| device::write(dev.as_fd(), b)));
                 }
                 Item::Send { msg, done } => {
                     let Some(socket) = socket.filter(|_| !full) else {
@@ -132,4 +143,21 @@ pub fn with_bytes<R>(msg: &Msg, f: impl FnOnce(&[u8]) -> R) -> R {
             f(&buf[..n])
         }
     }
+}
+
+/// Commits a reply to ring entry `entry`, with the outcome a write of it to
+/// the device would have had. A reply the entry cannot take (the device
+/// would have refused it too) is replaced by EIO: a held entry must be
+/// committed, or its caller waits forever.
+pub fn commit(ring: &mut KernelRing, entry: u32, msg: &[u8]) -> Write {
+    let entry = EntryId(entry);
+    let refused = match ring.commit(entry, msg) {
+        Ok(()) => return Write::Done,
+        // Gone with its connection, or already answered.
+        Err(CommitError::NotHeld(_)) => return Write::Stale,
+        Err(CommitError::Unique { .. }) => nix::errno::Errno::ENOENT,
+        Err(CommitError::Reply(_)) => nix::errno::Errno::EINVAL,
+    };
+    let _ = ring.commit_error(entry, libc::EIO);
+    Write::Rejected(refused)
 }

@@ -6,6 +6,8 @@
 use super::{Engine, EIO, IN_HEADER, OUT_HEADER};
 use crate::action::{DecisionKind, Event};
 use crate::init_rule::limits_for;
+use fuseproxy_protocol::flags::{FUSE_INIT_EXT, FUSE_OVER_IO_URING};
+use fuseproxy_protocol::init::{edit_init_out, InitOutEdit, InitOutView};
 use fuseproxy_protocol::{NodeId, Unique};
 
 impl Engine {
@@ -37,7 +39,7 @@ impl Engine {
         }
         let body = &mut msg[OUT_HEADER..];
         let arena = limits_for(self.config.max_message);
-        let Ok(a) = self
+        let Ok(mut a) = self
             .rules
             .init
             .handle_answer(&mut self.negotiation, arena, body)
@@ -45,6 +47,9 @@ impl Engine {
             self.push_event(Event::InitFailed { errno: EIO });
             return;
         };
+        if self.config.kernel_uring {
+            a.after = accept_uring(self.negotiation.offered, body).unwrap_or(a.after);
+        }
         self.stats.policy.init_rewrites += u64::from(a.changes);
         if a.changes > 0 {
             let changes = u64::from(a.changes);
@@ -59,3 +64,24 @@ impl Engine {
         self.push_event(a.event(&self.negotiation));
     }
 }
+
+/// Sets `FUSE_OVER_IO_URING` (and `FUSE_INIT_EXT`, which makes the kernel
+/// read bits 32..63) in the backend's INIT answer when the kernel offered
+/// both; returns the answer as the kernel will read it, or `None` if it was
+/// not offered. An answer too short to hold `flags2` (a daemon of protocol
+/// 7.35 or older) is left as it is: the returned flags then lack the bit,
+/// and the proxy stays on read(2).
+fn accept_uring(offered: u64, body: &mut [u8]) -> Option<InitOutView> {
+    let want = FUSE_OVER_IO_URING | FUSE_INIT_EXT;
+    if offered & want != want || body.len() < FLAGS2_END {
+        return None;
+    }
+    let edit = InitOutEdit {
+        set: want,
+        ..InitOutEdit::default()
+    };
+    edit_init_out(body, &edit).ok()
+}
+
+/// Bytes of `fuse_init_out` up to the end of `flags2`.
+const FLAGS2_END: usize = 40;

@@ -312,3 +312,44 @@ fn max_pages_is_left_alone_when_not_in_effect() {
     assert_eq!((out.max_pages(), out.max_pages_in_effect()), (256, 0));
     assert_eq!(e.stats().policy.init_rewrites, 0);
 }
+
+#[test]
+fn kernel_uring_is_accepted_for_the_kernel_and_never_offered_to_the_backend() {
+    use fuseproxy_protocol::flags::FUSE_OVER_IO_URING;
+    let with = |kernel_uring: bool| {
+        Engine::with_rules(
+            Config {
+                max_inflight: 8,
+                kernel_uring,
+                ..Config::default()
+            },
+            Rules::compile(&Policy::parse("t.toml", "").unwrap()),
+        )
+    };
+    let offered = OFFERED | FUSE_OVER_IO_URING;
+    // On: the backend is not offered it, the kernel's answer has it.
+    let mut e = with(true);
+    assert_eq!(offer(&mut e, offered) & FUSE_OVER_IO_URING, 0);
+    let got = answer(&mut e, libfuse_answer(FUSE_ASYNC_READ));
+    assert_eq!(got.flags() & FUSE_OVER_IO_URING, FUSE_OVER_IO_URING);
+    // Off: neither.
+    let mut e = with(false);
+    assert_eq!(offer(&mut e, offered) & FUSE_OVER_IO_URING, 0);
+    let got = answer(&mut e, libfuse_answer(FUSE_ASYNC_READ));
+    assert_eq!(got.flags() & FUSE_OVER_IO_URING, 0);
+    // On, but the kernel did not offer it (module parameter off): not set.
+    let mut e = with(true);
+    offer(&mut e, OFFERED);
+    let got = answer(&mut e, libfuse_answer(FUSE_ASYNC_READ));
+    assert_eq!(got.flags() & FUSE_OVER_IO_URING, 0);
+    // On, and a libfuse 2 answer (24 bytes, no flags2): left as it is.
+    let mut e = with(true);
+    offer(&mut e, offered);
+    let out = libfuse_answer(FUSE_ASYNC_READ);
+    let mut r = Buf::new();
+    let n = reply(&mut r, 2, &out.as_bytes()[..24]);
+    e.handle_reply(T0, SlotId(1), &mut r.0[..n], n);
+    drain(&mut e);
+    let got = InitOutView::parse(&r.0[16..n]).unwrap();
+    assert_eq!(got.flags() & FUSE_OVER_IO_URING, 0);
+}
