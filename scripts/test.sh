@@ -21,3 +21,18 @@ cargo test --workspace
 FUSEPROXY_TEST_THREADS=3 cargo test -p fuseproxy \
     --test lifecycle --test bad_backend --test times --test notifications \
     --test deadlines --test flush_retry --test stress --test daemons
+# Every end-to-end test again over FUSE-over-io_uring (--kernel-transport
+# uring through the harness's FUSEPROXY_TEST_TRANSPORT) where the kernel has
+# it: the module parameter is on for this pass only, and put back even if
+# the pass fails. Mounts given several threads stay on read(2).
+param=/sys/module/fuse/parameters/enable_uring
+if [ -w "$param" ]; then
+    old=$(cat "$param")
+    trap 'echo "$old" > "$param"' EXIT
+    echo Y > "$param"
+    FUSEPROXY_TEST_TRANSPORT=uring cargo test -p fuseproxy --test '*'
+    echo "$old" > "$param"
+    trap - EXIT
+else
+    echo "skipped the io_uring pass: $param is not writable (FUSE-over-io_uring needs Linux 6.14+ and root)"
+fi

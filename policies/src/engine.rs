@@ -567,9 +567,14 @@ impl Engine {
             return;
         }
         if entry.opcode == Opcode::Init {
-            self.negotiate(entry.unique, msg, error);
             self.stats.replies += 1;
-            self.actions.push_back(Action::DeliverReply(slot));
+            match self.negotiate(entry.unique, msg, error) {
+                Some(grown) => {
+                    self.actions.push_back(Action::Free(slot));
+                    self.actions.push_back(Action::Answer(grown));
+                }
+                None => self.actions.push_back(Action::DeliverReply(slot)),
+            }
             return;
         }
         // The rules first: what the cache keeps for local answers is what

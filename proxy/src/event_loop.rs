@@ -181,6 +181,8 @@ pub(crate) struct Shared {
     origins: Option<Origins>,
     /// `--kernel-transport uring`, until it turns out it cannot be used.
     ring: Option<RingState>,
+    /// Requests that came through the ring.
+    ring_requests: u64,
     socket: Option<Arc<OwnedFd>>,
     /// To watch the socket for room while `pending` is not empty.
     registry: mio::Registry,
@@ -367,6 +369,7 @@ impl Session {
             clones,
             origins,
             ring,
+            ring_requests: 0,
             socket: Some(socket.clone()),
             registry,
             watching_room: false,
@@ -651,6 +654,9 @@ impl Shared {
         match got {
             Read::Message(n) => {
                 self.arena.set_len(slot, n);
+                if matches!(reader, Route::Ring(_)) {
+                    self.ring_requests += 1;
+                }
                 if let Some(o) = self.origins.as_mut() {
                     let msg = self.arena.msg(slot);
                     if let Some(u) = unique_of(msg).filter(|_| expects_answer(msg)) {
@@ -958,7 +964,7 @@ impl Shared {
         let why = if offered & flags::FUSE_OVER_IO_URING == 0 {
             "the kernel did not offer it (fuse.enable_uring was off when the mount was made)"
         } else {
-            "the backend's INIT answer has no room for it (a daemon of protocol 7.35 or older)"
+            "the backend's INIT answer could not be made to carry it"
         };
         warn!(
             self.log,
@@ -1910,7 +1916,7 @@ impl Shared {
             self.log,
             "stats: requests={} forwarded={} replies={} notifications={} answered_with_error={} \
              injected={} bad_replies={} inflight={} free_slots={}/{} stale_writes={} rejected_writes={} \
-             dropped_notifications={} stale_interrupt_replies={} \
+             dropped_notifications={} stale_interrupt_replies={} ring_requests={} \
              times_acked={} times_coalesced={} times_forwarded={} times_flushes={} times_flush_errors={} \
              times_flush_moot={} times_pending={} held={} cache_clears={} denied={} faulted={} delayed={} \
              deadlines_hit={} late_replies={} flush_retries={} flush_gave_up={} init_rewrites={} \
@@ -1930,6 +1936,7 @@ impl Shared {
             self.rejected_writes,
             self.dropped_notifications,
             s.stale_interrupt_replies,
+            self.ring_requests,
             s.times.acked_locally,
             s.times.coalesced,
             s.times.forwarded_sync,

@@ -4,11 +4,11 @@
 //! denied); see `crate::init_rule` for the decisions.
 
 use super::{Engine, EIO, IN_HEADER, OUT_HEADER};
-use crate::action::{DecisionKind, Event};
+use crate::action::{DecisionKind, Event, Inline, INLINE_MAX};
 use crate::init_rule::limits_for;
 use fuseproxy_protocol::flags::{FUSE_INIT_EXT, FUSE_OVER_IO_URING};
 use fuseproxy_protocol::init::{edit_init_out, InitOutEdit, InitOutView};
-use fuseproxy_protocol::{NodeId, Unique};
+use fuseproxy_protocol::{encode_reply, NodeId, Unique};
 
 impl Engine {
     pub(super) fn rewrite_init(&mut self, unique: Unique, msg: &mut [u8]) {
@@ -32,10 +32,17 @@ impl Engine {
         });
     }
 
-    pub(super) fn negotiate(&mut self, unique: Unique, msg: &mut [u8], error: i32) {
+    /// The backend's answer to INIT, edited in place; or, when it must
+    /// grow to carry `FUSE_OVER_IO_URING`, the answer to deliver instead.
+    pub(super) fn negotiate(
+        &mut self,
+        unique: Unique,
+        msg: &mut [u8],
+        error: i32,
+    ) -> Option<Inline> {
         if error != 0 {
             self.push_event(Event::InitFailed { errno: -error });
-            return;
+            return None;
         }
         let body = &mut msg[OUT_HEADER..];
         let arena = limits_for(self.config.max_message);
@@ -45,10 +52,14 @@ impl Engine {
             .handle_answer(&mut self.negotiation, arena, body)
         else {
             self.push_event(Event::InitFailed { errno: EIO });
-            return;
+            return None;
         };
+        let mut grown = None;
         if self.config.kernel_uring {
-            a.after = accept_uring(self.negotiation.offered, body).unwrap_or(a.after);
+            if let Some((after, inline)) = accept_uring(self.negotiation.offered, unique, body) {
+                a.after = after;
+                grown = inline;
+            }
         }
         self.stats.policy.init_rewrites += u64::from(a.changes);
         if a.changes > 0 {
@@ -62,6 +73,7 @@ impl Engine {
         }
         self.minor = a.before.minor().max(1);
         self.push_event(a.event(&self.negotiation));
+        grown
     }
 }
 
@@ -69,19 +81,33 @@ impl Engine {
 /// read bits 32..63) in the backend's INIT answer when the kernel offered
 /// both; returns the answer as the kernel will read it, or `None` if it was
 /// not offered. An answer too short to hold `flags2` (a daemon of protocol
-/// 7.35 or older) is left as it is: the returned flags then lack the bit,
-/// and the proxy stays on read(2).
-fn accept_uring(offered: u64, body: &mut [u8]) -> Option<InitOutView> {
+/// 7.35 or older: libfuse 2 sends 24 bytes) is copied into a whole
+/// `fuse_init_out`, also returned: the kernel zero-fills a short answer
+/// anyway, so the fields it gains read as they did.
+fn accept_uring(
+    offered: u64,
+    unique: Unique,
+    body: &mut [u8],
+) -> Option<(InitOutView, Option<Inline>)> {
     let want = FUSE_OVER_IO_URING | FUSE_INIT_EXT;
-    if offered & want != want || body.len() < FLAGS2_END {
+    if offered & want != want {
         return None;
     }
     let edit = InitOutEdit {
         set: want,
         ..InitOutEdit::default()
     };
-    edit_init_out(body, &edit).ok()
+    if body.len() >= FLAGS2_END {
+        return Some((edit_init_out(body, &edit).ok()?, None));
+    }
+    let mut whole = [0u8; INIT_OUT_SIZE];
+    whole[..body.len()].copy_from_slice(body);
+    let after = edit_init_out(&mut whole, &edit).ok()?;
+    let mut bytes = [0u8; INLINE_MAX];
+    let n = encode_reply(&mut bytes, unique, &[&whole])?;
+    Some((after, Some(Inline::new(bytes, n))))
 }
 
-/// Bytes of `fuse_init_out` up to the end of `flags2`.
+/// Bytes of `fuse_init_out` up to the end of `flags2`, and in all.
 const FLAGS2_END: usize = 40;
+const INIT_OUT_SIZE: usize = 64;

@@ -342,14 +342,39 @@ fn kernel_uring_is_accepted_for_the_kernel_and_never_offered_to_the_backend() {
     offer(&mut e, OFFERED);
     let got = answer(&mut e, libfuse_answer(FUSE_ASYNC_READ));
     assert_eq!(got.flags() & FUSE_OVER_IO_URING, 0);
-    // On, and a libfuse 2 answer (24 bytes, no flags2): left as it is.
+    // On, and a libfuse 2 answer (24 bytes, no flags2): the kernel gets a
+    // whole fuse_init_out instead, the same in its first 24 bytes.
     let mut e = with(true);
     offer(&mut e, offered);
-    let out = libfuse_answer(FUSE_ASYNC_READ);
+    let out = InitOut {
+        minor: 26,
+        flags: FUSE_ASYNC_READ as u32,
+        ..libfuse_answer(0)
+    };
     let mut r = Buf::new();
     let n = reply(&mut r, 2, &out.as_bytes()[..24]);
     e.handle_reply(T0, SlotId(1), &mut r.0[..n], n);
-    drain(&mut e);
-    let got = InitOutView::parse(&r.0[16..n]).unwrap();
-    assert_eq!(got.flags() & FUSE_OVER_IO_URING, 0);
+    let actions = drain(&mut e);
+    let [Action::Free(SlotId(1)), Action::Answer(grown)] = &actions[..] else {
+        panic!("{actions:?}");
+    };
+    let b = grown.as_bytes();
+    assert_eq!(b.len(), 16 + 64);
+    assert_eq!(u32::from_ne_bytes(b[0..4].try_into().unwrap()), 80, "len");
+    assert_eq!(
+        u64::from_ne_bytes(b[8..16].try_into().unwrap()),
+        2,
+        "unique"
+    );
+    let got = InitOutView::parse(&b[16..]).unwrap();
+    assert_eq!(
+        got.flags(),
+        FUSE_ASYNC_READ | FUSE_OVER_IO_URING | FUSE_INIT_EXT
+    );
+    assert_eq!(
+        &b[16 + 16..16 + 24],
+        &out.as_bytes()[16..24],
+        "max_write and the rest"
+    );
+    assert_eq!(got.minor(), 26);
 }

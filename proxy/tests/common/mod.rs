@@ -22,6 +22,12 @@
 //!   `.threads(n)` itself or its proxy arguments already name `--threads`.
 //!   Mounts with `.raw_proxy_args` (the whole argv given) get it too when
 //!   they run a backend (contain `--`); Direct mode never.
+//! - `FUSEPROXY_TEST_TRANSPORT=uring` adds `--kernel-transport uring` the
+//!   same way, except where the proxy gets more than one thread (uring is
+//!   served by one) or its arguments name `--kernel-transport` or
+//!   `--threads` already. The module parameter `fuse.enable_uring` must be
+//!   on for the ring to be used (CI's uring pass sets it); otherwise the
+//!   proxy logs why and reads the device.
 //! - [`MountBuilder`]: a fresh temporary directory (mode 0755, so `nobody`
 //!   can traverse it) holding `mnt/` (the mountpoint), `backing/` (the
 //!   backend's source directory) and the child's `stderr.log`/`stdout.log`.
@@ -419,11 +425,28 @@ pub fn env_threads() -> Option<u32> {
     }
 }
 
+/// `FUSEPROXY_TEST_TRANSPORT`, if set and not empty: `uring` or `read`;
+/// panics on anything else (a typo must not silently test the default).
+pub fn env_transport() -> Option<&'static str> {
+    let v = std::env::var_os("FUSEPROXY_TEST_TRANSPORT")?;
+    match v.to_str().map(str::trim) {
+        Some("") => None,
+        Some("uring") => Some("uring"),
+        Some("read") => Some("read"),
+        _ => panic!("FUSEPROXY_TEST_TRANSPORT={v:?}: expected uring or read"),
+    }
+}
+
 /// Whether `args` already give fuseproxy `--threads`.
 fn names_threads(args: &[OsString]) -> bool {
+    names_option(args, "--threads")
+}
+
+/// Whether `args` already give fuseproxy the long option `name`.
+fn names_option(args: &[OsString], name: &str) -> bool {
     args.iter().any(|a| {
         a.to_str()
-            .is_some_and(|s| s == "--threads" || s.starts_with("--threads="))
+            .is_some_and(|s| s == name || s.strip_prefix(name).is_some_and(|r| r.starts_with('=')))
     })
 }
 
@@ -532,6 +555,33 @@ impl MountBuilder {
         self.threads.or_else(env_threads)
     }
 
+    /// The `--kernel-transport` this builder will add: `FUSEPROXY_TEST_TRANSPORT`'s,
+    /// where `FUSEPROXY_TEST_THREADS` would reach the proxy (see
+    /// [`effective_threads`](Self::effective_threads)), and only with one
+    /// forwarding thread and no `--kernel-transport` or `--threads` given.
+    pub fn effective_transport(&self) -> Option<&'static str> {
+        if self.mode != Mode::Proxy {
+            return None;
+        }
+        let given = match &self.raw_proxy_args {
+            Some(raw) => {
+                let runs_backend = raw.iter().any(|a| a == "--") && self.program.is_none();
+                if !runs_backend {
+                    return None;
+                }
+                raw
+            }
+            None => &self.proxy_args,
+        };
+        if names_option(given, "--kernel-transport") || names_threads(given) {
+            return None;
+        }
+        if self.effective_threads().is_some_and(|n| n > 1) {
+            return None;
+        }
+        env_transport()
+    }
+
     /// An environment variable for the spawned process.
     pub fn env(mut self, key: impl AsRef<OsStr>, val: impl AsRef<OsStr>) -> Self {
         self.env
@@ -619,6 +669,10 @@ impl MountBuilder {
                             a.push("--threads".into());
                             a.push(n.to_string().into());
                         }
+                        if let Some(t) = self.effective_transport() {
+                            a.push("--kernel-transport".into());
+                            a.push(t.into());
+                        }
                         a.extend(raw.iter().map(sub));
                         a
                     }
@@ -627,6 +681,10 @@ impl MountBuilder {
                         if let Some(n) = self.effective_threads() {
                             a.push("--threads".into());
                             a.push(n.to_string().into());
+                        }
+                        if let Some(t) = self.effective_transport() {
+                            a.push("--kernel-transport".into());
+                            a.push(t.into());
                         }
                         a.extend(self.proxy_args.iter().map(sub));
                         a.push(mnt.clone().into_os_string());
