@@ -62,7 +62,7 @@ impl Drop for Param {
 /// the proxy, asked to use the ring.
 fn mount() -> Mount {
     MountBuilder::passthrough(Mode::Proxy, &["-o", "cache=never"])
-        .proxy_args(&["--kernel-transport", "uring"])
+        .proxy_args(["--kernel-transport", "uring"])
         .mount()
 }
 
