@@ -312,24 +312,26 @@ pub struct Cli {
     pub threads: Option<u32>,
 
     /// How the kernel's requests reach the proxy. `read`: read(2) and
-    /// write(2) on /dev/fuse. `uring`: FUSE-over-io_uring (Linux 6.14+,
-    /// module parameter fuse.enable_uring=Y when the mount is made), one
-    /// queue of --ring-depth entries per possible CPU, a request staying on
-    /// the queue of the CPU that made it, and one system call to answer a
-    /// request and wait for the next. FORGET, INTERRUPT and notifications
-    /// still go through /dev/fuse. Served by one forwarding thread: it
-    /// cannot be combined with --threads above 1. Where the kernel or the
-    /// backend cannot do it (parameter off, io_uring disabled, a daemon of
-    /// protocol 7.35 or older), one log line says why and read(2) is used.
-    /// Each entry locks a buffer of the mount's max_write (1 MiB), so the
-    /// ring adds possible CPUs x depth MiB of locked memory.
+    /// write(2) on /dev/fuse. `uring`: FUSE-over-io_uring (Linux 6.14+, with
+    /// the module parameter fuse.enable_uring=Y when the mount is made). The
+    /// kernel keeps one queue per possible CPU and puts each request on its
+    /// caller's CPU's queue; the proxy serves each queue with a thread kept
+    /// on that CPU, which answers a request and waits for the next in one
+    /// system call. FORGET, INTERRUPT and notifications still go through
+    /// /dev/fuse. It replaces --threads, and where the kernel or io_uring
+    /// cannot do it (parameter off, io_uring disabled) one log line says
+    /// why and read(2) is used. The cost: a request holds its ring entry
+    /// until it is answered, so at most --ring-depth requests per CPU reach
+    /// the proxy at once and the rest wait in the kernel, time updates
+    /// included (over read(2) the proxy takes up to --max-inflight); and
+    /// each entry locks a buffer of the mount's max_write (1 MiB).
     #[arg(long, value_enum, default_value_t = KernelTransport::Read, value_name = "HOW")]
     pub kernel_transport: KernelTransport,
 
     /// Entries per io_uring queue with --kernel-transport uring: how many
-    /// requests made on one CPU the proxy holds at once (the rest wait in
-    /// the kernel's queue). Each costs 1 MiB of locked memory.
-    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    /// requests made on one CPU the proxy holds at once. Each locks 1 MiB
+    /// (possible CPUs x depth MiB in all: 32 MiB on 2 CPUs at the default).
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub ring_depth: u32,
 
     /// The policy file (TOML): what the proxy changes in this mount's

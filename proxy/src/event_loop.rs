@@ -117,17 +117,31 @@ pub struct Startup {
     pub ring_depth: Option<usize>,
 }
 
-/// FUSE-over-io_uring toward the kernel, seen from the session: the ring
-/// itself belongs to the forwarding thread (`forwarders::forward_ring`),
+/// FUSE-over-io_uring toward the kernel, seen from the session. Each of
+/// the kernel's queues (one per possible CPU) has its own ring, made by and
+/// belonging to its own forwarding thread (`forwarders::ring_thread`),
 /// which alone may submit to it.
 pub(crate) struct RingState {
     stage: RingStage,
     depth: usize,
-    /// Replies for ring entries made outside the ring's thread (see
-    /// `Shared::commit_later`). INVARIANT: capacity is the ring's entry
-    /// count, allocated once; an entry has at most one reply.
+    /// By queue: what reaches its thread from the others.
+    links: Vec<RingLink>,
+    /// Queue threads whose ring is set up.
+    ready: usize,
+    /// Requests from the rings waiting for their answer: while there are
+    /// none, the first queue's thread receives the backend's messages (its
+    /// own requests' answers, the proxy's, notifications), else the threads
+    /// holding requests do (see `forwarders`).
+    waiting: usize,
+}
+
+/// What reaches one queue's thread from the others.
+pub(crate) struct RingLink {
+    /// Answers for its entries made on another thread (see
+    /// `Shared::commit_later`). INVARIANT: capacity is its entry count,
+    /// allocated once; an entry has at most one answer.
     backlog: VecDeque<(u32, Msg)>,
-    /// Wakes the ring's thread; its ring watches it.
+    /// Wakes the thread; its ring watches it.
     pub(crate) wake: Arc<EventFd>,
 }
 
@@ -345,16 +359,24 @@ impl Session {
                 let queues = crate::kernel_ring::queue_count().map_err(|e| {
                     Error::Setup(format!("counting the kernel's io_uring queues: {e}"))
                 })?;
-                let wake = EventFd::from_value_and_flags(
-                    0,
-                    EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
-                )
-                .map_err(|e| Error::Setup(format!("eventfd: {e}")))?;
+                let mut links = Vec::with_capacity(queues);
+                for _ in 0..queues {
+                    let wake = EventFd::from_value_and_flags(
+                        0,
+                        EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
+                    )
+                    .map_err(|e| Error::Setup(format!("eventfd: {e}")))?;
+                    links.push(RingLink {
+                        backlog: VecDeque::with_capacity(depth),
+                        wake: Arc::new(wake),
+                    });
+                }
                 Some(RingState {
                     stage: RingStage::Wanted,
                     depth,
-                    backlog: VecDeque::with_capacity(queues * depth),
-                    wake: Arc::new(wake),
+                    links,
+                    ready: 0,
+                    waiting: 0,
                 })
             }
             None => None,
@@ -430,11 +452,13 @@ impl Session {
             socket,
         } = self;
         let spin = shared.lock().startup.spin;
-        let ring_wake = shared.lock().ring.as_ref().map(|r| r.wake.clone());
+        let ring_wakes = shared.lock().ring.as_ref().map_or_else(Vec::new, |r| {
+            r.links.iter().map(|l| l.wake.clone()).collect()
+        });
         let io = Arc::new(crate::forwarders::Io {
             devices: readers,
             socket,
-            ring_wake,
+            ring_wakes,
         });
         if io.devices.len() == 1 {
             let (mine, io) = (shared.clone(), io.clone());
@@ -656,6 +680,9 @@ impl Shared {
                 self.arena.set_len(slot, n);
                 if matches!(reader, Route::Ring(_)) {
                     self.ring_requests += 1;
+                    if let Some(r) = self.ring.as_mut() {
+                        r.waiting += 1;
+                    }
                 }
                 if let Some(o) = self.origins.as_mut() {
                     let msg = self.arena.msg(slot);
@@ -919,10 +946,14 @@ impl Shared {
     /// The reader that read the request `unique`: its answer must be
     /// written to that reader's device. `take`: this is the answer itself.
     fn reader_of(&mut self, unique: u64, take: bool) -> Route {
-        match self.origins.as_mut() {
+        let route = match self.origins.as_mut() {
             Some(o) => o.reader(unique, take).unwrap_or(Route::Reader(0)),
             None => Route::Reader(0),
+        };
+        if let (Route::Ring(_), true, Some(r)) = (route, take, self.ring.as_mut()) {
+            r.waiting = r.waiting.saturating_sub(1);
         }
+        route
     }
 
     /// A reply for a ring entry, from outside the ring's thread (the main
@@ -930,10 +961,14 @@ impl Shared {
     /// alone may commit, and the thread woken. Dropped once the ring is
     /// gone: its entries are then out of service.
     fn commit_later(&mut self, entry: u32, msg: Msg) {
-        match self.ring.as_mut() {
-            Some(ring) if ring.backlog.len() < ring.backlog.capacity() => {
-                ring.backlog.push_back((entry, msg));
-                let _ = ring.wake.write(1);
+        let link = self.ring.as_mut().and_then(|r| {
+            let q = entry as usize / r.depth;
+            r.links.get_mut(q)
+        });
+        match link {
+            Some(link) if link.backlog.len() < link.backlog.capacity() => {
+                link.backlog.push_back((entry, msg));
+                let _ = link.wake.write(1);
             }
             _ => {
                 if let Msg::Slot(lent) = msg {
@@ -951,11 +986,11 @@ impl Shared {
             return;
         };
         if flags & flags::FUSE_OVER_IO_URING != 0 {
-            let queues = ring.backlog.capacity() / ring.depth;
             // 0: FUSE_MAX_PAGES not in effect, the kernel's default.
             let pages = if max_pages == 0 { 32 } else { max_pages };
             ring.stage = RingStage::Start(RingConfig {
-                queues,
+                first_queue: 0,
+                queues: ring.links.len(),
                 depth: ring.depth,
                 payload: fuseproxy_protocol::uring::ring_payload_size(max_write, pages, 4096),
             });
@@ -973,6 +1008,19 @@ impl Shared {
         self.ring = None;
     }
 
+    /// Whether the rings are (still) to be served: not once they have been
+    /// given up for read(2).
+    pub(crate) fn ring_in_use(&self) -> bool {
+        self.ring.is_some()
+    }
+
+    /// Whether the first queue's thread should receive the backend's
+    /// messages although it holds no request: no ring request is waiting
+    /// for its answer, so no other thread is receiving.
+    pub(crate) fn rings_idle(&self) -> bool {
+        self.ring.as_ref().is_none_or(|r| r.waiting == 0)
+    }
+
     /// The ring the forwarding thread must set up now, once.
     pub(crate) fn ring_to_start(&self) -> Option<RingConfig> {
         match self.ring.as_ref()?.stage {
@@ -981,12 +1029,13 @@ impl Shared {
         }
     }
 
-    /// The forwarding thread's attempt at the ring. Refused by the kernel
-    /// at once, the connection goes on over /dev/fuse (the kernel says so
-    /// by clearing its io_uring mode); any other failure leaves the
-    /// kernel holding every request for a ring that will not come, so the
-    /// connection is aborted.
-    /// Returns whether the ring is in service.
+    /// A queue thread's attempt at its ring. Refused by the kernel at once,
+    /// the connection goes on over /dev/fuse (the kernel says so by
+    /// clearing its io_uring mode, and no request has come through any
+    /// ring, which is ready only once every queue has entries); any other
+    /// failure leaves the kernel holding every request for a ring that
+    /// will not come, so the connection is aborted. Returns whether the
+    /// thread serves its ring.
     pub(crate) fn ring_started(
         &mut self,
         done: Result<&crate::kernel_ring::KernelRing, crate::kernel_ring::RingError>,
@@ -994,23 +1043,30 @@ impl Shared {
         use crate::kernel_ring::RingError;
         match done {
             Ok(r) => {
-                if let Some(ring) = self.ring.as_mut() {
+                let Some(ring) = self.ring.as_mut() else {
+                    // Given up meanwhile by another queue's thread.
+                    return false;
+                };
+                ring.ready += 1;
+                if ring.ready == ring.links.len() {
                     ring.stage = RingStage::Running;
+                    info!(
+                        self.log,
+                        "FUSE-over-io_uring: {} queues of {} entries, {} KiB each{}, \
+                         one thread per queue",
+                        ring.links.len(),
+                        ring.depth,
+                        r.max_request_len() / 1024,
+                        if r.is_locked() {
+                            ", locked"
+                        } else {
+                            ", NOT locked"
+                        }
+                    );
                 }
-                info!(
-                    self.log,
-                    "FUSE-over-io_uring: {} queues of {} entries, {} KiB each{}",
-                    r.queues(),
-                    r.entries() / r.queues().max(1),
-                    r.max_request_len() / 1024,
-                    if r.is_locked() {
-                        ", locked"
-                    } else {
-                        ", NOT locked"
-                    }
-                );
                 return true;
             }
+            Err(_) if self.ring.is_none() => {}
             Err(e @ RingError::Register { .. }) => {
                 warn!(
                     self.log,
@@ -1063,17 +1119,27 @@ impl Shared {
         self.kernel_gone();
     }
 
-    /// Replies waiting for the ring's thread (see `commit_later`), moved to
-    /// its `outbox` up to its room.
-    pub(crate) fn take_ring_backlog(&mut self, outbox: &mut Outbox) {
-        let Some(ring) = self.ring.as_mut() else {
+    /// Whether answers wait for queue `q`'s thread (see `commit_later`).
+    pub(crate) fn has_ring_backlog(&self, q: usize) -> bool {
+        self.ring
+            .as_ref()
+            .and_then(|r| r.links.get(q))
+            .is_some_and(|l| !l.backlog.is_empty())
+    }
+
+    /// Answers waiting for queue `q`'s thread, moved to its turn's I/O up to
+    /// the room there (a turn must have begun: they are carried out at its
+    /// end, on that thread).
+    pub(crate) fn take_ring_backlog(&mut self, q: usize) {
+        debug_assert!(self.defer, "outside a turn");
+        let Some(link) = self.ring.as_mut().and_then(|r| r.links.get_mut(q)) else {
             return;
         };
-        while outbox.has_room() {
-            let Some((entry, msg)) = ring.backlog.pop_front() else {
+        while self.outbox.has_room() {
+            let Some((entry, msg)) = link.backlog.pop_front() else {
                 break;
             };
-            outbox.push(Item::Write {
+            self.outbox.push(Item::Write {
                 msg,
                 reader: Route::Ring(entry),
                 done: None,

@@ -26,13 +26,14 @@
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::arena::Lent;
 use crate::channel;
 use crate::device;
 use crate::event_loop::{Locked, Shared};
-use crate::kernel_ring::{Arrival, KernelRing, RingConfig};
+use crate::kernel_ring::{Arrival, KernelRing, RingConfig, RingError};
 use crate::origins::Route;
 use crate::outbox::Outbox;
 
@@ -41,8 +42,8 @@ use crate::outbox::Outbox;
 pub struct Io {
     pub devices: Vec<std::sync::Arc<File>>,
     pub socket: std::sync::Arc<OwnedFd>,
-    /// Wakes the ring's thread (`--kernel-transport uring`).
-    pub ring_wake: Option<std::sync::Arc<nix::sys::eventfd::EventFd>>,
+    /// Wakes each queue's ring thread (`--kernel-transport uring`).
+    pub ring_wakes: Vec<std::sync::Arc<nix::sys::eventfd::EventFd>>,
 }
 
 /// The end of a turn: the lock is let go, the turn's I/O carried out, and
@@ -216,18 +217,37 @@ enum Step {
     Ring(RingConfig),
 }
 
-/// Reads one message from the device (`kernel`) or the socket, if allowed.
+/// Which side a step reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// The device.
+    Kernel,
+    /// The backend's socket.
+    Backend,
+    /// The backend's socket, unless requests from the rings wait for
+    /// answers: their threads receive then (the first queue's thread, when
+    /// it holds none itself).
+    BackendIfIdle,
+}
+
+/// Reads one message from the device or the socket, if allowed.
 fn step(
     shared: &Locked,
     io: &Io,
     outbox: &mut Outbox,
-    kernel: bool,
+    side: Side,
     ring: Option<&mut KernelRing>,
 ) -> Step {
+    let kernel = side == Side::Kernel;
     let mut buf = {
         let mut s = shared.lock();
-        if let Some(config) = s.ring_to_start() {
+        // Over read(2) only: once the rings serve, the other queues' threads
+        // may still be setting theirs up.
+        if let Some(config) = s.ring_to_start().filter(|_| ring.is_none()) {
             return Step::Ring(config);
+        }
+        if side == Side::BackendIfIdle && !s.rings_idle() {
+            return Step::Empty;
         }
         let (done, may) = if kernel {
             (s.readers_done(), s.may_read_request())
@@ -263,20 +283,62 @@ fn step(
 
 /// The one forwarding thread of `--threads 1`: both sides, on non-blocking
 /// descriptors (see the module doc), over read(2) or, once INIT has
-/// accepted it, over the kernel's io_uring.
-pub fn forward(shared: &Locked, io: &Io, spin: Duration) {
+/// accepted it, over the kernel's io_uring: then it serves the first queue
+/// and starts a thread for each other one.
+pub fn forward(shared: &Arc<Locked>, io: &Arc<Io>, spin: Duration) {
     let Some(config) = forward_both(shared, io, spin) else {
         return;
     };
-    // The ring is made on this thread, the only one that may submit to it.
-    let ring = KernelRing::new(io.devices[0].as_fd(), config);
+    for q in 1..config.queues {
+        let (mine, io) = (shared.clone(), io.clone());
+        let started = spawn(&format!("ring-{q}"), move || {
+            ring_thread(&mine, &io, spin, config, q)
+        });
+        if let Err(e) = started {
+            // The kernel holds every request until each queue has entries.
+            shared
+                .lock()
+                .ring_started(Err(RingError::Thread(e.raw_os_error().unwrap_or(0))));
+        }
+    }
+    ring_thread(shared, io, spin, config, 0);
+    // The rings given up, or failed: the rest over read(2) (they are set
+    // up at most once). After an ordinary end both sides are over already.
+    let _ = forward_both(shared, io, spin);
+}
+
+/// The thread of queue `q`: on its CPU, with its own ring (made on this
+/// thread, the only one that may submit to it), for as long as the rings
+/// serve.
+fn ring_thread(shared: &Locked, io: &Io, spin: Duration, config: RingConfig, q: usize) {
+    pin_to_cpu(q);
+    let mine = RingConfig {
+        first_queue: q,
+        queues: 1,
+        ..config
+    };
+    let ring = KernelRing::new(io.devices[0].as_fd(), mine);
     let started = shared.lock().ring_started(ring.as_ref().map_err(|e| *e));
     if let Some(ring) = ring.ok().filter(|_| started) {
-        forward_ring(shared, io, spin, ring);
+        forward_ring(shared, io, spin, ring, q);
     }
-    // The ring given up, or failed: the rest over read(2) (it is set up at
-    // most once). After an ordinary end both sides are over already.
-    let _ = forward_both(shared, io, spin);
+}
+
+/// Keeps the calling thread on `cpu`, whose requests its ring's queue
+/// gets: a caller's request, its answer and its next request then pass
+/// between threads of one CPU, which costs microseconds, where a hand-off
+/// to a sleeping CPU costs tens (see the README). A CPU that is possible
+/// but not online refuses; the thread then runs anywhere.
+#[allow(unsafe_code)]
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET writes inside it
+    // (it ignores a CPU beyond the set's size), and sched_setaffinity only
+    // reads it, for the calling thread (0).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
 }
 
 /// Both sides over read(2), until they are over (`None`) or the ring is to
@@ -290,7 +352,7 @@ fn forward_both(shared: &Locked, io: &Io, spin: Duration) -> Option<RingConfig> 
     let mut last = Instant::now();
     loop {
         let k = if kernel_ready {
-            step(shared, io, &mut outbox, true, None)
+            step(shared, io, &mut outbox, Side::Kernel, None)
         } else {
             Step::Empty
         };
@@ -298,7 +360,7 @@ fn forward_both(shared: &Locked, io: &Io, spin: Duration) -> Option<RingConfig> 
             return Some(config);
         }
         let b = if backend_ready {
-            step(shared, io, &mut outbox, false, None)
+            step(shared, io, &mut outbox, Side::Backend, None)
         } else {
             Step::Empty
         };
@@ -350,17 +412,23 @@ const WATCH_SOCKET: usize = 1;
 const WATCH_WAKE: usize = 2;
 
 /// Takes the next request the ring has brought, if allowed, and hands it
-/// to the engine; first commits what other threads left for the ring.
-fn ring_step(shared: &Locked, io: &Io, outbox: &mut Outbox, ring: &mut KernelRing) -> Step {
+/// to the engine; first commits what other threads left for queue `q`.
+fn ring_step(
+    shared: &Locked,
+    io: &Io,
+    outbox: &mut Outbox,
+    ring: &mut KernelRing,
+    q: usize,
+) -> Step {
     let mut buf = {
         let mut s = shared.lock();
-        s.take_ring_backlog(outbox);
-        if !outbox.is_empty() {
+        if s.has_ring_backlog(q) {
             s.begin_turn();
+            s.take_ring_backlog(q);
             finish_turn(shared, s, outbox, io, Some(ring));
             return Step::Moved;
         }
-        if s.readers_done() {
+        if s.readers_done() || !s.ring_in_use() {
             return Step::Over;
         }
         match s.may_read_request().then(|| s.take_buffer()).flatten() {
@@ -391,36 +459,47 @@ fn ring_step(shared: &Locked, io: &Io, outbox: &mut Outbox, ring: &mut KernelRin
     }
 }
 
-/// The forwarding thread once the kernel's requests come through `ring`:
-/// as `forward_both`, with the ring's wait in place of poll(2). The ring
-/// also watches the device (FORGET, INTERRUPT and the end still come
-/// through it), the socket and the session's wake-up, so one
+/// Queue `q`'s thread once the kernel's requests come through `ring`: as
+/// `forward_both`, with the ring's wait in place of poll(2). One
 /// io_uring_enter both sends the answers made since the last one and waits
-/// for whatever comes next.
-fn forward_ring(shared: &Locked, io: &Io, spin: Duration, mut ring: KernelRing) {
+/// for whatever comes next: a request, a wake-up from another thread, the
+/// socket. The backend's messages are received by the threads holding
+/// requests (a thread watches the socket while it holds some), and by the
+/// first queue's thread while no thread holds any (the answers to the
+/// proxy's own requests, notifications); it also reads the device, which
+/// still carries FORGET, INTERRUPT and the end of the connection.
+fn forward_ring(shared: &Locked, io: &Io, spin: Duration, mut ring: KernelRing, q: usize) {
+    let home = q == 0;
     let mut outbox = Outbox::default();
-    ring.watch(io.devices[0].as_fd(), WATCH_DEVICE);
-    ring.watch(io.socket.as_fd(), WATCH_SOCKET);
-    if let Some(w) = io.ring_wake.as_ref() {
+    if home {
+        ring.watch(io.devices[0].as_fd(), WATCH_DEVICE);
+        ring.watch(io.socket.as_fd(), WATCH_SOCKET);
+    }
+    if let Some(w) = io.ring_wakes.get(q) {
         ring.watch(w.as_fd(), WATCH_WAKE);
     }
-    let (mut kernel_ready, mut backend_ready) = (true, true);
+    let (mut kernel_ready, mut backend_ready) = (home, true);
     let mut last = Instant::now();
     loop {
-        let r = ring_step(shared, io, &mut outbox, &mut ring);
+        let r = ring_step(shared, io, &mut outbox, &mut ring, q);
         let k = if kernel_ready {
-            step(shared, io, &mut outbox, true, Some(&mut ring))
+            step(shared, io, &mut outbox, Side::Kernel, Some(&mut ring))
         } else {
             Step::Empty
         };
-        let b = if backend_ready {
-            step(shared, io, &mut outbox, false, Some(&mut ring))
-        } else {
-            Step::Empty
+        let side = match (ring.held() > 0, home) {
+            (true, _) => Some(Side::Backend),
+            (false, true) => Some(Side::BackendIfIdle),
+            (false, false) => None,
+        };
+        let b = match side.filter(|_| backend_ready) {
+            Some(side) => step(shared, io, &mut outbox, side, Some(&mut ring)),
+            None => Step::Empty,
         };
         kernel_ready &= k != Step::Empty;
         backend_ready &= b != Step::Empty;
-        if r == Step::Over && k == Step::Over && b == Step::Over {
+        let over = r == Step::Over && (!home || (k == Step::Over && b == Step::Over));
+        if over || (r == Step::Over && !shared.lock().ring_in_use()) {
             // Sends the last answers before the ring goes.
             let _ = ring.wait(0, Some(Duration::ZERO));
             return;
@@ -429,8 +508,17 @@ fn forward_ring(shared: &Locked, io: &Io, spin: Duration, mut ring: KernelRing) 
             last = Instant::now();
             continue;
         }
+        if !home && ring.held() > 0 {
+            ring.watch_once(io.socket.as_fd(), WATCH_SOCKET);
+        }
         let held = [r, k, b].contains(&Step::Held);
         if !held && last.elapsed() < spin {
+            // The answers made since the last wait go first: their callers'
+            // next requests are what the spin waits for.
+            if let Err(e) = ring.flush() {
+                shared.lock().ring_failed(e);
+                return;
+            }
             // Spinning reads the ring's shared memory only: a request or a
             // watched descriptor shows as task work waiting.
             let until = last + spin;
@@ -455,7 +543,7 @@ fn forward_ring(shared: &Locked, io: &Io, spin: Duration, mut ring: KernelRing) 
         kernel_ready |= woken & (1 << WATCH_DEVICE) != 0 || k == Step::Held;
         backend_ready |= woken & (1 << WATCH_SOCKET) != 0 || b == Step::Held;
         if woken & (1 << WATCH_WAKE) != 0 {
-            if let Some(w) = io.ring_wake.as_ref() {
+            if let Some(w) = io.ring_wakes.get(q) {
                 let _ = w.read();
             }
         }

@@ -164,12 +164,15 @@ const REQUEST_OVERHEAD: usize = 40 + FUSE_URING_OP_IN_OUT_SZ;
 /// fd, off, addr, then len at byte 24).
 const SQE_LEN_OFFSET: usize = 24;
 
-/// The shape of a ring: how many queues, entries per queue, and payload
-/// bytes per entry.
+/// The shape of a ring: which queues, entries per queue, and payload bytes
+/// per entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RingConfig {
-    /// Queues to register: the kernel's count, [`queue_count`]. Fewer leave
-    /// the ring never ready, and the connection's requests blocked.
+    /// The first queue this ring registers entries for.
+    pub first_queue: usize,
+    /// Queues to register, from `first_queue`. Every queue of the kernel's
+    /// count ([`queue_count`]) needs entries in some ring: until then the
+    /// ring is not ready, and the connection's requests are held.
     pub queues: usize,
     /// Entries per queue: how many requests of one CPU can be with the
     /// proxy at once.
@@ -179,7 +182,8 @@ pub struct RingConfig {
     pub payload: usize,
 }
 
-/// An entry of the ring: `qid * depth + index in queue`.
+/// An entry of the connection's rings: `qid * depth + index in queue`, the
+/// same in every ring of one connection (each holds the ids of its queues).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EntryId(pub u32);
 
@@ -281,6 +285,8 @@ pub enum RingError {
     },
     /// `io_uring_enter` failed.
     Enter(i32),
+    /// The thread that would serve a queue could not be started.
+    Thread(i32),
 }
 
 impl fmt::Display for RingError {
@@ -311,6 +317,11 @@ impl fmt::Display for RingError {
             RingError::Enter(errno) => write!(
                 f,
                 "io_uring_enter failed: {}",
+                io::Error::from_raw_os_error(errno)
+            ),
+            RingError::Thread(errno) => write!(
+                f,
+                "cannot start a queue's thread: {}",
                 io::Error::from_raw_os_error(errno)
             ),
         }
@@ -406,11 +417,15 @@ pub struct KernelRing {
     /// capacity is the entry count, and each entry has at most one command
     /// pending, so it never grows.
     ready: VecDeque<(u32, i32)>,
-    queues: usize,
+    /// The global id of this ring's first entry: ids are global
+    /// ([`EntryId`]), indices into `states` local.
+    first: usize,
     depth: usize,
     locked: bool,
-    /// Descriptors watched for input, by token: (fd, armed).
-    watches: [(i32, bool); MAX_WATCHES],
+    /// Entries held (requests owed a reply).
+    holding: usize,
+    /// Descriptors watched for input, by token: (fd, armed, multishot).
+    watches: [(i32, bool, bool); MAX_WATCHES],
     /// Tokens whose descriptor became readable since the last
     /// [`KernelRing::take_woken`], as bits.
     woken: u64,
@@ -488,6 +503,7 @@ impl KernelRing {
     /// Memory in the module doc).
     pub fn new(dev: impl AsFd, config: RingConfig) -> Result<KernelRing, RingError> {
         let RingConfig {
+            first_queue,
             queues,
             depth,
             payload,
@@ -495,7 +511,7 @@ impl KernelRing {
         if queues == 0 || depth == 0 {
             return Err(RingError::Config("queues and depth must be at least 1"));
         }
-        if queues > usize::from(u16::MAX) + 1 {
+        if first_queue + queues > usize::from(u16::MAX) + 1 {
             return Err(RingError::Config("a queue id is 16 bits"));
         }
         if payload < FUSE_MIN_READ_BUFFER || payload > u32::MAX as usize / 2 {
@@ -562,10 +578,11 @@ impl KernelRing {
             iovecs,
             states: vec![State::Dead; entries].into_boxed_slice(),
             ready: VecDeque::with_capacity(entries),
-            queues,
+            first: first_queue * depth,
             depth,
             locked,
-            watches: [(-1, false); MAX_WATCHES],
+            holding: 0,
+            watches: [(-1, false, false); MAX_WATCHES],
             woken: 0,
         };
         for i in 0..entries {
@@ -586,7 +603,7 @@ impl KernelRing {
         // completes only when a request arrives (result 0).
         if let Some(&(i, res)) = this.ready.iter().find(|&&(_, res)| res < 0) {
             return Err(RingError::Register {
-                entry: EntryId(i),
+                entry: this.global(i as usize),
                 errno: -res,
             });
         }
@@ -625,6 +642,20 @@ impl KernelRing {
         Ok(self.ready.len())
     }
 
+    /// Submits the queued commits (and re-armed watches) without waiting,
+    /// if there are any: before spinning on [`KernelRing::has_work`], whose
+    /// next request may be the answer to one of them.
+    ///
+    /// # Errors
+    ///
+    /// As [`KernelRing::wait`].
+    pub fn flush(&mut self) -> Result<(), RingError> {
+        if self.ring.submission().is_empty() {
+            return Ok(());
+        }
+        self.wait(0, Some(Duration::ZERO)).map(drop)
+    }
+
     /// Moves the completion queue's entries to `ready`.
     fn reap(&mut self) {
         let mut rearm = 0u64;
@@ -643,7 +674,9 @@ impl KernelRing {
         }
         for token in (0..MAX_WATCHES).filter(|t| rearm & (1 << t) != 0) {
             self.watches[token].1 = false;
-            self.arm(token);
+            if self.watches[token].2 {
+                self.arm(token);
+            }
         }
     }
 
@@ -659,17 +692,34 @@ impl KernelRing {
     /// If `token` is [`MAX_WATCHES`] or more.
     pub fn watch(&mut self, fd: BorrowedFd<'_>, token: usize) {
         assert!(token < MAX_WATCHES, "watch token {token}");
-        self.watches[token] = (fd.as_raw_fd(), false);
+        self.watches[token] = (fd.as_raw_fd(), false, true);
+        self.arm(token);
+    }
+
+    /// Watches `fd` for input once: the next time it is readable (at
+    /// once if it is) [`KernelRing::take_woken`] reports `token`; call
+    /// again to watch again. Calling it while the watch is armed does
+    /// nothing.
+    ///
+    /// # Panics
+    ///
+    /// If `token` is [`MAX_WATCHES`] or more.
+    pub fn watch_once(&mut self, fd: BorrowedFd<'_>, token: usize) {
+        assert!(token < MAX_WATCHES, "watch token {token}");
+        if self.watches[token].1 {
+            return;
+        }
+        self.watches[token] = (fd.as_raw_fd(), false, false);
         self.arm(token);
     }
 
     fn arm(&mut self, token: usize) {
-        let (fd, armed) = self.watches[token];
+        let (fd, armed, multi) = self.watches[token];
         if armed || fd < 0 {
             return;
         }
         let sqe = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
-            .multi(true)
+            .multi(multi)
             .build()
             .user_data(WATCH | token as u64);
         let sqe: squeue::Entry128 = sqe.into();
@@ -708,8 +758,8 @@ impl KernelRing {
             self.max_request_len()
         );
         let (i, res) = self.ready.pop_front()?;
-        let entry = EntryId(i);
         let i = i as usize;
+        let entry = self.global(i);
         debug_assert_eq!(self.states[i], State::Kernel);
         if res != 0 {
             self.states[i] = State::Dead;
@@ -722,6 +772,7 @@ impl KernelRing {
         // The kernel completes an entry's command after copying the
         // request, and writes the buffers again only after the commit.
         self.states[i] = State::Held { commit_id: 0 };
+        self.holding += 1;
         let (commit_id, converted) = {
             let (header, payload) = self.held_bufs(i);
             let id = header.ring_ent_in_out.commit_id;
@@ -747,7 +798,9 @@ impl KernelRing {
     ///
     /// [`CommitError`]; nothing is queued and the entry stays held.
     pub fn commit(&mut self, entry: EntryId, reply: &[u8]) -> Result<(), CommitError> {
-        let i = entry.0 as usize;
+        let Some(i) = self.local(entry) else {
+            return Err(CommitError::NotHeld(entry));
+        };
         let Some(State::Held { commit_id }) = self.states.get(i).copied() else {
             return Err(CommitError::NotHeld(entry));
         };
@@ -772,6 +825,7 @@ impl KernelRing {
         .user_data(i as u64);
         self.push(&sqe);
         self.states[i] = State::Kernel;
+        self.holding -= 1;
         Ok(())
     }
 
@@ -782,7 +836,7 @@ impl KernelRing {
     ///
     /// [`CommitError::NotHeld`].
     pub fn commit_error(&mut self, entry: EntryId, errno: i32) -> Result<(), CommitError> {
-        let Some(State::Held { commit_id }) = self.states.get(entry.0 as usize).copied() else {
+        let Some(State::Held { commit_id }) = self.local(entry).map(|i| self.states[i]) else {
             return Err(CommitError::NotHeld(entry));
         };
         let header = OutHeader {
@@ -798,8 +852,8 @@ impl KernelRing {
         let req = UringCmdReq {
             flags: 0,
             commit_id,
-            // `new` bounds queues by 2^16.
-            qid: (i / self.depth) as u16,
+            // `new` bounds queue ids by 2^16.
+            qid: ((self.first + i) / self.depth) as u16,
             padding: [0; 6],
         };
         let mut area = [0u8; FUSE_URING_CMD_AREA_SZ];
@@ -858,22 +912,38 @@ impl KernelRing {
     }
 
     /// Entries in all.
+    #[cfg(test)]
     pub fn entries(&self) -> usize {
         self.states.len()
     }
 
     /// Queues registered.
+    #[cfg(test)]
     pub fn queues(&self) -> usize {
-        self.queues
+        self.states.len() / self.depth
     }
 
     /// Entries the caller holds (requests owed a reply).
-    #[cfg(test)]
     pub fn held(&self) -> usize {
-        self.states
-            .iter()
-            .filter(|s| matches!(s, State::Held { .. }))
-            .count()
+        self.holding
+    }
+
+    /// Whether `entry` is one of this ring's.
+    pub fn owns(&self, entry: EntryId) -> bool {
+        self.local(entry).is_some()
+    }
+
+    /// The index in `states` of a global entry id, if this ring has it.
+    fn local(&self, entry: EntryId) -> Option<usize> {
+        (entry.0 as usize)
+            .checked_sub(self.first)
+            .filter(|&i| i < self.states.len())
+    }
+
+    /// The global id of local entry `i`.
+    fn global(&self, i: usize) -> EntryId {
+        // `new` bounds entries by 2^15 per ring and queue ids by 2^16.
+        EntryId((self.first + i) as u32)
     }
 
     /// Whether every entry is out of service: the connection is over, or
@@ -1019,6 +1089,7 @@ mod tests {
     fn kernel_ring_config_bounds() {
         let dev = File::open("/dev/null").unwrap();
         let cfg = RingConfig {
+            first_queue: 0,
             queues: 1,
             depth: 1,
             payload: 8192,
@@ -1031,6 +1102,7 @@ mod tests {
             ..cfg
         }));
         assert!(bad(RingConfig {
+            first_queue: 0,
             queues: 300,
             depth: 300,
             ..cfg
@@ -1415,6 +1487,7 @@ mod tests {
 
     fn ring_for(mnt: &Mount, depth: usize) -> KernelRing {
         let config = RingConfig {
+            first_queue: 0,
             queues: queue_count().unwrap(),
             depth,
             payload: ring_payload_size(MAX_WRITE, 32, PAGE),
@@ -1558,6 +1631,7 @@ mod tests {
         }
         let mut mnt = Mount::new(true);
         let config = RingConfig {
+            first_queue: 0,
             queues: 1,
             depth: 1,
             payload: ring_payload_size(MAX_WRITE, 32, PAGE),

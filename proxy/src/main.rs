@@ -217,7 +217,7 @@ fn run(
     let threads = match cli.threads {
         Some(n) if uring && n > 1 => {
             return Err(Error::Usage(format!(
-                "--kernel-transport uring is served by one forwarding thread; \
+                "--kernel-transport uring serves each CPU's queue with its own thread; \
                  it cannot be combined with --threads {n}"
             )))
         }

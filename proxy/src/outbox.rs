@@ -112,8 +112,10 @@ impl Outbox {
                         Route::Reader(r) => {
                             device(r).map(|dev| with_bytes(msg, |b| device::write(dev.as_fd(), b)))
                         }
+                        // Another queue's entry: its thread commits it.
                         Route::Ring(e) => ring
                             .as_deref_mut()
+                            .filter(|ring| ring.owns(EntryId(e)))
                             .map(|ring| with_bytes(msg, |b| commit(ring, e, b))),
                     };
                 }
