@@ -1,9 +1,10 @@
 //! fuseproxy-bench: the cost of fuseproxy against a direct mount of the same
-//! backend, with and without a cache policy, and against a stacked FUSE
-//! layer (bindfs), as ratios.
+//! backend, with and without a cache policy, over FUSE-over-io_uring, and
+//! against a stacked FUSE layer (bindfs), as ratios.
 //!
 //! One run mounts libfuse3's `passthrough_ll` (built at run time from the
-//! libfuse3-dev examples) over a directory on local disk four ways and runs
+//! libfuse3-dev examples) over a directory on local disk in each selected
+//! way (four by default) and runs
 //! the same workloads on each. Each (round, workload group, configuration)
 //! gets a fresh mount and a fresh backing directory; within a round the
 //! configurations alternate (their order rotates from round to round and
@@ -16,6 +17,7 @@ mod mounts;
 mod procs;
 mod report;
 mod tree;
+mod uring_param;
 mod worker;
 mod workloads;
 
@@ -33,14 +35,18 @@ use report::{Failure, Sample};
 use workloads::{Sizes, Workload, GROUPS};
 
 const LONG_ABOUT: &str = "\
-Mounts libfuse3's passthrough_ll over a directory on local disk four ways and runs \
-the same workloads on each:
+Mounts libfuse3's passthrough_ll over a directory on local disk in each selected way \
+(--configs; the first four by default) and runs the same workloads on each:
 
   direct       passthrough_ll -f -o source=BACKING MNT
   proxy        fuseproxy MNT -- passthrough_ll -f -o source=BACKING MNT
   proxy-cache  fuseproxy --policy FILE MNT -- passthrough_ll -f -o source=BACKING MNT
                (FILE: [cache] min_entry_timeout = min_attr_timeout = --cache-floor)
   stacked      passthrough_ll -f -o source=BACKING LOWER, then bindfs -f -o big_writes LOWER MNT
+  proxy-uring  fuseproxy --kernel-transport uring MNT -- passthrough_ll -f -o source=BACKING MNT
+               (not in the default list) what FUSE-over-io_uring toward the kernel saves or costs \
+against proxy's read(2)/write(2) on /dev/fuse; sets /sys/module/fuse/parameters/enable_uring \
+to Y for the run and restores it.
 
 passthrough_ll runs with its defaults (cache=auto: 1 s entry/attribute timeout, no \
 keep_cache; no writeback; multithreaded) in every configuration; --backend-opt adds \
@@ -79,7 +85,9 @@ struct Cli {
     #[arg(long)]
     smoke: bool,
 
-    /// Configurations, comma-separated: direct, proxy, proxy-cache, stacked.
+    /// Configurations, comma-separated: direct, proxy, proxy-cache, stacked,
+    /// proxy-uring (not a default: it needs the fuse module parameter
+    /// enable_uring, which the harness sets to Y for the run).
     #[arg(
         long,
         value_enum,
@@ -140,7 +148,8 @@ struct Cli {
     backend_opts: Vec<String>,
 
     /// An extra argument for fuseproxy, before MOUNTPOINT (e.g.
-    /// --proxy-arg=--arena-size=64M). May be repeated.
+    /// --proxy-arg=--arena-size=64M). May be repeated. proxy-uring leaves
+    /// out --threads and --kernel-transport (one thread serves the ring).
     #[arg(long = "proxy-arg", value_name = "ARG", allow_hyphen_values = true)]
     proxy_args: Vec<String>,
 
@@ -431,6 +440,30 @@ fn run(cli: &Cli) -> Res<i32> {
         );
     }
     let target_dir = exe_dir.parent().unwrap_or(&exe_dir).join("fuseproxy-bench");
+    // proxy-uring: the kernel offers FUSE-over-io_uring only while the
+    // parameter is Y. Set here, before any round; dropping the guard (the
+    // end of this function, whichever way it returns, ^C included) puts the
+    // old value back.
+    let enable_uring = if configs.contains(&Config::ProxyUring) {
+        let g = uring_param::EnableUring::set(Path::new(uring_param::ENABLE_URING))?;
+        if g.old() != "Y" {
+            eprintln!(
+                "fuseproxy-bench: proxy-uring: {} set to Y for the run (it was {}; restored at the end)",
+                uring_param::ENABLE_URING,
+                g.old()
+            );
+        }
+        let dropped = mounts::uring_dropped_args(&cli.proxy_args);
+        if !dropped.is_empty() {
+            eprintln!(
+                "fuseproxy-bench: proxy-uring: without --proxy-arg {} (the ring is served by one thread, with the configuration's transport)",
+                dropped.join(" ")
+            );
+        }
+        Some(g)
+    } else {
+        None
+    };
 
     // The run folder.
     let base = cli.dir.join("fuseproxy-bench");
@@ -631,7 +664,7 @@ fn run(cli: &Cli) -> Res<i32> {
     );
     println!(
         "medians over the rounds; P = parallel callers; ratio = median / direct's median at the same P; \
-         layer = fuseproxy (proxy, proxy-cache) or bindfs (stacked); layer RSS = its peak resident memory (VmHWM) \
+         layer = fuseproxy (proxy, proxy-cache, proxy-uring) or bindfs (stacked); layer RSS = its peak resident memory (VmHWM) \
          during the workload; CPU µs/req = the proxy's CPU time / proxy reqs"
     );
     if configs.contains(&Config::ProxyCache) {
@@ -643,6 +676,14 @@ fn run(cli: &Cli) -> Res<i32> {
             } else {
                 format!("; backend options: {}", cli.backend_opts.join(" "))
             }
+        );
+    }
+    if let Some(g) = &enable_uring {
+        println!(
+            "proxy-uring: fuseproxy --kernel-transport uring (the kernel's requests over FUSE-over-io_uring; \
+             a mount where the proxy fell back to read(2) fails); {} was {} before the run, Y during it",
+            uring_param::ENABLE_URING,
+            g.old()
         );
     }
     print!("{}", report::table(&rows));
@@ -706,6 +747,11 @@ fn run(cli: &Cli) -> Res<i32> {
             "backend_opts": cli.backend_opts,
             "proxy_args": cli.proxy_args,
             "proxy_cache_policy": configs.contains(&Config::ProxyCache).then_some(&cache_policy_text),
+            "enable_uring": enable_uring.as_ref().map(|g| json!({
+                "param": uring_param::ENABLE_URING,
+                "before": g.old(),
+                "during": "Y",
+            })),
             "timeout_s": cli.timeout,
             "configs": configs.iter().map(|c| (c.name().to_string(), json!(tools.describe(*c)))).collect::<serde_json::Map<_, _>>(),
             "workloads": selected.iter().map(|w| w.name()).collect::<Vec<_>>(),

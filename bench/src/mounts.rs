@@ -1,4 +1,4 @@
-//! The four ways of mounting the backend, and the guard that owns a mount:
+//! The ways of mounting the backend, and the guard that owns a mount:
 //! every process it started, every mountpoint, the backing directory. Its
 //! `Drop` always cleans up (lazy unmount, then the processes by pid).
 
@@ -19,8 +19,17 @@ const MOUNT_TIMEOUT: Duration = Duration::from_secs(15);
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the proxy gets to log its counters after SIGUSR1.
 const STATS_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the proxy gets to log whether its FUSE-over-io_uring queues are
+/// in service, once the mount answered.
+const RING_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One of the four configurations.
+/// The start of the proxy's line when its io_uring queues are in service
+/// (`FUSE-over-io_uring: 2 queues of 2 entries, 1028 KiB each, locked`).
+const RING_USED: (&str, &str) = ("FUSE-over-io_uring: ", "queues of");
+/// The proxy's line when it fell back to read(2).
+const RING_NOT_USED: &str = "FUSE-over-io_uring not used:";
+
+/// One of the configurations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Config {
     /// `passthrough_ll` mounted on MNT by libfuse itself: the reference.
@@ -30,6 +39,12 @@ pub enum Config {
     /// `fuseproxy --policy FILE MNT -- passthrough_ll ... MNT`, FILE raising
     /// the backend's entry and attribute timeouts to a floor (`[cache]`).
     ProxyCache,
+    /// `fuseproxy --kernel-transport uring MNT -- passthrough_ll ... MNT`:
+    /// the kernel's requests through FUSE-over-io_uring instead of
+    /// read(2)/write(2) on /dev/fuse. Needs the fuse module parameter
+    /// `enable_uring` at `Y` (the harness sets it for the run), and one
+    /// forwarding thread (no `--threads`).
+    ProxyUring,
     /// `passthrough_ll` mounted on LOWER, `bindfs -o big_writes LOWER MNT`
     /// on top: the cost of a second FUSE layer, for comparison.
     Stacked,
@@ -41,6 +56,7 @@ impl Config {
             Config::Direct => "direct",
             Config::Proxy => "proxy",
             Config::ProxyCache => "proxy-cache",
+            Config::ProxyUring => "proxy-uring",
             Config::Stacked => "stacked",
         }
     }
@@ -48,14 +64,17 @@ impl Config {
     /// Whether fuseproxy is the layer (stopped by SIGTERM, counted by
     /// SIGUSR1).
     pub fn is_proxy(self) -> bool {
-        matches!(self, Config::Proxy | Config::ProxyCache)
+        matches!(
+            self,
+            Config::Proxy | Config::ProxyCache | Config::ProxyUring
+        )
     }
 
     /// The process between the kernel and the backend, if any.
     pub fn layer_name(self) -> Option<&'static str> {
         match self {
             Config::Direct => None,
-            Config::Proxy | Config::ProxyCache => Some("fuseproxy"),
+            Config::Proxy | Config::ProxyCache | Config::ProxyUring => Some("fuseproxy"),
             Config::Stacked => Some("bindfs"),
         }
     }
@@ -91,14 +110,26 @@ impl Tools {
     }
 
     /// fuseproxy's own arguments (before MOUNTPOINT) in a proxy
-    /// configuration: `--proxy-arg`s, and `--policy FILE` for proxy-cache.
+    /// configuration: `--proxy-arg`s, `--policy FILE` for proxy-cache, and
+    /// `--kernel-transport uring` for proxy-uring (whose `--proxy-arg`s lose
+    /// any `--threads` and `--kernel-transport`: the proxy refuses the ring
+    /// with more than one thread, and the transport is the configuration's).
     fn proxy_own_args(&self, config: Config) -> Vec<String> {
-        let mut v = self.proxy_args.clone();
-        if config == Config::ProxyCache {
-            v.push("--policy".into());
-            v.push(self.cache_policy.display().to_string());
+        match config {
+            Config::ProxyCache => {
+                let mut v = self.proxy_args.clone();
+                v.push("--policy".into());
+                v.push(self.cache_policy.display().to_string());
+                v
+            }
+            Config::ProxyUring => {
+                let (mut v, _) = without_options(&self.proxy_args, URING_OWN);
+                v.push("--kernel-transport".into());
+                v.push("uring".into());
+                v
+            }
+            _ => self.proxy_args.clone(),
         }
-        v
     }
 
     fn backend_args(&self, backing: &Path, mnt: &Path) -> Vec<String> {
@@ -127,7 +158,7 @@ impl Tools {
         };
         match config {
             Config::Direct => vec![pll("{mnt}")],
-            Config::Proxy | Config::ProxyCache => {
+            Config::Proxy | Config::ProxyCache | Config::ProxyUring => {
                 let mut p = String::from("fuseproxy");
                 for a in &self.proxy_own_args(config) {
                     p.push(' ');
@@ -235,7 +266,7 @@ impl Mounted {
                 m.launch("passthrough_ll", &mut cmd, &mnt)?;
                 m.backend_pid = m.procs[0].child.id() as i32;
             }
-            Config::Proxy | Config::ProxyCache => {
+            Config::Proxy | Config::ProxyCache | Config::ProxyUring => {
                 let mut cmd = Command::new(&tools.proxy);
                 cmd.args(tools.proxy_own_args(config))
                     .arg(&mnt)
@@ -279,6 +310,11 @@ impl Mounted {
                             m.log_tail()
                         ));
                     }
+                }
+                if config == Config::ProxyUring {
+                    // Otherwise this configuration would measure plain
+                    // proxy under another name.
+                    m.ring_in_service()?;
                 }
             }
             Config::Stacked => {
@@ -471,6 +507,42 @@ impl Mounted {
         }
     }
 
+    /// proxy-uring: waits for the proxy's line saying whether its
+    /// FUSE-over-io_uring queues are in service (the proxy logs one or the
+    /// other once INIT is answered, which the mount's first stat waited
+    /// for). An error if it fell back to read(2), or said nothing.
+    fn ring_in_service(&mut self) -> Res<()> {
+        let log = self.proxy_log.clone().ok_or("no proxy log")?;
+        let end = Instant::now() + RING_TIMEOUT;
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(l) = text.lines().find(|l| l.contains(RING_NOT_USED)) {
+                return Err(format!(
+                    "proxy-uring: fuseproxy fell back to read(2) on /dev/fuse, so this mount would \
+                     measure plain proxy: {}",
+                    l.trim()
+                ));
+            }
+            if text.lines().any(|l| {
+                l.find(RING_USED.0)
+                    .is_some_and(|i| l[i + RING_USED.0.len()..].contains(RING_USED.1))
+            }) {
+                return Ok(());
+            }
+            self.check_alive()?;
+            if Instant::now() >= end {
+                return Err(format!(
+                    "proxy-uring: fuseproxy logged neither \"{}... {}\" nor \"{RING_NOT_USED}\" \
+                     within {RING_TIMEOUT:?} of the mount (is it a build without --kernel-transport uring?){}",
+                    RING_USED.0,
+                    RING_USED.1,
+                    self.log_tail()
+                ));
+            }
+            procs::sleep(Duration::from_millis(2))?;
+        }
+    }
+
     /// Orderly end: unmount (SIGTERM for the proxy) and wait for every daemon.
     /// An error means the configuration misbehaved on the way out.
     pub fn stop(&mut self) -> Res<()> {
@@ -481,7 +553,7 @@ impl Mounted {
 
     fn stop_inner(&mut self) -> Res<()> {
         match self.config {
-            Config::Proxy | Config::ProxyCache => {
+            Config::Proxy | Config::ProxyCache | Config::ProxyUring => {
                 let proc = &mut self.procs[0];
                 nix::sys::signal::kill(Pid::from_raw(proc.child.id() as i32), Signal::SIGTERM)
                     .map_err(|e| format!("SIGTERM to fuseproxy: {e}"))?;
@@ -601,6 +673,36 @@ impl Mounted {
             }
         }
     }
+}
+
+/// fuseproxy's options that proxy-uring sets itself (each takes a value).
+const URING_OWN: &[&str] = &["--threads", "--kernel-transport"];
+
+/// `args` without the long options named in `names` (as `--name=V` or
+/// `--name V`, each taking a value), and the ones removed.
+pub fn without_options(args: &[String], names: &[&str]) -> (Vec<String>, Vec<String>) {
+    let mut kept = Vec::new();
+    let mut dropped = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let name = a.split_once('=').map_or(a.as_str(), |(n, _)| n);
+        if !names.contains(&name) {
+            kept.push(a.clone());
+            continue;
+        }
+        dropped.push(a.clone());
+        if !a.contains('=') {
+            if let Some(v) = it.next() {
+                dropped.push(v.clone());
+            }
+        }
+    }
+    (kept, dropped)
+}
+
+/// The `--proxy-arg`s proxy-uring leaves out (see `Tools::proxy_own_args`).
+pub fn uring_dropped_args(args: &[String]) -> Vec<String> {
+    without_options(args, URING_OWN).1
 }
 
 /// True if `path` is a fuse / fuse.* mount point in this namespace.
@@ -747,6 +849,30 @@ mod tests {
         let r = "INFO stats: late_replies=66 times_forwarded=77 allocations=4 cache_changed=42 \
                  bad_replies=2 answered_with_error=1 replies=8 forwarded=9 requests=10";
         assert_eq!(parse_counters(r).unwrap(), c);
+    }
+
+    #[test]
+    fn uring_args_lose_threads() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let args = v(&["--spin-us=0", "--threads", "2", "-o", "ro", "--threads=3"]);
+        let (kept, dropped) = without_options(&args, URING_OWN);
+        assert_eq!(kept, v(&["--spin-us=0", "-o", "ro"]));
+        assert_eq!(dropped, v(&["--threads", "2", "--threads=3"]));
+        let t = Tools {
+            passthrough: "pll".into(),
+            proxy: "fp".into(),
+            backend_opts: vec![],
+            proxy_args: v(&["--kernel-transport=read", "--threads=2"]),
+            cache_policy: "p.toml".into(),
+        };
+        assert_eq!(
+            t.proxy_own_args(Config::ProxyUring),
+            v(&["--kernel-transport", "uring"])
+        );
+        assert_eq!(
+            t.proxy_own_args(Config::Proxy),
+            v(&["--kernel-transport=read", "--threads=2"])
+        );
     }
 
     #[test]
