@@ -115,6 +115,34 @@ fn threads_beyond_the_arena_are_refused_before_mounting() {
 }
 
 #[test]
+fn the_ring_with_several_threads_is_refused_before_mounting() {
+    usage_error(
+        &[
+            "--kernel-transport",
+            "uring",
+            "--threads",
+            "2",
+            "{mnt}",
+            "--",
+            "/bin/true",
+            "{mnt}",
+        ],
+        &["--kernel-transport uring", "--threads 2"],
+    );
+    usage_error(
+        &[
+            "--kernel-transport",
+            "io_uring",
+            "{mnt}",
+            "--",
+            "/bin/true",
+            "{mnt}",
+        ],
+        &["io_uring", "--kernel-transport"],
+    );
+}
+
+#[test]
 fn backend_command_without_double_dash() {
     usage_error(
         &["{mnt}", "/bin/true", "{mnt}"],

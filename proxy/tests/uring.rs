@@ -151,9 +151,24 @@ fn the_ring_carries_every_cpus_requests_and_every_result_is_right() {
     let mut m = mount();
     let log = m.proxy_log();
     assert!(
-        log.contains("FUSE-over-io_uring: ") && log.contains(" queues of "),
+        log.contains("FUSE-over-io_uring: ") && log.contains("one thread per queue"),
         "the ring was not set up:\n{log}"
     );
+    // One thread per queue: the first is the forwarding thread itself.
+    let queues = fs::read_to_string("/sys/devices/system/cpu/possible")
+        .ok()
+        .and_then(|p| {
+            let (lo, hi) = p.trim().split_once('-')?;
+            Some(hi.parse::<usize>().ok()? - lo.parse::<usize>().ok()? + 1)
+        })
+        .unwrap_or(1);
+    let names: Vec<String> = fs::read_dir(format!("/proc/{}/task", m.pid()))
+        .unwrap()
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .filter(|n| n.starts_with("ring-"))
+        .collect();
+    assert_eq!(names.len(), queues - 1, "ring threads {names:?}");
     workload(&m).unwrap_or_else(|e| panic!("{e}\n{}", m.proxy_log()));
     let stats = dump_stats(&mut m);
     let through_ring = stat_field(&stats, "ring_requests");
