@@ -31,6 +31,7 @@ pub mod inflight;
 pub mod init_rule;
 mod instant;
 pub mod names;
+pub mod node_map;
 pub mod paths;
 pub mod rules;
 mod stats;
