@@ -10,8 +10,9 @@ use fuseproxy_protocol::{NodeId, Opcode, Unique};
 pub struct SlotId(pub u32);
 
 /// The largest message the engine builds itself: a request of its own (a
-/// DESTROY, a SETATTR, a FORGET) or a local answer (`fuse_attr_out`).
-pub const INLINE_MAX: usize = 160;
+/// DESTROY, a SETATTR, a FORGET, a LOOKUP of a name up to 255 bytes after a
+/// restart) or a local answer (`fuse_attr_out`).
+pub const INLINE_MAX: usize = 304;
 
 /// A message the engine encoded itself: a request of the proxy's own for the
 /// backend, or an answer for the kernel. 8-aligned like an arena slot, so
@@ -161,6 +162,34 @@ pub enum Event {
         left: u32,
         /// When it goes again unless something on the node needs it sooner.
         after: crate::Duration,
+    },
+    /// The backend died and a new one is being started (`--restart`).
+    BackendRestarting {
+        /// Requests it had in flight, answered EIO (the kernel's) or kept
+        /// (time updates).
+        inflight: usize,
+        /// Nodes with time updates it has not applied, kept for the next.
+        times_pending: usize,
+    },
+    /// The new backend answered INIT as the first one did; the session goes
+    /// on with it.
+    BackendRestarted {
+        /// Nodes whose time updates are sent to it now.
+        times_pending: usize,
+        /// Nodes the kernel holds, found again (or never lost).
+        nodes: usize,
+        /// Open files reopened.
+        handles: usize,
+        /// Nodes lost, in all restarts so far: they answer ESTALE.
+        lost_nodes: u64,
+        /// Open files lost, in all restarts so far: they answer ESTALE.
+        lost_handles: u64,
+    },
+    /// The new backend cannot stand in for the old one; the session ends
+    /// as if the backend had died for good.
+    RestartRefused {
+        /// Why.
+        why: &'static str,
     },
     /// The backend went away with time updates it never applied.
     TimesLost {
@@ -375,6 +404,9 @@ decision_kinds! {
     /// A reply from the backend dropped as invalid (`bad`, by reason);
     /// `detail` is the [`BadReplyReason`] code.
     BadReplyDropped = 28, "bad_reply_dropped";
+    /// Answered ESTALE: its node or open file did not survive a restart of
+    /// the backend (`answered_with_error`).
+    Stale = 29, "stale";
 }
 
 impl DecisionKind {
@@ -398,6 +430,7 @@ impl DecisionKind {
                 | Busy
                 | BadReplyAnswered
                 | SendFailed
+                | Stale
         )
     }
 }

@@ -2,6 +2,7 @@
 
 mod hooks;
 mod init;
+mod restart;
 mod times_rule;
 
 use std::collections::VecDeque;
@@ -64,6 +65,9 @@ pub struct Config {
     /// Nodes whose names the path table keeps (for `[[paths]]`); 0 when
     /// the policy has no path rules.
     pub path_nodes: usize,
+    /// `--restart`: the node and handle map that lets a new backend stand
+    /// in for a dead one is kept (`node_map`).
+    pub restart: bool,
     /// Accept `FUSE_OVER_IO_URING` toward the kernel when it offers it: the
     /// proxy, not the backend, serves the kernel's io_uring queues, so the
     /// flag is set in the answer the kernel gets (the backend never sees it
@@ -85,6 +89,7 @@ impl Default for Config {
             default_permissions: false,
             path_nodes: 0,
             kernel_uring: false,
+            restart: false,
         }
     }
 }
@@ -93,6 +98,11 @@ impl Default for Config {
 /// with this room once, and the contract (drain after every input) keeps it
 /// from growing.
 const ACTION_QUEUE: usize = 256;
+/// `--restart`'s tables: nodes and open files the kernel may hold, and the
+/// bytes of their names (64 per node on average).
+const RESTART_NODES: usize = 65_536;
+const RESTART_HANDLES: usize = 16_384;
+const RESTART_NAME_BYTES: usize = 4 << 20;
 const EVENT_QUEUE: usize = 64;
 pub(crate) const OUT_HEADER: usize = 16;
 pub(crate) const IN_HEADER: usize = 40;
@@ -162,6 +172,21 @@ pub struct Engine {
     /// What `[init]` did to the session's INIT.
     negotiation: Negotiation,
     backend_gone: bool,
+    /// `--restart`: where the backend is.
+    backend: restart::Backend,
+    /// The dead backend's in-flight requests are being answered.
+    draining: bool,
+    /// The kernel's INIT as the backend got it, and its length.
+    init_copy: ([u8; restart::INIT_COPY], usize),
+    /// What the kernel was told in answer to it.
+    told: Option<fuseproxy_protocol::InitOutView>,
+    /// `--restart`: the kernel's nodes and handles and how to find them
+    /// again.
+    nodes: Option<crate::node_map::NodeMap>,
+    /// The proxy's own LOOKUPs and OPENs of a recovery, in flight.
+    recovering: u32,
+    /// The request being injected names the new backend's ids already.
+    raw_injection: bool,
     next_injected: u64,
     shutting_down: bool,
     /// The unique of our DESTROY, while it waits for its reply.
@@ -233,6 +258,20 @@ impl Engine {
             minor: 0,
             negotiation: Negotiation::default(),
             backend_gone: false,
+            backend: restart::Backend::Live,
+            draining: false,
+            init_copy: ([0; restart::INIT_COPY], 0),
+            told: None,
+            nodes: config.restart.then(|| {
+                crate::node_map::NodeMap::new(
+                    RESTART_NODES,
+                    RESTART_HANDLES,
+                    RESTART_NAME_BYTES,
+                    config.max_inflight,
+                )
+            }),
+            recovering: 0,
+            raw_injection: false,
             next_injected: INJECTED_UNIQUE_BASE,
             shutting_down: false,
             destroy_pending: None,
@@ -278,6 +317,7 @@ impl Engine {
         self.inflight.len() < self.config.max_inflight
             && self.held.len() < self.held.capacity()
             && self.actions.len() < ACTION_QUEUE / 2
+            && !self.is_restarting()
     }
 
     /// The kernel's requests that can wait for an answer at once: in flight
@@ -387,13 +427,13 @@ impl Engine {
                     let n = arg.nlookup;
                     self.attrs.remove(node);
                     let deferred = self.defer_forget(node, n);
-                    self.forward_unless(deferred, slot);
+                    self.forward_unless(deferred, slot, msg);
                     self.forgotten();
                     return;
                 }
                 Operation::BatchForget { .. } => {
                     let all_deferred = self.filter_batch_forget(msg) == 0;
-                    self.forward_unless(all_deferred, slot);
+                    self.forward_unless(all_deferred, slot, msg);
                     self.forgotten();
                     return;
                 }
@@ -441,6 +481,10 @@ impl Engine {
             }
             _ => {}
         }
+        if !self.map_request(unique, node, opcode, msg) {
+            self.actions.push_back(Action::Free(slot));
+            return;
+        }
         if opcode.needs_reply()
             && !self.inflight.insert(Entry {
                 unique,
@@ -487,8 +531,9 @@ impl Engine {
 
     /// FORGET and BATCH_FORGET, which expect no reply: forwarded now, or
     /// (all of it deferred behind flushes) never in this form.
-    fn forward_unless(&mut self, deferred: bool, slot: SlotId) {
-        if deferred {
+    fn forward_unless(&mut self, deferred: bool, slot: SlotId, msg: &mut [u8]) {
+        let lost = !deferred && !self.map_request(Unique(0), NodeId(0), Opcode::Forget, msg);
+        if deferred || lost {
             self.actions.push_back(Action::Free(slot));
         } else {
             self.stats.forwarded += 1;
@@ -526,6 +571,11 @@ impl Engine {
         };
         let (unique, error, kind) = (parsed.unique(), parsed.error(), parsed.kind());
         if let ReplyKind::Notify(_) = kind {
+            if !self.map_reply(Opcode::Init, NodeId(0), msg) {
+                // Names a node the kernel does not know under that id.
+                self.actions.push_back(Action::Free(slot));
+                return;
+            }
             self.stats.notifications += 1;
             self.actions.push_back(Action::DeliverReply(slot));
             return;
@@ -562,7 +612,11 @@ impl Engine {
             return;
         };
         if entry.origin == Origin::Proxy {
-            self.injected_reply(entry, error, msg);
+            if entry.opcode == Opcode::Init {
+                self.replayed_init_answered(error, msg);
+            } else if !self.recovery_answered(&entry, error, msg) {
+                self.injected_reply(entry, error, msg);
+            }
             self.actions.push_back(Action::Free(slot));
             return;
         }
@@ -575,6 +629,18 @@ impl Engine {
                 }
                 None => self.actions.push_back(Action::DeliverReply(slot)),
             }
+            return;
+        }
+        if !self.map_reply(entry.opcode, entry.node, msg) {
+            // The new backend handed out an id the map cannot give the
+            // kernel: its caller gets EIO.
+            self.answer_error(
+                entry.unique,
+                entry.node,
+                EIO,
+                DecisionKind::BadReplyAnswered,
+            );
+            self.actions.push_back(Action::Free(slot));
             return;
         }
         // The rules first: what the cache keeps for local answers is what
@@ -700,6 +766,15 @@ impl Engine {
         let unique = Unique(header.unique);
         let mut bytes = [0u8; INLINE_MAX];
         let len = encode::encode_request(&mut bytes, &header, &[body])?;
+        // The proxy's own requests name the kernel's ids, like the kernel's:
+        // translated the same way (a recovery's are not: see `inject_raw`).
+        if !self.raw_injection {
+            if let Some(map) = self.nodes.as_mut() {
+                if map.handle_request(&mut bytes[..len]).is_err() {
+                    return None;
+                }
+            }
+        }
         if let Some(aux) = aux {
             if !self.inflight.insert(Entry {
                 unique,
@@ -739,6 +814,14 @@ impl Engine {
     pub fn poll_action(&mut self, _now: Instant) -> Option<Action> {
         if let Some(a) = self.actions.pop_front() {
             return Some(a);
+        }
+        if self.draining {
+            while let Some(entry) = self.inflight.pop_any() {
+                if let Some(a) = self.drain_one(entry) {
+                    return Some(a);
+                }
+            }
+            self.draining = false;
         }
         if self.backend_gone {
             while let Some(entry) = self.inflight.pop_any() {

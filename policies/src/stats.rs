@@ -16,6 +16,8 @@ pub struct Stats {
     /// Replies to an INTERRUPT whose request had been answered already
     /// (dropped: the kernel has nothing to act on).
     pub stale_interrupt_replies: u64,
+    /// Times the backend was started again under the mount (`--restart`).
+    pub restarts: u64,
     /// Requests the engine answered itself with an error (malformed, backend gone).
     pub answered_with_error: u64,
     /// Requests of the proxy's own sent to the backend.

@@ -328,6 +328,19 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = KernelTransport::Read, value_name = "HOW")]
     pub kernel_transport: KernelTransport,
 
+    /// What to do when the backend dies or its channel fails. `no`: answer
+    /// what waits with EIO, unmount and exit 1. `on-failure`: keep the
+    /// mount and start the backend's command again over a new channel of
+    /// the same kind, at most `max` times (default 5) within `window`
+    /// (default 60s); past that, give up as with `no`. The new daemon is
+    /// sent the kernel's INIT again, and refused (as with `no`) if it
+    /// answers with capabilities or limits the kernel was not told of.
+    /// Requests in flight when the daemon died are answered EIO; requests
+    /// made meanwhile wait for the new daemon; time updates not yet applied
+    /// are applied to it. Example: `--restart on-failure,max=3,window=10s`.
+    #[arg(long, value_name = "WHEN", default_value = "no", value_parser = RestartPolicy::parse)]
+    pub restart: RestartPolicy,
+
     /// Entries per io_uring queue with --kernel-transport uring: how many
     /// requests made on one CPU the proxy holds at once. Each locks 1 MiB
     /// (possible CPUs x depth MiB in all: 32 MiB on 2 CPUs at the default).
@@ -533,6 +546,21 @@ pub fn rewrite_mountpoint(
     canonical: &Path,
     fd: i32,
 ) -> Result<Vec<OsString>, Error> {
+    let idx = mountpoint_arg(argv, mountpoint, canonical)?;
+    let mut out = argv.to_vec();
+    out[idx] = OsString::from(format!("/dev/fd/{fd}"));
+    Ok(out)
+}
+
+/// The index in `argv` of the last argument (after the program) that names
+/// `mountpoint`: equal as written, or resolving to the same path. Call it
+/// before the mount exists: resolving a path inside a mount whose backend
+/// is not answering would wait for it.
+pub fn mountpoint_arg(
+    argv: &[OsString],
+    mountpoint: &Path,
+    canonical: &Path,
+) -> Result<usize, Error> {
     let names_it = |a: &OsStr| {
         a == mountpoint.as_os_str()
             || (!a.as_encoded_bytes().starts_with(b"-")
@@ -552,9 +580,7 @@ pub fn rewrite_mountpoint(
                 mountpoint.display()
             ))
         })?;
-    let mut out = argv.to_vec();
-    out[idx] = OsString::from(format!("/dev/fd/{fd}"));
-    Ok(out)
+    Ok(idx)
 }
 
 /// The backend program's base name (libfuse's default subtype).
@@ -568,6 +594,78 @@ pub fn program_name(argv: &[OsString]) -> String {
                 .into_owned()
         })
         .unwrap_or_default()
+}
+
+/// `--restart`: whether, and how often, a dead backend is started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// Restarts allowed within `window`; 0: never restart.
+    pub max: u32,
+    /// The sliding window the restarts are counted in.
+    pub window: std::time::Duration,
+}
+
+impl RestartPolicy {
+    /// `no`, or `on-failure[,max=N][,window=DURATION]`.
+    pub fn parse(s: &str) -> Result<RestartPolicy, String> {
+        let mut parts = s.split(',');
+        let mut p = match parts.next().map(str::trim) {
+            Some("no") => {
+                return match parts.next() {
+                    None => Ok(RestartPolicy {
+                        max: 0,
+                        window: std::time::Duration::ZERO,
+                    }),
+                    Some(_) => Err(format!("\"{s}\": \"no\" takes no options")),
+                }
+            }
+            Some("on-failure") => RestartPolicy {
+                max: 5,
+                window: std::time::Duration::from_secs(60),
+            },
+            _ => {
+                return Err(format!(
+                    "\"{s}\": expected \"no\" or \"on-failure[,max=N][,window=DURATION]\""
+                ))
+            }
+        };
+        for part in parts {
+            match part.trim().split_once('=') {
+                Some(("max", n)) => {
+                    p.max = n
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|n| (1..=1000).contains(n))
+                        .ok_or_else(|| format!("max=\"{n}\": expected a count from 1 to 1000"))?;
+                }
+                Some(("window", d)) => {
+                    let d = fuseproxy_policies::config::Dur::parse(d)
+                        .map_err(|e| format!("window={e}"))?
+                        .0;
+                    let d = std::time::Duration::from_nanos(d.as_nanos());
+                    if d.is_zero() || d > std::time::Duration::from_secs(86_400) {
+                        return Err(format!(
+                            "window=\"{}\": expected more than 0 and at most a day",
+                            part.trim().trim_start_matches("window=")
+                        ));
+                    }
+                    p.window = d;
+                }
+                _ => {
+                    return Err(format!(
+                        "\"{}\": unknown option of on-failure (max=N, window=DURATION)",
+                        part.trim()
+                    ))
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    /// Whether the backend is started again at all.
+    pub fn enabled(&self) -> bool {
+        self.max > 0
+    }
 }
 
 /// `--kernel-transport`.
@@ -593,6 +691,39 @@ mod tests {
 
     fn os(v: &[&str]) -> Vec<OsString> {
         v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn restart_policies() {
+        use std::time::Duration;
+        let p = |s| RestartPolicy::parse(s);
+        assert!(!p("no").unwrap().enabled());
+        assert_eq!(
+            p("on-failure").unwrap(),
+            RestartPolicy {
+                max: 5,
+                window: Duration::from_secs(60)
+            }
+        );
+        assert_eq!(
+            p("on-failure,max=3,window=10s").unwrap(),
+            RestartPolicy {
+                max: 3,
+                window: Duration::from_secs(10)
+            }
+        );
+        for bad in [
+            "always",
+            "no,max=2",
+            "on-failure,max=0",
+            "on-failure,window=0",
+            "on-failure,window=5",
+            "on-failure,tries=2",
+            "on-failure,max=x",
+        ] {
+            let e = p(bad).unwrap_err();
+            assert!(!e.is_empty(), "{bad}");
+        }
     }
 
     #[test]

@@ -90,6 +90,9 @@ enum Phase {
 }
 
 /// A message waiting for room on the backend's socket.
+// Unboxed on purpose: a box would be an allocation per message, and the
+// queue is allocated once at its full size.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Copy)]
 enum Pending {
     Slot(SlotId),
@@ -197,6 +200,11 @@ pub(crate) struct Shared {
     ring: Option<RingState>,
     /// Requests that came through the ring.
     ring_requests: u64,
+    /// `--restart`: starts the backend again when it dies.
+    restarter: Option<crate::restarter::Restarter>,
+    /// The backend died and the main thread is starting it again; its
+    /// socket is not read meanwhile.
+    relaunching: bool,
     socket: Option<Arc<OwnedFd>>,
     /// To watch the socket for room while `pending` is not empty.
     registry: mio::Registry,
@@ -282,6 +290,7 @@ impl Session {
         backend: Backend,
         mut recorder: Option<Recorder>,
         startup: Startup,
+        restarter: Option<crate::restarter::Restarter>,
     ) -> Result<Session, Error> {
         // The capture carries the engine's decisions; without one they are
         // not even queued.
@@ -392,6 +401,8 @@ impl Session {
             origins,
             ring,
             ring_requests: 0,
+            restarter,
+            relaunching: false,
             socket: Some(socket.clone()),
             registry,
             watching_room: false,
@@ -520,6 +531,9 @@ impl Session {
                     }
                     t => warn!(s.log, "event for unknown token {}", t.0),
                 }
+            }
+            if s.relaunching {
+                s.relaunch();
             }
             s.handle_deadlines();
             s.pump();
@@ -658,7 +672,7 @@ impl Shared {
     /// notification holds the channel until the writer gives a slot back or
     /// NOTIFY_STALL passes.
     pub(crate) fn may_receive(&self) -> bool {
-        self.parked.is_none() && self.arena.free() > 0
+        self.parked.is_none() && self.arena.free() > 0 && !self.relaunching
     }
 
     /// A whole slot to read a message into, outside the lock.
@@ -736,7 +750,9 @@ impl Shared {
             }
             Recv::WouldBlock => self.arena.release(slot),
             // The proxy shut the socket itself at the end of the session.
-            Recv::Closed(_) if self.socket.is_none() => self.arena.release(slot),
+            Recv::Closed(_) if self.socket.is_none() || self.relaunching => {
+                self.arena.release(slot)
+            }
             Recv::Closed(errno) => {
                 self.arena.release(slot);
                 let how = match errno {
@@ -1604,6 +1620,31 @@ impl Shared {
                     after.as_nanos() / 1_000_000
                 );
             }
+            Event::BackendRestarting {
+                inflight,
+                times_pending,
+            } => info!(
+                self.log,
+                "{inflight} requests were with the dead backend (the kernel's answered EIO); \
+                 time updates of {times_pending} nodes kept for the next"
+            ),
+            Event::BackendRestarted {
+                times_pending,
+                nodes,
+                handles,
+                lost_nodes,
+                lost_handles,
+            } => info!(
+                self.log,
+                "the new backend answered INIT as the first did and found {nodes} nodes and \
+                 {handles} open files again ({lost_nodes} nodes and {lost_handles} open files \
+                 lost so far answer ESTALE); going on, time updates of {times_pending} nodes \
+                 sent to it"
+            ),
+            Event::RestartRefused { why } => {
+                self.restarter = None;
+                self.backend_gone(format!("was started again, but {why}"));
+            }
             Event::TimesLost { nodes } => {
                 error!(
                     self.log,
@@ -1809,8 +1850,23 @@ impl Shared {
     }
 
     fn backend_gone(&mut self, how: String) {
-        if self.backend_end.is_some() {
+        if self.backend_end.is_some() || self.relaunching {
             return;
+        }
+        if self.phase == Phase::Running && self.engine.is_initialized() {
+            let allowed = self
+                .restarter
+                .as_mut()
+                .map(|r| r.allow(std::time::Instant::now()));
+            match allowed {
+                Some(Ok(n)) => return self.restart_backend(&how, n),
+                Some(Err(why)) => warn!(
+                    self.log,
+                    "backend (pid {}) {how}; not started again: {why}",
+                    self.backend.pid()
+                ),
+                None => {}
+            }
         }
         self.backend_end = Some(how);
         self.stop_deferring();
@@ -1821,6 +1877,75 @@ impl Shared {
         self.run_actions();
         if self.phase != Phase::KernelGone {
             self.phase = Phase::BackendGone;
+        }
+    }
+
+    /// `--restart`: the backend died with the kernel's side live. Its
+    /// in-flight requests are answered, reading stops, and the main thread
+    /// starts it again (`relaunch`), off the forwarding threads.
+    fn restart_backend(&mut self, how: &str, n: u32) {
+        self.relaunching = true;
+        self.stop_deferring();
+        self.wake_main = true;
+        warn!(
+            self.log,
+            "backend (pid {}) {how}; starting it again (restart {n}, {})",
+            self.backend.pid(),
+            self.restarter
+                .as_ref()
+                .map_or(String::new(), |r| r.describe())
+        );
+        let now = self.now();
+        self.engine.handle_backend_restarting(now);
+        self.run_actions();
+    }
+
+    /// Starts the backend again and puts its channel in place of the old
+    /// one (main thread). A failure counts as the new backend's death.
+    fn relaunch(&mut self) {
+        let old = self.backend.pid();
+        if let Some(st) = self.backend.stop(Duration::from_millis(200)) {
+            info!(self.log, "backend (pid {old}) {}", describe(st));
+        }
+        for fd in [self.backend.listener_fd(), self.backend.guard_fd()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = self.registry.deregister(&mut SourceFd(&fd));
+        }
+        let launched = match (self.restarter.as_mut(), self.socket.clone()) {
+            (Some(r), Some(socket)) => r.launch(&self.signals).and_then(|(backend, ours)| {
+                crate::restarter::replace_socket(&socket, ours).map(|()| backend)
+            }),
+            _ => Err(Error::Setup("no channel to restart on".into())),
+        };
+        self.relaunching = false;
+        match launched {
+            Ok(backend) => {
+                self.backend = backend;
+                for (fd, token) in [
+                    (self.backend.listener_fd(), SECCOMP),
+                    (self.backend.guard_fd(), GUARD),
+                ] {
+                    if let Some(fd) = fd {
+                        if let Err(e) =
+                            self.registry
+                                .register(&mut SourceFd(&fd), token, Interest::READABLE)
+                        {
+                            error!(self.log, "epoll_ctl on the new backend's listener: {e}");
+                        }
+                    }
+                }
+                info!(
+                    self.log,
+                    "backend started again (pid {}); sending it the kernel's INIT",
+                    self.backend.pid()
+                );
+                let now = self.now();
+                self.engine.handle_backend_restarted(now);
+                self.run_actions();
+            }
+            Err(e) => self.backend_gone(format!("could not be started again: {e}")),
         }
     }
 

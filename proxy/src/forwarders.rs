@@ -194,7 +194,8 @@ pub fn read_backend(shared: &Locked, io: &Io) {
         };
         let got = channel::recv(socket.as_fd(), buf.bytes_mut());
         take_turn(shared, io, &mut outbox, buf, Got::Reply(got), None);
-        if matches!(got, channel::Recv::Closed(_)) {
+        // Closed: over, unless the backend is being started again.
+        if matches!(got, channel::Recv::Closed(_)) && shared.lock().backend_done() {
             return;
         }
     }

@@ -32,6 +32,7 @@ mod outbox;
 mod policy_file;
 mod record_files;
 mod recorder;
+mod restarter;
 mod ring;
 mod seccomp;
 mod seccomp_filter;
@@ -226,6 +227,18 @@ fn run(
         None => cli::default_threads(),
     };
     event_loop::check_slots(threads, arena.slots())?;
+    if cli.restart.enabled() {
+        if uring {
+            return Err(Error::Usage(
+                "--restart cannot be combined with --kernel-transport uring yet".into(),
+            ));
+        }
+        if matches!(chosen, Chosen::Fusermount(_)) {
+            return Err(Error::Usage(
+                "--restart works with the seccomp and fd channels, not --channel fusermount".into(),
+            ));
+        }
+    }
     // Checked before the mount: once INIT has accepted the ring, the kernel
     // holds every request until the ring is set up.
     let ring_depth = match uring.then(kernel_ring::KernelRing::available) {
@@ -261,6 +274,7 @@ fn run(
                 // reload cannot add the first ones).
                 path_nodes: if policy.paths.is_empty() { 0 } else { 65_536 },
                 kernel_uring: ring_depth.is_some(),
+                restart: cli.restart.enabled(),
                 ..Config::default()
             },
             rules,
@@ -326,6 +340,15 @@ fn run(
             }
         );
     }
+    // Before the mount: finding MOUNTPOINT among the backend's arguments may
+    // resolve paths.
+    let restarter = match cli.restart.enabled() {
+        true => {
+            let launch = relauncher(cli, log, &chosen, &canonical, mountpoint, user)?;
+            Some(restarter::Restarter::new(cli.restart, launch))
+        }
+        false => None,
+    };
     let end = match clean_end::EndDevice::new() {
         Ok(e) => Some(e),
         Err(e) => {
@@ -417,6 +440,7 @@ fn run(
             threads,
             ring_depth,
         },
+        restarter,
     )?;
     session.run()
 }
@@ -472,6 +496,60 @@ fn hand_off(
     Ok(st
         .code()
         .unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&st).unwrap_or(0)))
+}
+
+/// How `--restart` starts the backend's command again: on a new socketpair,
+/// over the channel in use. The new daemon is given a directory of its own
+/// in place of MOUNTPOINT: a daemon looks at its mountpoint before it
+/// mounts (libfuse stats it), and MOUNTPOINT's requests wait until the new
+/// daemon is ready. Seccomp channel: its mount of that directory is answered
+/// with the socket and nothing is mounted; fd channel: `/dev/fd/N` names
+/// the new socket, as at start.
+fn relauncher(
+    cli: &Cli,
+    log: &Logger,
+    chosen: &Chosen,
+    canonical: &std::path::Path,
+    mountpoint: &std::path::Path,
+    user: Option<backend_user::Ids>,
+) -> Result<restarter::Launch, Error> {
+    // Found now, while nothing is mounted there.
+    let at = cli::mountpoint_arg(&cli.backend, mountpoint, canonical)?;
+    let log = log.clone();
+    let (argv, overrides) = (cli.backend.clone(), cli.options.clone());
+    let seccomp = *chosen == Chosen::Seccomp;
+    let stand_in = std::env::temp_dir().join(format!("fuseproxy-restart.{}", std::process::id()));
+    Ok(Box::new(move |signals| {
+        let pair = backend::channel()?;
+        let end = clean_end::EndDevice::new().ok();
+        let mut argv = argv.clone();
+        if seccomp {
+            match std::fs::create_dir(&stand_in) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(Error::Setup(format!("{}: {e}", stand_in.display())))
+                }
+                _ => {}
+            }
+            argv[at] = stand_in.clone().into_os_string();
+            let mut b = backend::Backend::spawn_supervised(
+                &argv,
+                backend::Handoff::Hold(pair.theirs),
+                log.clone(),
+                &stand_in,
+                user,
+                end,
+            )?;
+            let ctx = seccomp::MountContext {
+                device: None,
+                overrides: &overrides,
+            };
+            b.wait_for_mount(signals, &ctx, &stand_in)?;
+            return Ok((b, pair.ours));
+        }
+        argv[at] = format!("/dev/fd/{}", pair.theirs.as_raw_fd()).into();
+        let b = backend::Backend::spawn(&argv, pair.theirs, user, end)?;
+        Ok((b, pair.ours))
+    }))
 }
 
 /// The channel taken.

@@ -38,6 +38,9 @@ use crate::origins::Route;
 pub const CAPACITY: usize = 32;
 
 /// A message to carry out.
+// Unboxed on purpose: a box would be an allocation per message (see the
+// INVARIANT above).
+#[allow(clippy::large_enum_variant)]
 pub enum Msg {
     /// In an arena slot lent for the purpose.
     Slot(Lent),

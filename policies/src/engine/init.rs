@@ -21,6 +21,7 @@ impl Engine {
             return;
         };
         self.negotiation = n;
+        self.remember_init(msg);
         if n.masked | n.denied != 0 {
             self.stats.policy.init_rewrites += 1;
             self.note(DecisionKind::InitOfferRewritten, unique, NodeId(0), 1);
@@ -72,6 +73,7 @@ impl Engine {
             );
         }
         self.minor = a.before.minor().max(1);
+        self.remember_told(a.after);
         self.push_event(a.event(&self.negotiation));
         grown
     }
