@@ -70,6 +70,12 @@ pub enum Action {
     Inject(Inline),
     /// Write this reply, made by the engine, to the device.
     Answer(Inline),
+    /// Keep the request in this slot and hand it to
+    /// [`Engine::handle_request`](crate::Engine::handle_request) again once
+    /// [`Engine::can_accept_request`](crate::Engine::can_accept_request)
+    /// says so: it was read while a restart of the backend was under way
+    /// (by a reader already waiting in its read).
+    Retry(SlotId),
 }
 
 /// Something the proxy should know about, mostly to log it.

@@ -365,6 +365,10 @@ impl Engine {
     /// forward, answer or hold it; `slot` comes back in exactly one action.
     pub fn handle_request(&mut self, now: Instant, wall: Timespec, slot: SlotId, msg: &mut [u8]) {
         self.now = now;
+        if self.is_restarting() {
+            self.actions.push_back(Action::Retry(slot));
+            return;
+        }
         self.stats.requests += 1;
         let req = match Request::parse(msg) {
             Ok(req) => req,

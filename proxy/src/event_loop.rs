@@ -200,6 +200,10 @@ pub(crate) struct Shared {
     ring: Option<RingState>,
     /// Requests that came through the ring.
     ring_requests: u64,
+    /// Requests read while the backend was being restarted, handed to the
+    /// engine again once it takes requests. INVARIANT: capacity the arena's
+    /// slot count, allocated once.
+    retry: VecDeque<SlotId>,
     /// `--restart`: starts the backend again when it dies.
     restarter: Option<crate::restarter::Restarter>,
     /// The backend died and the main thread is starting it again; its
@@ -359,6 +363,7 @@ impl Session {
             None => None,
         };
         let pending = VecDeque::with_capacity(arena.slots() + 64);
+        let retry = VecDeque::with_capacity(arena.slots());
         // Waiting for an answer at once: what the engine lets in flight and
         // holds, plus one being read by each reader.
         let origins = (threads > 1 || startup.ring_depth.is_some())
@@ -403,6 +408,7 @@ impl Session {
             ring_requests: 0,
             restarter,
             relaunching: false,
+            retry,
             socket: Some(socket.clone()),
             registry,
             watching_room: false,
@@ -1172,8 +1178,26 @@ impl Shared {
         })
     }
 
-    /// Carries out the engine's actions, then logs its events.
+    /// Carries out the engine's actions, then logs its events; then hands
+    /// the engine again the requests it asked to retry, once it takes them.
     fn run_actions(&mut self) {
+        loop {
+            self.carry_out_actions();
+            if self.retry.is_empty() || !self.engine.can_accept_request() {
+                return;
+            }
+            while self.engine.can_accept_request() {
+                let Some(slot) = self.retry.pop_front() else {
+                    break;
+                };
+                let (now, wall) = (self.now(), wall_clock());
+                self.engine
+                    .handle_request(now, wall, slot, self.arena.msg_mut(slot));
+            }
+        }
+    }
+
+    fn carry_out_actions(&mut self) {
         let now = self.now();
         while let Some(action) = self.engine.poll_action(now) {
             match action {
@@ -1209,6 +1233,11 @@ impl Shared {
                 Action::Free(slot) => self.arena.release(slot),
                 Action::AnswerError { unique, errno } => self.answer_error(unique, errno),
                 Action::Answer(reply) => self.write_device(Msg::Inline(reply)),
+                Action::Retry(slot) => {
+                    // At most one per slot: the queue has a place for each.
+                    debug_assert!(self.retry.len() < self.retry.capacity());
+                    self.retry.push_back(slot);
+                }
             }
             // Drained after each action too: a gone backend's answers come
             // one per poll_action, each with its decision, and the queue
