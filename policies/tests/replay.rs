@@ -134,6 +134,9 @@ impl Replay {
                 Action::Free(s) => {
                     self.slots.remove(&s.0);
                 }
+                // Only while the backend is being restarted, which a capture
+                // replayed through the engine never shows.
+                Action::Retry(_) => panic!("a retry without a restart"),
             }
         }
         while self.engine.poll_event().is_some() {}
