@@ -123,6 +123,7 @@ fn a_killed_daemon_is_replaced_and_open_files_and_cached_nodes_go_on() {
     assert_eq!(&back, b"01AB456789");
     // The directory opened before: a name looked up through it.
     let name = CString::new("held").unwrap();
+    // SAFETY: all-zero bytes are a valid `stat` (integers only).
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: a valid directory fd, a NUL-terminated name and a stat buffer.
     let r = unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, 0) };
