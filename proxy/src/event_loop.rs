@@ -538,7 +538,8 @@ impl Session {
                     t => warn!(s.log, "event for unknown token {}", t.0),
                 }
             }
-            if s.relaunching {
+            // Again while a new backend fails at once (bounded by --restart).
+            while s.relaunching {
                 s.relaunch();
             }
             s.handle_deadlines();

@@ -261,3 +261,115 @@ fn a_daemon_that_dies_at_once_is_given_up_after_max_restarts() {
         "{log}"
     );
 }
+
+/// The one process named `comm` under the proxy.
+fn daemon(m: &Mount, comm: &str) -> common::ProcId {
+    let found: Vec<_> = m
+        .descendants()
+        .into_iter()
+        .filter(|p| {
+            fs::read_to_string(format!("/proc/{}/comm", p.pid)).is_ok_and(|c| c.trim() == comm)
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "one {comm} under the proxy: {found:?}");
+    found[0]
+}
+
+/// Reads of `names` (and stats) in a loop across a kill of `comm`, and a
+/// file held open from before: every read right, errors at most EIO.
+fn reads_go_on_across_a_restart(m: &Mount, comm: &str, names: &[(&str, &[u8])]) -> fs::File {
+    let held = fs::File::open(m.path(names[0].0)).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let files: Vec<(std::path::PathBuf, Vec<u8>)> =
+        names.iter().map(|(n, b)| (m.path(n), b.to_vec())).collect();
+    let looper = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut errors) = (0u32, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                for (p, want) in &files {
+                    match fs::read(p).and_then(|b| fs::metadata(p).map(|_| b)) {
+                        Ok(b) if &b == want => ok += 1,
+                        Ok(b) => errors.push(format!("{}: {b:?}", p.display())),
+                        Err(e) if errno_of(&e) == libc::EIO => errors.push("EIO".into()),
+                        Err(e) => errors.push(format!("{}: {e}", p.display())),
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            (ok, errors)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(150));
+    daemon(m, comm).signal(Signal::SIGKILL);
+    let restarted = wait_until(BOUND, || {
+        m.proxy_log().contains("answered INIT as the first did")
+    });
+    assert!(restarted, "no restart within {BOUND:?}:\n{}", m.proxy_log());
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, errors) = looper.join().unwrap();
+    let other: Vec<_> = errors.iter().filter(|e| *e != "EIO").collect();
+    assert!(
+        other.is_empty(),
+        "{comm}: errors other than EIO: {other:?}\n{}",
+        m.proxy_log()
+    );
+    assert!(
+        errors.len() <= 3,
+        "{comm}: {} reads failed: {errors:?}",
+        errors.len()
+    );
+    assert!(ok > 20, "{comm}: only {ok} reads");
+    let mut back = vec![0u8; names[0].1.len()];
+    held.read_exact_at(&mut back, 0).unwrap();
+    assert_eq!(
+        back, names[0].1,
+        "{comm}: the file held open across the restart"
+    );
+    held
+}
+
+#[test]
+fn bindfs_a_libfuse_2_daemon_is_replaced_too() {
+    let b = MountBuilder::new(Mode::Proxy, ["bindfs", "-f", "{backing}", "{mnt}"])
+        .proxy_args(["--restart", "on-failure"]);
+    let m = b.mount();
+    if m.mode() != Mode::Proxy {
+        return;
+    }
+    fs::create_dir(m.backing().join("sub")).unwrap();
+    fs::write(m.backing().join("sub/a"), b"alpha").unwrap();
+    fs::write(m.backing().join("b"), b"beta").unwrap();
+    let held = reads_go_on_across_a_restart(&m, "bindfs", &[("sub/a", b"alpha"), ("b", b"beta")]);
+    drop(held);
+    fs::write(m.path("sub/c"), b"gamma").unwrap();
+    assert_eq!(fs::read(m.backing().join("sub/c")).unwrap(), b"gamma");
+}
+
+#[test]
+fn squashfuse_a_read_only_daemon_is_replaced_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("sub/a"), b"alpha").unwrap();
+    fs::write(src.join("b"), b"beta").unwrap();
+    let img = dir.path().join("t.sqfs");
+    let out = common::run_bounded(
+        std::process::Command::new("mksquashfs")
+            .arg(&src)
+            .arg(&img)
+            .args(["-noappend", "-no-progress"]),
+        BOUND,
+    )
+    .expect("mksquashfs");
+    assert!(out.0.success(), "mksquashfs: {}", out.2);
+    let img = img.to_str().unwrap();
+    let m = MountBuilder::new(Mode::Proxy, ["squashfuse", "-f", img, "{mnt}"])
+        .proxy_args(["--restart", "on-failure"])
+        .mount();
+    if m.mode() != Mode::Proxy {
+        return;
+    }
+    reads_go_on_across_a_restart(&m, "squashfuse", &[("sub/a", b"alpha"), ("b", b"beta")]);
+}
