@@ -70,6 +70,8 @@ const NOTIFY_RESERVE: usize = 2;
 /// How long a notification may wait for a slot to come back from the writer,
 /// with the backend's channel unread, before it is dropped.
 const NOTIFY_STALL: Duration = Duration::from_secs(1);
+/// How long an upgrade (SIGUSR2) waits for the backend's requests.
+const UPGRADE_GRACE: Duration = Duration::from_secs(5);
 /// How long the notification writer gets to end at the end of the session
 /// before the connection is aborted under it.
 const NOTIFY_GRACE: Duration = Duration::from_secs(1);
@@ -204,6 +206,8 @@ pub(crate) struct Shared {
     /// engine again once it takes requests. INVARIANT: capacity the arena's
     /// slot count, allocated once.
     retry: VecDeque<SlotId>,
+    /// SIGUSR2's upgrade waits for the backend's requests until then.
+    upgrade_until: Option<std::time::Instant>,
     /// `--restart`: starts the backend again when it dies.
     restarter: Option<crate::restarter::Restarter>,
     /// The backend died and the main thread is starting it again; its
@@ -407,6 +411,7 @@ impl Session {
             ring,
             ring_requests: 0,
             restarter,
+            upgrade_until: None,
             relaunching: false,
             retry,
             socket: Some(socket.clone()),
@@ -538,6 +543,7 @@ impl Session {
                     t => warn!(s.log, "event for unknown token {}", t.0),
                 }
             }
+            s.upgrade_if_quiet();
             // Again while a new backend fails at once (bounded by --restart).
             while s.relaunching {
                 s.relaunch();
@@ -583,6 +589,7 @@ impl Shared {
         });
         [
             engine,
+            self.upgrade_until,
             self.grace_until,
             self.bad_report_at,
             self.park_until,
@@ -601,6 +608,7 @@ impl Shared {
         }
         let wake = self.wake_main
             || self.finished().is_some()
+            || (self.upgrade_until.is_some() && self.engine.is_quiesced())
             || match (self.next_wake(), self.main_wakes_at) {
                 (Some(t), Some(at)) => t < at,
                 (Some(_), None) => true,
@@ -757,7 +765,7 @@ impl Shared {
             }
             Recv::WouldBlock => self.arena.release(slot),
             // The proxy shut the socket itself at the end of the session.
-            Recv::Closed(_) if self.socket.is_none() || self.relaunching => {
+            Recv::Closed(_) if self.socket.is_none() || self.relaunching || self.stale_close() => {
                 self.arena.release(slot)
             }
             Recv::Closed(errno) => {
@@ -1766,6 +1774,7 @@ impl Shared {
         while let Ok(Some(info)) = self.signals.read_signal() {
             match Signal::try_from(info.ssi_signo as i32) {
                 Ok(Signal::SIGUSR1) => self.log_stats(),
+                Ok(Signal::SIGUSR2) => self.upgrade_requested(),
                 Ok(Signal::SIGCHLD) => {
                     if let Some(st) = self.backend.try_reap() {
                         debug!(
@@ -1910,6 +1919,20 @@ impl Shared {
         }
     }
 
+    /// Whether a receive that saw the channel closed saw the old channel of
+    /// a restart: a reader blocked in recv(2) when the socket was replaced
+    /// stays on the old one until it ends. The one in place then still has
+    /// its peer.
+    fn stale_close(&self) -> bool {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let (Some(_), Some(socket)) = (self.restarter.as_ref(), self.socket.as_ref()) else {
+            return false;
+        };
+        let mut fds = [PollFd::new(socket.as_fd(), PollFlags::empty())];
+        // A closed peer shows as POLLHUP whatever is asked for.
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
+    }
+
     /// `--restart`: the backend died with the kernel's side live. Its
     /// in-flight requests are answered, reading stops, and the main thread
     /// starts it again (`relaunch`), off the forwarding threads.
@@ -1917,17 +1940,85 @@ impl Shared {
         self.relaunching = true;
         self.stop_deferring();
         self.wake_main = true;
-        warn!(
-            self.log,
-            "backend (pid {}) {how}; starting it again (restart {n}, {})",
-            self.backend.pid(),
-            self.restarter
-                .as_ref()
-                .map_or(String::new(), |r| r.describe())
-        );
+        match n {
+            // An upgrade.
+            0 => info!(
+                self.log,
+                "backend (pid {}) {how}; starting it again",
+                self.backend.pid()
+            ),
+            n => warn!(
+                self.log,
+                "backend (pid {}) {how}; starting it again (restart {n}, {})",
+                self.backend.pid(),
+                self.restarter
+                    .as_ref()
+                    .map_or(String::new(), |r| r.describe())
+            ),
+        }
         let now = self.now();
         self.engine.handle_backend_restarting(now);
         self.run_actions();
+    }
+
+    /// SIGUSR2: replace the backend with a new start of its command. No
+    /// request is taken from now on; once nothing is in flight (or after
+    /// UPGRADE_GRACE), the old one is ended as a direct unmount would end
+    /// it, and the new one started as after a death, without counting
+    /// against `--restart`'s limit.
+    fn upgrade_requested(&mut self) {
+        if self.restarter.is_none() {
+            warn!(
+                self.log,
+                "SIGUSR2 ignored: an upgrade needs --restart on-failure"
+            );
+            return;
+        }
+        if self.phase != Phase::Running || self.relaunching || self.upgrade_until.is_some() {
+            warn!(
+                self.log,
+                "SIGUSR2 ignored: the backend is being replaced or the session ends"
+            );
+            return;
+        }
+        info!(
+            self.log,
+            "SIGUSR2: replacing the backend (pid {}) once its requests are answered",
+            self.backend.pid()
+        );
+        let now = self.now();
+        self.engine.handle_upgrade(now);
+        self.run_actions();
+        self.upgrade_until = Some(std::time::Instant::now() + UPGRADE_GRACE);
+    }
+
+    /// The upgrade's old backend has nothing in flight, or UPGRADE_GRACE has
+    /// passed: end it and start the new one.
+    fn upgrade_if_quiet(&mut self) {
+        let Some(until) = self.upgrade_until else {
+            return;
+        };
+        let late = std::time::Instant::now() >= until;
+        if !self.engine.is_quiesced() && !late {
+            return;
+        }
+        self.upgrade_until = None;
+        if late {
+            warn!(
+                self.log,
+                "the backend still had requests after {}s; replacing it anyway (they get EIO)",
+                UPGRADE_GRACE.as_secs()
+            );
+        }
+        // Its reads fail with ENODEV, as after a direct unmount; failing
+        // that, SIGTERM.
+        self.relaunching = true;
+        if !self.backend.end_cleanly(&self.log) {
+            self.backend.terminate(Duration::from_millis(100));
+        }
+        let _ = self.backend.stop(SHUTDOWN_GRACE);
+        self.relaunching = false;
+        self.restart_backend("was ended for an upgrade (SIGUSR2)", 0);
     }
 
     /// Starts the backend again and puts its channel in place of the old

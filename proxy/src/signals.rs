@@ -9,12 +9,15 @@ use crate::error::Error;
 ///
 /// - INT, TERM, HUP: unmount and shut down in order.
 /// - USR1: log the counters.
+/// - USR2: with `--restart`, replace the backend by a new start of its
+///   command (an upgrade), with nothing in flight.
 /// - CHLD: reap the backend (its death is noticed on the socket).
-const HANDLED: [Signal; 5] = [
+const HANDLED: [Signal; 6] = [
     Signal::SIGINT,
     Signal::SIGTERM,
     Signal::SIGHUP,
     Signal::SIGUSR1,
+    Signal::SIGUSR2,
     Signal::SIGCHLD,
 ];
 

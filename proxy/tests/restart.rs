@@ -373,3 +373,70 @@ fn squashfuse_a_read_only_daemon_is_replaced_too() {
     }
     reads_go_on_across_a_restart(&m, "squashfuse", &[("sub/a", b"alpha"), ("b", b"beta")]);
 }
+
+#[test]
+fn an_upgrade_on_sigusr2_costs_the_loop_no_error() {
+    let mut m = mount("on-failure");
+    if m.mode() != Mode::Proxy {
+        return;
+    }
+    fs::create_dir(m.path("dir")).unwrap();
+    let held = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.path("dir/held"))
+        .unwrap();
+    let old = passthrough_backend(&m);
+    let stop = Arc::new(AtomicBool::new(false));
+    let root = m.mountpoint().to_path_buf();
+    let looper = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut made, mut errors) = (0u32, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let p = root.join(format!("dir/u{made}"));
+                let body = format!("u{made}");
+                match fs::write(&p, &body).and_then(|()| fs::read(&p)) {
+                    Ok(b) if b == body.as_bytes() => made += 1,
+                    Ok(b) => errors.push(format!("u{made}: {b:?}")),
+                    Err(e) => errors.push(format!("u{made}: {e}")),
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            (made, errors)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(150));
+    m.send_signal(Signal::SIGUSR2)
+        .expect("SIGUSR2 to the proxy");
+    let replaced = wait_until(BOUND, || {
+        m.proxy_log().contains("answered INIT as the first did")
+    });
+    assert!(replaced, "no upgrade within {BOUND:?}:\n{}", m.proxy_log());
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    let (made, errors) = looper.join().unwrap();
+    assert!(
+        errors.is_empty(),
+        "the loop saw errors: {errors:?}\n{}",
+        m.proxy_log()
+    );
+    assert!(made > 20, "only {made} files");
+    assert!(
+        !old.is_alive() || passthrough_backend(&m).pid != old.pid,
+        "the old daemon is still the backend"
+    );
+    held.write_all_at(b"after", 0).unwrap();
+    assert_eq!(fs::read(m.backing().join("dir/held")).unwrap(), b"after");
+    for i in 0..made {
+        let got = fs::read(m.backing().join(format!("dir/u{i}"))).unwrap();
+        assert_eq!(got, format!("u{i}").as_bytes());
+    }
+    assert!(
+        m.proxy_log().contains("was ended for an upgrade"),
+        "{}",
+        m.proxy_log()
+    );
+}

@@ -39,6 +39,9 @@ pub(super) enum Backend {
     /// Serving.
     #[default]
     Live,
+    /// An upgrade was asked for: no request is taken, time updates are
+    /// sent, and the backend is replaced once nothing is in flight.
+    Quiescing,
     /// Dead; its in-flight requests are being answered, a new one is being
     /// started.
     Down,
@@ -57,7 +60,7 @@ impl Engine {
     /// at once.
     pub fn handle_backend_restarting(&mut self, now: crate::Instant) {
         self.now = now;
-        if self.backend_gone || self.backend != Backend::Live {
+        if self.backend_gone || !matches!(self.backend, Backend::Live | Backend::Quiescing) {
             return;
         }
         self.backend = Backend::Down;
@@ -77,6 +80,28 @@ impl Engine {
             inflight: self.inflight.len(),
             times_pending: self.times.len(),
         });
+    }
+
+    /// An upgrade of the backend was asked for: no request is taken from
+    /// now on and every pending time update is sent, so that the backend
+    /// can be replaced with nothing in flight
+    /// ([`is_quiesced`](Self::is_quiesced)), then as after a death.
+    pub fn handle_upgrade(&mut self, now: crate::Instant) {
+        self.now = now;
+        if self.backend_gone || self.backend != Backend::Live || !self.is_initialized() {
+            return;
+        }
+        self.backend = Backend::Quiescing;
+        self.flush_all();
+    }
+
+    /// Whether an upgrade may replace the backend now: nothing in flight,
+    /// held, or waiting to be applied.
+    pub fn is_quiesced(&self) -> bool {
+        self.backend == Backend::Quiescing
+            && self.inflight.is_empty()
+            && self.held.is_empty()
+            && self.times.pending() == 0
     }
 
     /// Whether a restart is under way: the device is not read meanwhile.
