@@ -20,7 +20,7 @@ cargo test --workspace
 # (setarch) and where a test sets .threads() itself (stress: 1 and 4).
 FUSEPROXY_TEST_THREADS=3 cargo test -p fuseproxy \
     --test lifecycle --test bad_backend --test times --test notifications \
-    --test deadlines --test flush_retry --test stress --test daemons
+    --test deadlines --test flush_retry --test stress --test daemons --test restart
 # Every end-to-end test again over FUSE-over-io_uring (--kernel-transport
 # uring through the harness's FUSEPROXY_TEST_TRANSPORT) where the kernel has
 # it: the module parameter is on for this pass only, and put back even if

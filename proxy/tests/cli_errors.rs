@@ -143,6 +143,38 @@ fn the_ring_with_several_threads_is_refused_before_mounting() {
 }
 
 #[test]
+fn bad_restart_policies_are_refused_before_mounting() {
+    usage_error(
+        &["--restart", "always", "{mnt}", "--", "/bin/true", "{mnt}"],
+        &["--restart", "always", "on-failure"],
+    );
+    usage_error(
+        &[
+            "--restart",
+            "on-failure,max=0",
+            "{mnt}",
+            "--",
+            "/bin/true",
+            "{mnt}",
+        ],
+        &["max=\"0\""],
+    );
+    usage_error(
+        &[
+            "--restart",
+            "on-failure",
+            "--kernel-transport",
+            "uring",
+            "{mnt}",
+            "--",
+            "/bin/true",
+            "{mnt}",
+        ],
+        &["--restart", "--kernel-transport uring"],
+    );
+}
+
+#[test]
 fn backend_command_without_double_dash() {
     usage_error(
         &["{mnt}", "/bin/true", "{mnt}"],
