@@ -180,6 +180,9 @@ pub enum Event {
     /// The new backend answered INIT as the first one did; the session goes
     /// on with it.
     BackendRestarted {
+        /// Requests the dead backend never answered that were safe to send
+        /// twice, sent to the new one.
+        resent: usize,
         /// Nodes whose time updates are sent to it now.
         times_pending: usize,
         /// Nodes the kernel holds, found again (or never lost).

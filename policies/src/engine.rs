@@ -2,6 +2,7 @@
 
 mod hooks;
 mod init;
+mod resend;
 mod restart;
 mod times_rule;
 
@@ -103,6 +104,8 @@ const ACTION_QUEUE: usize = 256;
 const RESTART_NODES: usize = 65_536;
 const RESTART_HANDLES: usize = 16_384;
 const RESTART_NAME_BYTES: usize = 4 << 20;
+/// Requests kept to be sent again after a restart, at most.
+const RESEND_COPIES: usize = 1024;
 const EVENT_QUEUE: usize = 64;
 pub(crate) const OUT_HEADER: usize = 16;
 pub(crate) const IN_HEADER: usize = 40;
@@ -187,6 +190,11 @@ pub struct Engine {
     recovering: u32,
     /// The request being injected names the new backend's ids already.
     raw_injection: bool,
+    /// `--restart`: copies of the kernel's requests safe to send twice.
+    copies: Option<resend::Copies>,
+    /// The dead backend's requests that go to the new one. INVARIANT:
+    /// capacity that of `copies`, never exceeded (one per copy).
+    to_resend: Vec<Entry>,
     next_injected: u64,
     shutting_down: bool,
     /// The unique of our DESTROY, while it waits for its reply.
@@ -272,6 +280,14 @@ impl Engine {
             }),
             recovering: 0,
             raw_injection: false,
+            copies: config
+                .restart
+                .then(|| resend::Copies::new(config.max_inflight.min(RESEND_COPIES))),
+            to_resend: Vec::with_capacity(if config.restart {
+                config.max_inflight.min(RESEND_COPIES)
+            } else {
+                0
+            }),
             next_injected: INJECTED_UNIQUE_BASE,
             shutting_down: false,
             destroy_pending: None,
@@ -485,7 +501,11 @@ impl Engine {
             }
             _ => {}
         }
+        let copied = self.keep_copy(unique, opcode, msg);
         if !self.map_request(unique, node, opcode, msg) {
+            if copied {
+                self.forget_copy(unique);
+            }
             self.actions.push_back(Action::Free(slot));
             return;
         }
@@ -635,6 +655,7 @@ impl Engine {
             }
             return;
         }
+        self.forget_copy(entry.unique);
         if !self.map_reply(entry.opcode, entry.node, msg) {
             // The new backend handed out an id the map cannot give the
             // kernel: its caller gets EIO.
@@ -711,6 +732,7 @@ impl Engine {
             return;
         }
         self.backend_gone = true;
+        self.fail_resends();
         // What is in flight is answered with EIO below, without waiting.
         self.inflight.clear_deadlines();
         while let Some(h) = self.held.pop() {

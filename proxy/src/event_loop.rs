@@ -1663,10 +1663,12 @@ impl Shared {
                 times_pending,
             } => info!(
                 self.log,
-                "{inflight} requests were with the dead backend (the kernel's answered EIO); \
+                "{inflight} requests were with the dead backend (the kernel's answered EIO \
+                 unless safe to send again); \
                  time updates of {times_pending} nodes kept for the next"
             ),
             Event::BackendRestarted {
+                resent,
                 times_pending,
                 nodes,
                 handles,
@@ -1676,8 +1678,8 @@ impl Shared {
                 self.log,
                 "the new backend answered INIT as the first did and found {nodes} nodes and \
                  {handles} open files again ({lost_nodes} nodes and {lost_handles} open files \
-                 lost so far answer ESTALE); going on, time updates of {times_pending} nodes \
-                 sent to it"
+                 lost so far answer ESTALE); going on: {resent} requests the dead one never \
+                 answered sent to it again, time updates of {times_pending} nodes sent to it"
             ),
             Event::RestartRefused { why } => {
                 self.restarter = None;

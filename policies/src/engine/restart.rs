@@ -117,6 +117,11 @@ impl Engine {
             if !entry.opcode.needs_reply() {
                 return None;
             }
+            if self.has_copy(entry.unique) && self.to_resend.len() < self.to_resend.capacity() {
+                // Sent again to the new backend once it is ready.
+                self.to_resend.push(entry);
+                return None;
+            }
             self.stats.answered_with_error += 1;
             self.note(
                 DecisionKind::BackendGone,
@@ -180,6 +185,7 @@ impl Engine {
         if let Some(why) = why {
             self.backend = Backend::Live;
             self.backend_gone = true;
+            self.fail_resends();
             self.push_event(Event::RestartRefused { why });
             return;
         }
@@ -244,8 +250,10 @@ impl Engine {
         let done = self.recovering == 0 && self.nodes.as_ref().is_none_or(|m| m.is_recovered());
         if done && self.backend == Backend::Recovering {
             self.backend = Backend::Live;
+            let resent = self.resend_all();
             let s = self.nodes.as_ref().map(|m| m.stats()).unwrap_or_default();
             self.push_event(Event::BackendRestarted {
+                resent,
                 times_pending: self.times.len(),
                 nodes: s.nodes,
                 handles: s.handles,
@@ -253,6 +261,67 @@ impl Engine {
                 lost_handles: s.lost_handles,
             });
             self.after_restart();
+        }
+    }
+
+    /// Keeps a copy of a request of the kernel's that is safe to send twice,
+    /// as the kernel sent it (before any translation).
+    pub(super) fn keep_copy(&mut self, unique: Unique, opcode: Opcode, msg: &[u8]) -> bool {
+        match self.copies.as_mut() {
+            Some(c) if super::resend::is_safe_to_resend(opcode) => c.insert(unique, msg),
+            _ => false,
+        }
+    }
+
+    /// The request was answered: its copy goes.
+    pub(super) fn forget_copy(&mut self, unique: Unique) {
+        if let Some(c) = self.copies.as_mut() {
+            c.remove(unique);
+        }
+    }
+
+    fn has_copy(&self, unique: Unique) -> bool {
+        self.copies.as_ref().is_some_and(|c| c.contains(unique))
+    }
+
+    /// Sends the dead backend's safe requests to the new one, translated;
+    /// returns how many went.
+    fn resend_all(&mut self) -> usize {
+        let mut sent = 0;
+        while let Some(entry) = self.to_resend.pop() {
+            let mut bytes = [0u8; crate::action::INLINE_MAX];
+            let n = self
+                .copies
+                .as_mut()
+                .and_then(|c| c.take(entry.unique, &mut bytes));
+            let Some(n) = n else {
+                self.answer_error(entry.unique, entry.node, EIO, DecisionKind::BackendGone);
+                continue;
+            };
+            let mapped = self
+                .nodes
+                .as_mut()
+                .is_none_or(|m| m.handle_request(&mut bytes[..n]).is_ok());
+            if !mapped {
+                self.answer_error(entry.unique, entry.node, ESTALE, DecisionKind::Stale);
+                continue;
+            }
+            if !self.inflight.insert(entry) {
+                self.answer_error(entry.unique, entry.node, EIO, DecisionKind::BackendGone);
+                continue;
+            }
+            self.actions
+                .push_back(Action::Inject(crate::action::Inline::new(bytes, n)));
+            sent += 1;
+        }
+        sent
+    }
+
+    /// No backend will answer the requests kept to be sent again: EIO.
+    pub(super) fn fail_resends(&mut self) {
+        while let Some(entry) = self.to_resend.pop() {
+            self.forget_copy(entry.unique);
+            self.answer_error(entry.unique, entry.node, EIO, DecisionKind::BackendGone);
         }
     }
 
