@@ -19,6 +19,7 @@
 
 mod action;
 pub mod attr_cache;
+pub mod by_unique;
 pub mod cache;
 pub mod config;
 pub mod deadlines;

@@ -472,17 +472,8 @@ impl Engine {
     /// Puts the times of a flush that was in flight back in its node's
     /// pending record, due at once, without spending a retry.
     fn requeue_flush(&mut self, node: NodeId, aux: [u64; 4]) {
-        let Some(f) = self.times.flushing(node) else {
-            return;
-        };
-        let t = crate::times::Times {
-            stamps: f.stamps,
-            fh: f.fh_set.then_some(aux[0]),
-            lock_owner: f.lock_owner_set.then_some(aux[1]),
-            uid: aux[2] as u32,
-            gid: (aux[2] >> 32) as u32,
-            pid: aux[3] as u32,
-        };
-        let _ = self.times.requeue(self.now, node, t, 0);
+        if let Some((_, t)) = self.flushed_times(node, aux) {
+            let _ = self.times.requeue(self.now, node, t, 0);
+        }
     }
 }

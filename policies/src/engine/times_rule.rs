@@ -671,16 +671,8 @@ impl Engine {
     /// trips of at most `retries` refusals. A deferred FORGET, which no
     /// caller waits for, keeps waiting with the retry.
     pub(super) fn retry_flush(&mut self, node: NodeId, error: i32, aux: [u64; 4]) {
-        let Some(f) = self.times.flushing(node) else {
+        let Some((f, t)) = self.flushed_times(node, aux) else {
             return;
-        };
-        let t = Times {
-            stamps: f.stamps,
-            fh: f.fh_set.then_some(aux[0]),
-            lock_owner: f.lock_owner_set.then_some(aux[1]),
-            uid: aux[2] as u32,
-            gid: (aux[2] >> 32) as u32,
-            pid: aux[3] as u32,
         };
         let Some((retry, due)) = self.times.requeue(self.now, node, t, (aux[3] >> 32) as u32)
         else {
@@ -702,6 +694,25 @@ impl Engine {
         if waited {
             self.flush_node(node);
         }
+    }
+
+    /// The times of `node`'s flush in flight, rebuilt from its record and
+    /// the flush's `aux` (what `flush_node` put there), to send again.
+    pub(super) fn flushed_times(
+        &self,
+        node: NodeId,
+        aux: [u64; 4],
+    ) -> Option<(crate::times::Flushing, Times)> {
+        let f = self.times.flushing(node)?;
+        let t = Times {
+            stamps: f.stamps,
+            fh: f.fh_set.then_some(aux[0]),
+            lock_owner: f.lock_owner_set.then_some(aux[1]),
+            uid: aux[2] as u32,
+            gid: (aux[2] >> 32) as u32,
+            pid: aux[3] as u32,
+        };
+        Some((f, t))
     }
 
     /// `node` may have nothing outstanding any more: drop its state (or
