@@ -1384,23 +1384,17 @@ const FREE_PENDING: Pending = Pending {
 
 /// Whether replies to `opcode` carry ids or teach the map anything.
 fn tracks(opcode: Opcode) -> bool {
-    matches!(
-        opcode,
-        Opcode::Lookup
-            | Opcode::Mknod
-            | Opcode::Mkdir
-            | Opcode::Symlink
-            | Opcode::Link
-            | Opcode::Create
-            | Opcode::TmpFile
-            | Opcode::Open
-            | Opcode::Opendir
-            | Opcode::Readdirplus
-            | Opcode::Rename
-            | Opcode::Rename2
-            | Opcode::Unlink
-            | Opcode::Rmdir
-    )
+    opcode.replies_with_entry()
+        || matches!(
+            opcode,
+            Opcode::Open
+                | Opcode::Opendir
+                | Opcode::Readdirplus
+                | Opcode::Rename
+                | Opcode::Rename2
+                | Opcode::Unlink
+                | Opcode::Rmdir
+        )
 }
 
 fn handle_key(node: u64, fh: u64) -> u64 {

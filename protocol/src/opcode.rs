@@ -182,6 +182,22 @@ enum_with_unknown! {
 }
 
 impl Opcode {
+    /// Whether a successful reply is a `fuse_entry_out` naming a node
+    /// (LOOKUP, MKNOD, MKDIR, SYMLINK, LINK; CREATE and TMPFILE, with a
+    /// `fuse_open_out` after it).
+    pub fn replies_with_entry(self) -> bool {
+        matches!(
+            self,
+            Opcode::Lookup
+                | Opcode::Mknod
+                | Opcode::Mkdir
+                | Opcode::Symlink
+                | Opcode::Link
+                | Opcode::Create
+                | Opcode::TmpFile
+        )
+    }
+
     /// Whether the kernel waits for a reply to this request.
     ///
     /// False for FORGET and BATCH_FORGET (`/* no reply */` in fuse.h), for
