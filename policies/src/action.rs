@@ -416,6 +416,27 @@ decision_kinds! {
     /// Answered ESTALE: its node or open file did not survive a restart of
     /// the backend (`answered_with_error`).
     Stale = 29, "stale";
+    /// The backend died and is being started again (`--restart`);
+    /// `detail` is the requests it had in flight.
+    RestartBegan = 30, "restart_began";
+    /// A node the kernel holds was found again in the new backend
+    /// (`node`); `detail` is the new backend's id for it.
+    NodeFound = 31, "node_found";
+    /// A node the kernel holds could not be found again (`node`); it
+    /// answers ESTALE.
+    NodeLost = 32, "node_lost";
+    /// An open file was opened again in the new backend (`node`);
+    /// `detail` is the new handle.
+    HandleReopened = 33, "handle_reopened";
+    /// An open file could not be opened again (`node`); it answers ESTALE.
+    HandleLost = 34, "handle_lost";
+    /// A request the dead backend never answered sent to the new one
+    /// (`unique` is the kernel's).
+    Resent = 35, "resent";
+    /// The new backend took over; `detail` is the requests sent again.
+    RestartDone = 36, "restart_done";
+    /// The new backend was refused (it answered INIT otherwise).
+    RestartRefused = 37, "restart_refused";
 }
 
 impl DecisionKind {

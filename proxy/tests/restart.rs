@@ -464,3 +464,47 @@ fn a_read_in_flight_at_the_kill_is_sent_to_the_new_daemon() {
         "no request was sent again:\n{log}"
     );
 }
+
+#[test]
+fn the_capture_shows_the_restart() {
+    let capture = tempfile::tempdir().unwrap();
+    let file = capture.path().join("r.fcap");
+    let f = file.to_str().unwrap();
+    let mut m = MountBuilder::passthrough(Mode::Proxy, &["-o", "cache=never"])
+        .proxy_args(["--restart", "on-failure", "--record", f])
+        .mount();
+    if m.mode() != Mode::Proxy {
+        return;
+    }
+    fs::create_dir(m.path("d")).unwrap();
+    fs::write(m.path("d/f"), b"x").unwrap();
+    let held = fs::File::open(m.path("d/f")).unwrap();
+    kill_and_wait_restarted(&m, 1);
+    let mut back = [0u8; 1];
+    held.read_exact_at(&mut back, 0).unwrap();
+    drop(held);
+    m.send_signal(Signal::SIGTERM).unwrap();
+    assert!(m.wait_exit(BOUND).is_some(), "the proxy did not end");
+    let mut out = Vec::new();
+    let bytes = fs::read(&file).unwrap();
+    fuseproxy_fixtures::decode_capture(
+        &bytes,
+        &fuseproxy_fixtures::Filter::default(),
+        fuseproxy_fixtures::Format::Text,
+        &mut out,
+    )
+    .unwrap()
+    .expect("a complete capture");
+    let text = String::from_utf8(out).unwrap();
+    for said in [
+        "backend died with",
+        "found again as",
+        "opened again as",
+        "new backend took over",
+    ] {
+        assert!(
+            text.contains(said),
+            "the capture does not say {said:?}:\n{text}"
+        );
+    }
+}

@@ -76,6 +76,8 @@ impl Engine {
             self.actions.push_back(Action::Free(h.slot));
         }
         self.stats.restarts += 1;
+        let n = self.inflight.len() as u64;
+        self.note(DecisionKind::RestartBegan, Unique(0), NodeId(0), n);
         self.push_event(Event::BackendRestarting {
             inflight: self.inflight.len(),
             times_pending: self.times.len(),
@@ -186,6 +188,7 @@ impl Engine {
             self.backend = Backend::Live;
             self.backend_gone = true;
             self.fail_resends();
+            self.note(DecisionKind::RestartRefused, Unique(0), NodeId(0), 0);
             self.push_event(Event::RestartRefused { why });
             return;
         }
@@ -251,6 +254,12 @@ impl Engine {
         if done && self.backend == Backend::Recovering {
             self.backend = Backend::Live;
             let resent = self.resend_all();
+            self.note(
+                DecisionKind::RestartDone,
+                Unique(0),
+                NodeId(0),
+                resent as u64,
+            );
             let s = self.nodes.as_ref().map(|m| m.stats()).unwrap_or_default();
             self.push_event(Event::BackendRestarted {
                 resent,
@@ -310,6 +319,7 @@ impl Engine {
                 self.answer_error(entry.unique, entry.node, EIO, DecisionKind::BackendGone);
                 continue;
             }
+            self.note(DecisionKind::Resent, entry.unique, entry.node, 0);
             self.actions
                 .push_back(Action::Inject(crate::action::Inline::new(bytes, n)));
             sent += 1;
@@ -359,16 +369,25 @@ impl Engine {
                     if !map.handle_found(node, NodeId(e.nodeid)) {
                         forget = Some(e.nodeid);
                     }
+                    self.note(DecisionKind::NodeFound, entry.unique, node, e.nodeid);
                 }
-                _ => map.handle_not_found(node),
+                _ => {
+                    map.handle_not_found(node);
+                    self.note(DecisionKind::NodeLost, entry.unique, node, 0);
+                }
             }
         } else {
             let handle = crate::node_map::HandleId(entry.aux[0] as u32);
+            let node = NodeId(entry.node.0);
             match fuseproxy_protocol::abi::OpenOut::read_from_prefix(body) {
                 Ok((o, _)) if error == 0 => {
-                    map.handle_reopened(handle, fuseproxy_protocol::Fh(o.fh))
+                    map.handle_reopened(handle, fuseproxy_protocol::Fh(o.fh));
+                    self.note(DecisionKind::HandleReopened, entry.unique, node, o.fh);
                 }
-                _ => map.handle_reopen_failed(handle),
+                _ => {
+                    map.handle_reopen_failed(handle);
+                    self.note(DecisionKind::HandleLost, entry.unique, node, 0);
+                }
             }
         }
         if let Some(daemon) = forget {
