@@ -195,8 +195,9 @@ fn what_cannot_be_found_again_answers_estale_and_the_rest_goes_on() {
     }
     let open_deleted = fs::File::open(m.path("open-deleted")).unwrap();
     fs::remove_file(m.path("open-deleted")).unwrap();
-    // Cached by the kernel, then removed where the proxy cannot see it.
-    fs::metadata(m.path("removed-behind")).unwrap();
+    // Open, then removed where the proxy cannot see it: its node cannot be
+    // found again by its name.
+    let removed_behind = fs::File::open(m.path("removed-behind")).unwrap();
     fs::remove_file(m.backing().join("removed-behind")).unwrap();
 
     kill_and_wait_restarted(&m, 1);
@@ -208,6 +209,13 @@ fn what_cannot_be_found_again_answers_estale_and_the_rest_goes_on() {
         libc::ESTALE,
         "read of a file deleted while open: {e}"
     );
+    let e = removed_behind.read_at(&mut buf, 0).unwrap_err();
+    assert_eq!(
+        errno_of(&e),
+        libc::ESTALE,
+        "read of a file removed behind the proxy: {e}"
+    );
+    // By its name, the kernel looks it up again after ESTALE: gone.
     match fs::read(m.path("removed-behind")) {
         Err(e) => assert!(
             [libc::ESTALE, libc::ENOENT].contains(&errno_of(&e)),
