@@ -220,13 +220,18 @@ fn notifications_do_not_allocate() {
         let mut i = 0u64;
         while t0.elapsed() < d {
             if i.is_multiple_of(500) {
-                let name = fs::read_dir(m.mountpoint())
-                    .unwrap()
-                    .next()
-                    .unwrap()
-                    .unwrap()
-                    .file_name();
-                fs::symlink_metadata(m.path(name)).unwrap();
+                // The daemon renames its one file every second: a name read
+                // just before a rename is gone when looked up; read again.
+                let found = (0..5).any(|_| {
+                    let name = fs::read_dir(m.mountpoint())
+                        .unwrap()
+                        .next()
+                        .unwrap()
+                        .unwrap()
+                        .file_name();
+                    fs::symlink_metadata(m.path(name)).is_ok()
+                });
+                assert!(found, "the daemon's file could not be looked up");
             }
             assert!(fs::symlink_metadata(m.path(format!("missing-{i}"))).is_err());
             i += 1;
