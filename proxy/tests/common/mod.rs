@@ -666,30 +666,22 @@ impl MountBuilder {
                 (backend[0].clone(), backend[1..].to_vec())
             }
             Mode::Proxy => {
+                // What the environment asks for comes first.
+                let mut a: Vec<OsString> = Vec::new();
+                if let Some(n) = self.effective_threads() {
+                    a.push("--threads".into());
+                    a.push(n.to_string().into());
+                }
+                if let Some(t) = self.effective_transport() {
+                    a.push("--kernel-transport".into());
+                    a.push(t.into());
+                }
                 let args = match &self.raw_proxy_args {
                     Some(raw) => {
-                        let mut a: Vec<OsString> = Vec::new();
-                        if let Some(n) = self.effective_threads() {
-                            a.push("--threads".into());
-                            a.push(n.to_string().into());
-                        }
-                        if let Some(t) = self.effective_transport() {
-                            a.push("--kernel-transport".into());
-                            a.push(t.into());
-                        }
                         a.extend(raw.iter().map(sub));
                         a
                     }
                     None => {
-                        let mut a: Vec<OsString> = Vec::new();
-                        if let Some(n) = self.effective_threads() {
-                            a.push("--threads".into());
-                            a.push(n.to_string().into());
-                        }
-                        if let Some(t) = self.effective_transport() {
-                            a.push("--kernel-transport".into());
-                            a.push(t.into());
-                        }
                         a.extend(self.proxy_args.iter().map(sub));
                         a.push(mnt.clone().into_os_string());
                         a.push("--".into());
