@@ -682,7 +682,8 @@ fn command(argv: &[OsString]) -> Result<Command, Error> {
         .split_first()
         .ok_or_else(|| Error::Usage("no backend command after '--'".into()))?;
     let mut cmd = Command::new(program);
-    cmd.args(args).process_group(0);
+    // The supervisor's socket is the proxy's to speak on, not the daemon's.
+    cmd.args(args).process_group(0).env_remove("NOTIFY_SOCKET");
     Ok(cmd)
 }
 

@@ -62,11 +62,17 @@ would alone), wait for it to exit and end with status 0; so does `umount MOUNTPO
 reloads the policy file when one is given (a valid file applies to requests read \
 after it, time updates already acknowledged keep the rules they were made under, \
 and a broken file is refused with its error in the log while the old policy stays \
-in force); without a policy file SIGHUP unmounts like SIGTERM. If the daemon dies, \
-every request waiting on it is answered with EIO, the mount is removed and the \
-proxy exits with status 1; a daemon that ends by itself with status 0 and nothing \
-waiting (it unmounted MOUNTPOINT itself, or closed its channel) ends the proxy with \
-status 0. SIGUSR1 logs the counters, per rule included.";
+in force); without a policy file SIGHUP unmounts like SIGTERM, except under systemd. \
+If the daemon dies, every request waiting on it is answered with EIO, the mount is \
+removed and the proxy exits with status 1 (with --restart on-failure a new daemon \
+takes over instead, and SIGUSR2 replaces it on purpose); a daemon that ends by \
+itself with status 0 and nothing waiting (it unmounted MOUNTPOINT itself, or closed \
+its channel) ends the proxy with status 0. SIGUSR1 logs the counters, per rule \
+included.
+
+Under systemd (NOTIFY_SOCKET set): READY=1 once the mount answers, STATUS= with \
+the counters then and on each SIGUSR1, STOPPING=1 when it ends; SIGHUP is a reload \
+and never stops the mount; the daemon does not get NOTIFY_SOCKET.";
 
 const AFTER_HELP: &str = "\
 EXAMPLES:

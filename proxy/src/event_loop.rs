@@ -206,6 +206,8 @@ pub(crate) struct Shared {
     /// engine again once it takes requests. INVARIANT: capacity the arena's
     /// slot count, allocated once.
     retry: VecDeque<SlotId>,
+    /// systemd's notification socket (`NOTIFY_SOCKET`), if any.
+    systemd: Option<crate::systemd::Notify>,
     /// SIGUSR2's upgrade waits for the backend's requests until then.
     upgrade_until: Option<std::time::Instant>,
     /// `--restart`: starts the backend again when it dies.
@@ -411,6 +413,7 @@ impl Session {
             ring,
             ring_requests: 0,
             restarter,
+            systemd: crate::systemd::Notify::from_env()?,
             upgrade_until: None,
             relaunching: false,
             retry,
@@ -1574,6 +1577,7 @@ impl Shared {
                     },
                 );
                 self.ring_negotiated(f, offered, max_write, max_pages);
+                self.tell_systemd("READY=1\n");
                 // The three flag sets in one line; their names only at debug,
                 // what the proxy changed by name at info.
                 let names = |bits: u64| flags::init_flag_names(bits).collect::<Vec<_>>().join(" ");
@@ -1775,7 +1779,10 @@ impl Shared {
     fn handle_signals(&mut self) {
         while let Ok(Some(info)) = self.signals.read_signal() {
             match Signal::try_from(info.ssi_signo as i32) {
-                Ok(Signal::SIGUSR1) => self.log_stats(),
+                Ok(Signal::SIGUSR1) => {
+                    self.log_stats();
+                    self.tell_systemd("");
+                }
                 Ok(Signal::SIGUSR2) => self.upgrade_requested(),
                 Ok(Signal::SIGCHLD) => {
                     if let Some(st) = self.backend.try_reap() {
@@ -1791,6 +1798,11 @@ impl Shared {
                     if let Some(r) = self.reloader.as_mut() {
                         r.request();
                     }
+                }
+                // Under systemd SIGHUP means reload (`systemctl reload`),
+                // never stop.
+                Ok(Signal::SIGHUP) if self.systemd.is_some() => {
+                    info!(self.log, "SIGHUP: no policy file to reload");
                 }
                 Ok(sig) => self.stop_requested(sig),
                 Err(_) => {}
@@ -1867,6 +1879,7 @@ impl Shared {
             sig.as_str(),
             self.mount.path().display()
         );
+        self.tell_systemd("STOPPING=1\n");
         self.phase = Phase::Unmounting;
         self.grace_until = Some(std::time::Instant::now() + SHUTDOWN_GRACE);
         // In a thread of its own: the unmount may flush dirty pages, which
@@ -1933,6 +1946,27 @@ impl Shared {
         let mut fds = [PollFd::new(socket.as_fd(), PollFlags::empty())];
         // A closed peer shows as POLLHUP whatever is asked for.
         matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
+    }
+
+    /// Sends `state` to systemd with a STATUS= line of the counters.
+    fn tell_systemd(&mut self, state: &str) {
+        let Some(n) = self.systemd.as_ref() else {
+            return;
+        };
+        let s = self.engine.stats();
+        let msg = format!(
+            "{state}STATUS=mounted {}; {} requests, {} forwarded, {} answered locally with \
+             errors, time updates of {} files pending, {} restarts\n",
+            self.mount.path().display(),
+            s.requests,
+            s.forwarded,
+            s.answered_with_error,
+            self.engine.pending_times(),
+            s.restarts
+        );
+        if !n.send(&msg) {
+            debug!(self.log, "NOTIFY_SOCKET: cannot send {state:?}");
+        }
     }
 
     /// `--restart`: the backend died with the kernel's side live. Its
@@ -2098,6 +2132,7 @@ impl Shared {
     }
 
     fn finish(&mut self, end: Phase) -> Result<(), Error> {
+        self.tell_systemd("STOPPING=1\n");
         let result = match end {
             Phase::BackendGone => {
                 // Every waiting request has been answered (run_actions after

@@ -37,6 +37,7 @@ mod ring;
 mod seccomp;
 mod seccomp_filter;
 mod signals;
+mod systemd;
 mod trace;
 
 use std::os::fd::AsRawFd;

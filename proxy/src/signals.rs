@@ -7,7 +7,9 @@ use crate::error::Error;
 
 /// The signals the proxy handles.
 ///
-/// - INT, TERM, HUP: unmount and shut down in order.
+/// - INT, TERM: unmount and shut down in order. HUP: reload the policy
+///   file; without one, the same as TERM, except under systemd
+///   (`NOTIFY_SOCKET` set), where it is a reload with nothing to reload.
 /// - USR1: log the counters.
 /// - USR2: with `--restart`, replace the backend by a new start of its
 ///   command (an upgrade), with nothing in flight.

@@ -704,7 +704,10 @@ impl MountBuilder {
         cmd.args(&args)
             .stdin(Stdio::null())
             .stdout(stdout)
-            .stderr(stderr);
+            .stderr(stderr)
+            // A test run under systemd must not hand the proxy its
+            // supervisor (SIGHUP would not stop it); tests that want one set it.
+            .env_remove("NOTIFY_SOCKET");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
