@@ -70,6 +70,9 @@ const NOTIFY_RESERVE: usize = 2;
 /// How long a notification may wait for a slot to come back from the writer,
 /// with the backend's channel unread, before it is dropped.
 const NOTIFY_STALL: Duration = Duration::from_secs(1);
+/// How long a session whose backend died waits for its EIO answers to be
+/// submitted to the rings before it aborts the connection.
+const RING_DRAIN: Duration = Duration::from_millis(500);
 /// How long an upgrade (SIGUSR2) waits for the backend's requests.
 const UPGRADE_GRACE: Duration = Duration::from_secs(5);
 /// How long the notification writer gets to end at the end of the session
@@ -133,6 +136,10 @@ pub(crate) struct RingState {
     links: Vec<RingLink>,
     /// Queue threads whose ring is set up.
     ready: usize,
+    /// Answers queued for a queue's thread (`commit_later`) and not yet
+    /// submitted to its ring: a session that ends waits for them (at most
+    /// RING_DRAIN), or their callers would see the abort instead.
+    uncommitted: usize,
     /// Requests from the rings waiting for their answer: while there are
     /// none, the first queue's thread receives the backend's messages (its
     /// own requests' answers, the proxy's, notifications), else the threads
@@ -208,6 +215,9 @@ pub(crate) struct Shared {
     retry: VecDeque<SlotId>,
     /// systemd's notification socket (`NOTIFY_SOCKET`), if any.
     systemd: Option<crate::systemd::Notify>,
+    /// When a session whose backend is gone stops waiting for the rings'
+    /// answers to be submitted.
+    ring_drain_until: Option<std::time::Instant>,
     /// SIGUSR2's upgrade waits for the backend's requests until then.
     upgrade_until: Option<std::time::Instant>,
     /// `--restart`: starts the backend again when it dies.
@@ -396,6 +406,7 @@ impl Session {
                     depth,
                     links,
                     ready: 0,
+                    uncommitted: 0,
                     waiting: 0,
                 })
             }
@@ -414,6 +425,7 @@ impl Session {
             ring_requests: 0,
             restarter,
             systemd: crate::systemd::Notify::from_env()?,
+            ring_drain_until: None,
             upgrade_until: None,
             relaunching: false,
             retry,
@@ -593,6 +605,8 @@ impl Shared {
         [
             engine,
             self.upgrade_until,
+            self.ring_drain_until
+                .filter(|_| self.ring_answers_pending()),
             self.grace_until,
             self.bad_report_at,
             self.park_until,
@@ -1003,6 +1017,9 @@ impl Shared {
             Some(link) if link.backlog.len() < link.backlog.capacity() => {
                 link.backlog.push_back((entry, msg));
                 let _ = link.wake.write(1);
+                if let Some(r) = self.ring.as_mut() {
+                    r.uncommitted += 1;
+                }
             }
             _ => {
                 if let Msg::Slot(lent) = msg {
@@ -1164,11 +1181,13 @@ impl Shared {
     /// Answers waiting for queue `q`'s thread, moved to its turn's I/O up to
     /// the room there (a turn must have begun: they are carried out at its
     /// end, on that thread).
-    pub(crate) fn take_ring_backlog(&mut self, q: usize) {
+    /// Returns how many were taken.
+    pub(crate) fn take_ring_backlog(&mut self, q: usize) -> usize {
         debug_assert!(self.defer, "outside a turn");
         let Some(link) = self.ring.as_mut().and_then(|r| r.links.get_mut(q)) else {
-            return;
+            return 0;
         };
+        let mut n = 0;
         while self.outbox.has_room() {
             let Some((entry, msg)) = link.backlog.pop_front() else {
                 break;
@@ -1178,7 +1197,26 @@ impl Shared {
                 reader: Route::Ring(entry),
                 done: None,
             });
+            n += 1;
         }
+        n
+    }
+
+    /// `n` answers taken from a backlog are submitted to their ring.
+    pub(crate) fn ring_committed(&mut self, n: usize, room: &Condvar) {
+        if let Some(r) = self.ring.as_mut() {
+            r.uncommitted = r.uncommitted.saturating_sub(n);
+        }
+        self.after_turn(room);
+    }
+
+    /// Whether answers for the rings still wait to be submitted, and the
+    /// session may wait for them.
+    fn ring_answers_pending(&self) -> bool {
+        self.ring.as_ref().is_some_and(|r| r.uncommitted > 0)
+            && self
+                .ring_drain_until
+                .is_none_or(|t| std::time::Instant::now() < t)
     }
 
     /// A reader's device, while the device is kept.
@@ -1923,6 +1961,7 @@ impl Shared {
             }
         }
         self.backend_end = Some(how);
+        self.ring_drain_until = Some(std::time::Instant::now() + RING_DRAIN);
         self.stop_deferring();
         self.wake_main = true;
         self.left_unanswered = self.engine.inflight();
@@ -1976,6 +2015,14 @@ impl Shared {
         self.relaunching = true;
         self.stop_deferring();
         self.wake_main = true;
+        // What waited for room on the dead channel is the dead backend's:
+        // the engine answers or resends it (in the new backend's ids).
+        while let Some(p) = self.pending.pop_front() {
+            if let Pending::Slot(s) = p {
+                self.arena.release(s);
+            }
+        }
+        self.watch_room(false);
         match n {
             // An upgrade.
             0 => info!(
@@ -2117,6 +2164,9 @@ impl Shared {
 
     fn finished(&self) -> Option<Phase> {
         match self.phase {
+            // The EIO answers on their way to the rings go first: the abort
+            // that follows would reach their callers before them.
+            Phase::BackendGone if self.ring_answers_pending() => None,
             Phase::BackendGone => Some(Phase::BackendGone),
             Phase::KernelGone
                 if self.engine.is_shutdown_complete()

@@ -425,8 +425,13 @@ fn ring_step(
         let mut s = shared.lock();
         if s.has_ring_backlog(q) {
             s.begin_turn();
-            s.take_ring_backlog(q);
+            let n = s.take_ring_backlog(q);
             finish_turn(shared, s, outbox, io, Some(ring));
+            // Submitted now: the session may be waiting for them to end.
+            if let Err(e) = ring.flush() {
+                shared.lock().ring_failed(e);
+            }
+            shared.lock().ring_committed(n, &shared.room);
             return Step::Moved;
         }
         if s.readers_done() || !s.ring_in_use() {
