@@ -904,6 +904,14 @@ impl Engine {
     /// Answers `unique` with `-errno`, counted as `kind` decided it.
     fn answer_error(&mut self, unique: Unique, node: NodeId, errno: i32, kind: DecisionKind) {
         debug_assert!(kind.is_error_answer());
+        // What `--restart` keeps of a request until its reply (a name to
+        // learn, a copy to resend) goes with the proxy's own answer; a
+        // deadline's answer would otherwise leave it until the table is
+        // full.
+        if let Some(m) = self.nodes.as_mut() {
+            m.request_dropped(unique.0);
+        }
+        self.forget_copy(unique);
         self.note(kind, unique, node, errno as u64);
         self.stats.answered_with_error += 1;
         self.actions
