@@ -47,6 +47,38 @@ fn errno_of(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(-1)
 }
 
+/// An error of a round, for the loop's list: EIO as `"EIO"`, the only one
+/// a request in flight at a kill may get.
+fn failed(what: String, e: std::io::Error) -> String {
+    if errno_of(&e) == libc::EIO {
+        "EIO".into()
+    } else {
+        format!("{what}: {e}")
+    }
+}
+
+/// Runs `round(i)` for i = 0, 1, ... every 2 ms on a thread of its own
+/// until `stop` is set; gives the rounds that went right and the errors.
+fn looping(
+    stop: &Arc<AtomicBool>,
+    mut round: impl FnMut(u32) -> Result<(), String> + Send + 'static,
+) -> std::thread::JoinHandle<(Vec<u32>, Vec<String>)> {
+    let stop = stop.clone();
+    std::thread::spawn(move || {
+        let (mut ok, mut errors) = (Vec::new(), Vec::new());
+        let mut i = 0u32;
+        while !stop.load(Ordering::Relaxed) {
+            match round(i) {
+                Ok(()) => ok.push(i),
+                Err(e) => errors.push(e),
+            }
+            i += 1;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        (ok, errors)
+    })
+}
+
 #[test]
 fn a_killed_daemon_is_replaced_and_open_files_and_cached_nodes_go_on() {
     let m = mount("on-failure");
@@ -67,33 +99,18 @@ fn a_killed_daemon_is_replaced_and_open_files_and_cached_nodes_go_on() {
     // A loop of creates, writes, reads and stats across the restart.
     let stop = Arc::new(AtomicBool::new(false));
     let root = m.mountpoint().to_path_buf();
-    let looper = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut made = Vec::new();
-            let mut errors = Vec::new();
-            let mut i = 0u32;
-            while !stop.load(Ordering::Relaxed) {
-                let p = root.join(format!("dir/f{i}"));
-                let body = format!("file {i}\n");
-                let r = fs::write(&p, &body)
-                    .and_then(|()| fs::read(&p))
-                    .and_then(|back| {
-                        fs::metadata(&p)?;
-                        Ok(back)
-                    });
-                match r {
-                    Ok(back) if back == body.as_bytes() => made.push(i),
-                    Ok(back) => errors.push(format!("f{i}: read back {back:?}")),
-                    Err(e) if errno_of(&e) == libc::EIO => errors.push("EIO".into()),
-                    Err(e) => errors.push(format!("f{i}: {e}")),
-                }
-                i += 1;
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            (made, errors)
-        })
-    };
+    let looper = looping(&stop, move |i| {
+        let p = root.join(format!("dir/f{i}"));
+        let body = format!("file {i}\n");
+        let back = fs::write(&p, &body)
+            .and_then(|()| fs::read(&p))
+            .and_then(|back| fs::metadata(&p).map(|_| back))
+            .map_err(|e| failed(format!("f{i}"), e))?;
+        match back == body.as_bytes() {
+            true => Ok(()),
+            false => Err(format!("f{i}: read back {back:?}")),
+        }
+    });
     std::thread::sleep(Duration::from_millis(200));
     kill_and_wait_restarted(&m, 1);
     std::thread::sleep(Duration::from_millis(300));
@@ -290,24 +307,17 @@ fn reads_go_on_across_a_restart(m: &Mount, comm: &str, names: &[(&str, &[u8])]) 
     let stop = Arc::new(AtomicBool::new(false));
     let files: Vec<(std::path::PathBuf, Vec<u8>)> =
         names.iter().map(|(n, b)| (m.path(n), b.to_vec())).collect();
-    let looper = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let (mut ok, mut errors) = (0u32, Vec::new());
-            while !stop.load(Ordering::Relaxed) {
-                for (p, want) in &files {
-                    match fs::read(p).and_then(|b| fs::metadata(p).map(|_| b)) {
-                        Ok(b) if &b == want => ok += 1,
-                        Ok(b) => errors.push(format!("{}: {b:?}", p.display())),
-                        Err(e) if errno_of(&e) == libc::EIO => errors.push("EIO".into()),
-                        Err(e) => errors.push(format!("{}: {e}", p.display())),
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(2));
+    let looper = looping(&stop, move |_| {
+        for (p, want) in &files {
+            let b = fs::read(p)
+                .and_then(|b| fs::metadata(p).map(|_| b))
+                .map_err(|e| failed(p.display().to_string(), e))?;
+            if &b != want {
+                return Err(format!("{}: {b:?}", p.display()));
             }
-            (ok, errors)
-        })
-    };
+        }
+        Ok(())
+    });
     std::thread::sleep(Duration::from_millis(150));
     daemon(m, comm).signal(Signal::SIGKILL);
     let restarted = wait_until(BOUND, || {
@@ -322,7 +332,7 @@ fn reads_go_on_across_a_restart(m: &Mount, comm: &str, names: &[(&str, &[u8])]) 
         "{comm}: reads failed: {errors:?}\n{}",
         m.proxy_log()
     );
-    assert!(ok > 20, "{comm}: only {ok} reads");
+    assert!(ok.len() > 20, "{comm}: only {} rounds of reads", ok.len());
     let mut back = vec![0u8; names[0].1.len()];
     held.read_exact_at(&mut back, 0).unwrap();
     assert_eq!(
@@ -393,23 +403,17 @@ fn an_upgrade_on_sigusr2_costs_the_loop_no_error() {
     let old = passthrough_backend(&m);
     let stop = Arc::new(AtomicBool::new(false));
     let root = m.mountpoint().to_path_buf();
-    let looper = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let (mut made, mut errors) = (0u32, Vec::new());
-            while !stop.load(Ordering::Relaxed) {
-                let p = root.join(format!("dir/u{made}"));
-                let body = format!("u{made}");
-                match fs::write(&p, &body).and_then(|()| fs::read(&p)) {
-                    Ok(b) if b == body.as_bytes() => made += 1,
-                    Ok(b) => errors.push(format!("u{made}: {b:?}")),
-                    Err(e) => errors.push(format!("u{made}: {e}")),
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            (made, errors)
-        })
-    };
+    let looper = looping(&stop, move |i| {
+        let p = root.join(format!("dir/u{i}"));
+        let body = format!("u{i}");
+        let b = fs::write(&p, &body)
+            .and_then(|()| fs::read(&p))
+            .map_err(|e| failed(format!("u{i}"), e))?;
+        match b == body.as_bytes() {
+            true => Ok(()),
+            false => Err(format!("u{i}: {b:?}")),
+        }
+    });
     std::thread::sleep(Duration::from_millis(150));
     m.send_signal(Signal::SIGUSR2)
         .expect("SIGUSR2 to the proxy");
@@ -425,14 +429,14 @@ fn an_upgrade_on_sigusr2_costs_the_loop_no_error() {
         "the loop saw errors: {errors:?}\n{}",
         m.proxy_log()
     );
-    assert!(made > 20, "only {made} files");
+    assert!(made.len() > 20, "only {} files", made.len());
     assert!(
         !old.is_alive() || passthrough_backend(&m).pid != old.pid,
         "the old daemon is still the backend"
     );
     held.write_all_at(b"after", 0).unwrap();
     assert_eq!(fs::read(m.backing().join("dir/held")).unwrap(), b"after");
-    for i in 0..made {
+    for i in made {
         let got = fs::read(m.backing().join(format!("dir/u{i}"))).unwrap();
         assert_eq!(got, format!("u{i}").as_bytes());
     }
