@@ -275,7 +275,20 @@ fn a_daemon_that_dies_at_once_is_given_up_after_max_restarts() {
         return;
     }
     fs::write(m.path("f"), b"f").unwrap();
-    passthrough_backend(&m).signal(Signal::SIGKILL);
+    // A lookup waiting in the daemon when it dies: kept for the next one,
+    // then answered EIO when there is none.
+    let daemon = passthrough_backend(&m);
+    daemon.signal(Signal::SIGSTOP);
+    let p = m.path("never-seen");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(fs::metadata(p).map(drop)));
+    std::thread::sleep(Duration::from_millis(200));
+    daemon.signal(Signal::SIGKILL);
+    let e = rx
+        .recv_timeout(BOUND)
+        .expect("the waiting lookup never returned")
+        .unwrap_err();
+    assert_eq!(errno_of(&e), libc::EIO, "the waiting lookup: {e}");
     let st = m.wait_exit(BOUND).expect("the proxy did not give up");
     assert_eq!(st.code(), Some(1), "{}", m.proxy_log());
     assert!(m.wait_unmounted(BOUND), "still mounted");
