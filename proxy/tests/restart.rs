@@ -95,6 +95,21 @@ fn a_killed_daemon_is_replaced_and_open_files_and_cached_nodes_go_on() {
         .open(m.path("dir/held"))
         .unwrap();
     let dir = fs::File::open(m.path("dir")).unwrap();
+    // And a process whose working directory is inside (ended on drop).
+    struct Resident(std::process::Child);
+    impl Drop for Resident {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let resident = Resident(
+        std::process::Command::new("sleep")
+            .arg("60")
+            .current_dir(m.path("dir"))
+            .spawn()
+            .unwrap(),
+    );
 
     // A loop of creates, writes, reads and stats across the restart.
     let stop = Arc::new(AtomicBool::new(false));
@@ -148,6 +163,14 @@ fn a_killed_daemon_is_replaced_and_open_files_and_cached_nodes_go_on() {
         "fstatat through the directory opened before the restart"
     );
     assert_eq!(st.st_size, 10);
+    // The working directory: a name looked up from it.
+    let through_cwd = fs::read(format!("/proc/{}/cwd/held", resident.0.id()));
+    drop(resident);
+    assert_eq!(
+        through_cwd.unwrap(),
+        b"01AB456789",
+        "through the working directory"
+    );
 
     // The backing tree is what the callers were told.
     assert_eq!(
