@@ -227,7 +227,8 @@ fn translate(
     let Some(program) = backend else {
         return Err(bad(
             "no backend=PROGRAM among the -o options: the mount-helper form needs the FUSE \
-             daemon to run (e.g. backend=bindfs)"
+             daemon to run (e.g. backend=bindfs); the ordinary form is MOUNTPOINT -- \
+             BACKEND_COMMAND..."
                 .into(),
         ));
     };

@@ -275,10 +275,7 @@ fn bindfs_from_an_fstab_line() {
     let sid = nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(proxy.pid))).unwrap();
     assert_eq!(sid.as_raw(), proxy.pid, "the proxy did not call setsid");
 
-    assert_eq!(
-        fs::read(line.path("mnt/before")).unwrap(),
-        b"in the source"
-    );
+    assert_eq!(fs::read(line.path("mnt/before")).unwrap(), b"in the source");
     fs::write(line.path("mnt/through"), b"through the proxy").unwrap();
     assert_eq!(
         fs::read(line.path("src/through")).unwrap(),
@@ -288,7 +285,10 @@ fn bindfs_from_an_fstab_line() {
     assert_umount_ends_it(&line, &proxy, &daemons);
     let text = line.log();
     assert!(
-        text.contains(&format!("backend (pid {}) exited with status 0", daemons[0].pid)),
+        text.contains(&format!(
+            "backend (pid {}) exited with status 0",
+            daemons[0].pid
+        )),
         "the log does not say bindfs ended with status 0:\n{text}"
     );
     assert!(!text.contains("CRIT"), "the log reports a failure:\n{text}");
@@ -359,7 +359,11 @@ fn refused(source: &str, options: &str, words: &[&str]) {
 #[test]
 fn no_backend_is_one_clear_error() {
     refused("/srv", "allow_other", &["no backend=PROGRAM"]);
-    refused("/srv", "backend=,ro", &["option backend=:", "needs a value"]);
+    refused(
+        "/srv",
+        "backend=,ro",
+        &["option backend=:", "needs a value"],
+    );
 }
 
 #[test]
@@ -367,7 +371,10 @@ fn an_unknown_backend_program_is_one_clear_error() {
     refused(
         "none",
         "backend=fuseproxy-test-no-such-daemon,source=/srv",
-        &["option backend=fuseproxy-test-no-such-daemon", "no such program"],
+        &[
+            "option backend=fuseproxy-test-no-such-daemon",
+            "no such program",
+        ],
     );
 }
 
