@@ -24,7 +24,7 @@ mod common;
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
@@ -74,10 +74,15 @@ impl Line {
 
     /// Writes the fstab file: one line `SOURCE MNT fuse.BIN OPTIONS 0 0`.
     fn write(&self, source: &str, options: &str) -> String {
+        let bin = self.path("bin/fuseproxy");
+        self.write_typed(source, &bin.to_string_lossy(), options)
+    }
+
+    /// Writes the fstab file: one line `SOURCE MNT fuse.SUBTYPE OPTIONS 0 0`.
+    fn write_typed(&self, source: &str, subtype: &str, options: &str) -> String {
         let line = format!(
-            "{source} {} fuse.{} {options} 0 0\n",
-            self.mnt().display(),
-            self.path("bin/fuseproxy").display()
+            "{source} {} fuse.{subtype} {options} 0 0\n",
+            self.mnt().display()
         );
         let text = format!("# fuseproxy's fstab test\n{line}");
         fs::write(self.path("fstab"), text).expect("write the fstab file");
@@ -117,13 +122,14 @@ impl Line {
             .expect("scanning /proc took more than 2 s")
     }
 
-    /// The proxy's process: one, whose first argument is the symlink.
+    /// The proxy's process: one, whose first argument is the symlink (or
+    /// `fuseproxy`, found in sh's path).
     fn proxy(&self) -> ProcId {
         let bin = self.path("bin/fuseproxy").to_string_lossy().into_owned();
         let all = self.processes();
         let found: Vec<ProcId> = all
             .iter()
-            .filter(|(_, argv)| argv.first() == Some(&bin))
+            .filter(|(_, argv)| argv.first().is_some_and(|a| *a == bin || a == "fuseproxy"))
             .map(|(p, _)| *p)
             .collect();
         assert_eq!(found.len(), 1, "not one proxy among {all:?}");
@@ -426,5 +432,133 @@ fn refused_after_start(line: &Line, source: &str) {
         wait_until(EXIT_BOUND, || line.processes().is_empty()),
         "processes were left: {:?}",
         line.processes()
+    );
+}
+
+#[test]
+fn dash_f_stays_in_the_foreground() {
+    // What one runs to debug an fstab line: the same form, with -f.
+    let line = Line::new();
+    let log = line.path("log");
+    let mut child = Command::new(line.path("bin/fuseproxy"))
+        .arg("-f")
+        .arg(line.path("src"))
+        .arg(line.mnt())
+        .arg("-o")
+        .arg(format!("backend=bindfs,log={}", log.display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start fuseproxy -f");
+    assert!(
+        wait_until(common::MOUNT_TIMEOUT, || common::is_mounted_and_live(
+            &line.mnt()
+        )),
+        "not mounted within {:?}; log:\n{}",
+        common::MOUNT_TIMEOUT,
+        line.log()
+    );
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "fuseproxy -f did not stay in the foreground"
+    );
+    fs::write(line.path("mnt/f"), b"foreground").unwrap();
+    assert_eq!(fs::read(line.path("src/f")).unwrap(), b"foreground");
+    let (st, err) = line.umount();
+    assert!(st.success(), "umount: {st}: {err}");
+    let mut status = None;
+    wait_until(EXIT_BOUND, || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    let status =
+        status.unwrap_or_else(|| panic!("fuseproxy -f runs on {EXIT_BOUND:?} after umount"));
+    assert!(status.success(), "fuseproxy -f: {status}\n{}", line.log());
+    assert!(!line.log().contains("CRIT"), "{}", line.log());
+}
+
+/// The mountinfo line of `mnt` in the mount namespace of `pid`.
+fn mountinfo_of(pid: i32, mnt: &Path) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
+    let field = mnt.to_str()?;
+    text.lines()
+        .rev()
+        .find(|l| l.split(' ').nth(4) == Some(field))
+        .map(str::to_string)
+}
+
+#[test]
+fn the_type_fuse_fuseproxy_runs_fuseproxy_from_the_default_path() {
+    // The line exactly as a user writes it, `fuse.fuseproxy`: mount.fuse3
+    // runs `fuseproxy` with sh's default path (mount(8) removed PATH). The
+    // binary under test is put there without touching the system: in a
+    // private mount namespace of its own, bin/ (holding the symlink) is
+    // bind-mounted over /usr/local/sbin, the first directory of that path.
+    // The FUSE mount then exists in that namespace only; it is looked at
+    // through /proc/PID of the proxy, and unmounted by umount(8) entered
+    // into it. When the proxy and its daemon end, the namespace goes.
+    let line = Line::new();
+    let fstab = line.write_typed(
+        &line.path("src").to_string_lossy(),
+        "fuseproxy",
+        "backend=bindfs",
+    );
+    let script = format!(
+        "mount --bind {} /usr/local/sbin && exec mount -T {} {}",
+        line.path("bin").display(),
+        line.path("fstab").display(),
+        line.mnt().display()
+    );
+    let (st, out, err) = run_bounded(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(&script),
+        COMMAND_BOUND,
+    )
+    .unwrap_or_else(|| panic!("unshare ... mount -T did not return within {COMMAND_BOUND:?}"));
+    assert!(
+        st.success(),
+        "{fstab:?} in a namespace: {st}\nstdout: {out}\nstderr: {err}"
+    );
+    let proxy = line.proxy();
+    let daemons = line.daemons(&proxy);
+    assert_eq!(daemons.len(), 1, "one bindfs expected: {daemons:?}");
+    let info = mountinfo_of(proxy.pid, &line.mnt()).unwrap_or_else(|| {
+        panic!(
+            "nothing on {} in the proxy's namespace",
+            line.mnt().display()
+        )
+    });
+    assert!(info.contains(" - fuse"), "not a FUSE mount: {info}");
+    assert_eq!(
+        mount_info(&line.mnt()),
+        None,
+        "the mount leaked out of the private namespace"
+    );
+    let inside = PathBuf::from(format!("/proc/{}/root{}", proxy.pid, line.mnt().display()));
+    fs::write(inside.join("f"), b"default path").unwrap();
+    assert_eq!(fs::read(line.path("src/f")).unwrap(), b"default path");
+
+    let (st, _, err) = run_bounded(
+        Command::new("nsenter")
+            .arg("-t")
+            .arg(proxy.pid.to_string())
+            .arg("-m")
+            .arg("umount")
+            .arg(line.mnt()),
+        COMMAND_BOUND,
+    )
+    .unwrap_or_else(|| panic!("umount did not return within {COMMAND_BOUND:?}"));
+    assert!(st.success(), "umount in the namespace: {st}: {err}");
+    assert!(
+        wait_until(EXIT_BOUND, || is_gone(&proxy)),
+        "the proxy (pid {}) still runs {EXIT_BOUND:?} after umount",
+        proxy.pid
+    );
+    assert!(
+        wait_until(EXIT_BOUND, || is_gone(&daemons[0])),
+        "bindfs (pid {}) still runs {EXIT_BOUND:?} after umount",
+        daemons[0].pid
     );
 }
