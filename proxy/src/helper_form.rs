@@ -112,7 +112,8 @@ pub fn recognise(args: &[OsString]) -> Option<Result<HelperForm, Error>> {
         .iter()
         .flat_map(|l| l.split(','))
         .any(|o| is_backend(o.split('=').next().unwrap_or("")));
-    if !names_backend && !(operands.len() == 2 && !lists.is_empty()) {
+    let as_mount_fuse3_runs = operands.len() == 2 && !lists.is_empty();
+    if !(names_backend || as_mount_fuse3_runs) {
         return None;
     }
     Some(translate(lists, operands, foreground, &flags))
