@@ -38,6 +38,9 @@ const READY: &[u8] = b"ready\n";
 /// caller, so that a bad path is reported before the fork). `line` names
 /// the fstab line in the parent's messages.
 pub fn detach(log: Option<File>, line: &str) -> Result<(), Error> {
+    // So that neither the pipe nor /dev/null below lands on 0, 1 or 2
+    // (then replaced or closed by the dup2s).
+    std_fds_open()?;
     let (read, write) = pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| Error::Setup(format!("pipe: {}", e.desc())))?;
     // SAFETY: called from main before any thread exists (the caller's
@@ -152,6 +155,24 @@ pub fn start(h: &crate::helper_form::HelperForm) -> Result<(), Error> {
     }
     if let Some(f) = log {
         dup2(f.as_raw_fd(), 2).map_err(|e| Error::Setup(format!("dup2: {}", e.desc())))?;
+    }
+    Ok(())
+}
+
+/// Opens /dev/null on each of 0, 1 and 2 that is closed (a helper may be
+/// run so), and leaves it open there.
+fn std_fds_open() -> Result<(), Error> {
+    use std::os::fd::IntoRawFd;
+    for fd in 0..3 {
+        if nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_err() {
+            // The lowest free descriptor: `fd` itself, kept open for good.
+            let _ = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .map_err(|e| Error::Setup(format!("/dev/null: {e}")))?
+                .into_raw_fd();
+        }
     }
     Ok(())
 }
