@@ -72,7 +72,23 @@ included.
 
 Under systemd (NOTIFY_SOCKET set): READY=1 once the mount answers, STATUS= with \
 the counters then and on each SIGUSR1, STOPPING=1 when it ends; SIGHUP is a reload \
-and never stops the mount; the daemon does not get NOTIFY_SOCKET.";
+and never stops the mount; the daemon does not get NOTIFY_SOCKET.
+
+From /etc/fstab and mount(8): for a line of type fuse.fuseproxy, mount.fuse3 runs \
+`fuseproxy SOURCE MOUNTPOINT -o OPTIONS`, the mount-helper form (two operands, -o, \
+no --). backend=PROGRAM (required) names the daemon; policy=, channel=, \
+backend_user=, restart= (no or on-failure), times=, threads=, log_level= and \
+record= are the options of the same names; log=FILE sends the proxy's and the \
+daemon's stderr to FILE (otherwise both keep mount(8)'s); backend_foreground=no \
+leaves out the daemon's -f. Any of these may be written fuseproxy.NAME=VALUE (an \
+unknown NAME is an error), and backend.NAME=VALUE passes NAME=VALUE to the daemon. \
+Every other option is the daemon's: it runs as `PROGRAM -f SOURCE MOUNTPOINT -o \
+OTHERS`, without SOURCE when it is `none`. The proxy goes to the background once \
+the mount answers, so that mount(8) returns then with status 0, or prints the one \
+error line and fails with nothing mounted; -f keeps it in the foreground. mount(8) \
+runs helpers without PATH: fuseproxy and a PROGRAM given by name are looked for in \
+/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; elsewhere, write the \
+type as fuse./path/to/fuseproxy (a path without dots). `umount MOUNTPOINT` ends it.";
 
 const AFTER_HELP: &str = "\
 EXAMPLES:
@@ -98,12 +114,19 @@ EXAMPLES:
     Check a policy file without mounting (prints it with every default):
         fuseproxy --check --policy policies/examples/never-hang.toml
 
+    An /etc/fstab line for bindfs through the proxy (then `mount /mnt/data`,
+    `umount /mnt/data`), and one for passthrough_ll, which takes no source:
+        /srv/data /mnt/data fuse.fuseproxy backend=bindfs,policy=/etc/ro.toml 0 0
+        none      /mnt/pt   fuse.fuseproxy backend=passthrough_ll,source=/srv/data 0 0
+
     Run the backend in the foreground (-f): the proxy stays in the foreground
     itself and ends when the mount ends. A backend that daemonizes still works;
     its socket, not its pid, tells the proxy whether it is alive.
 
 EXIT STATUS:
-    0  unmounted on a signal or by umount; with --check, the policy is valid
+    0  unmounted on a signal or by umount; with --check, the policy is valid;
+       in the mount-helper form, the mount is up (the proxy runs on in the
+       background)
     1  the daemon died, or a run-time error (the last line says which); with
        --check, the policy is not valid
     2  the command line or the policy file is wrong";
@@ -154,7 +177,7 @@ pub enum LogLevel {
     about = ABOUT,
     long_about = LONG_ABOUT,
     after_long_help = AFTER_HELP,
-    override_usage = "fuseproxy [OPTIONS] MOUNTPOINT -- BACKEND_COMMAND...\n       fuseproxy --check --policy FILE [OPTIONS]"
+    override_usage = "fuseproxy [OPTIONS] MOUNTPOINT -- BACKEND_COMMAND...\n       fuseproxy SOURCE MOUNTPOINT -o backend=PROGRAM[,OPTIONS] [-f]\n       fuseproxy --check --policy FILE [OPTIONS]"
 )]
 pub struct Cli {
     /// Mount options, comma-separated, in libfuse's -o convention (allow_other,

@@ -1616,6 +1616,12 @@ impl Shared {
                 );
                 self.ring_negotiated(f, offered, max_write, max_pages);
                 self.tell_systemd("READY=1\n");
+                if !crate::background::ready() {
+                    warn!(
+                        self.log,
+                        "the mount helper that started the proxy is gone; the mount stays"
+                    );
+                }
                 // The three flag sets in one line; their names only at debug,
                 // what the proxy changed by name at info.
                 let names = |bits: u64| flags::init_flag_names(bits).collect::<Vec<_>>().join(" ");

@@ -13,6 +13,7 @@ mod alloc_count;
 mod arena;
 mod backend;
 mod backend_user;
+mod background;
 mod channel;
 mod clean_end;
 mod cli;
@@ -22,6 +23,7 @@ mod event_loop;
 mod forwarders;
 mod fusermount;
 mod fusermount_helper;
+mod helper_form;
 mod kernel_ring;
 mod memory;
 mod mount;
@@ -59,7 +61,29 @@ fn main() {
     if let Some(name) = fusermount_helper::invoked_as_fusermount() {
         std::process::exit(fusermount_helper::run(&name));
     }
-    let cli = match Cli::try_parse() {
+    // mount(8) runs its helpers without PATH; execvp would then search
+    // sh's default path, and so does the search for the backend.
+    if std::env::var_os("PATH").is_none() {
+        std::env::set_var("PATH", helper_form::DEFAULT_PATH);
+    }
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let helper = match helper_form::recognise(&args) {
+        None => None,
+        Some(Ok(h)) => Some(h),
+        Some(Err(e)) => {
+            eprintln!("fuseproxy: {e}");
+            std::process::exit(e.exit_code());
+        }
+    };
+    let parsed = match helper.as_ref().map(helper_form::HelperForm::parse) {
+        Some(Ok(cli)) => Ok(cli),
+        Some(Err(e)) => {
+            eprintln!("fuseproxy: {e}");
+            std::process::exit(e.exit_code());
+        }
+        None => Cli::try_parse(),
+    };
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;
@@ -96,21 +120,38 @@ fn main() {
     let policy = match source.load() {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("fuseproxy: {e}");
+            match &helper {
+                Some(h) => eprintln!("fuseproxy: {}: option policy=: {e}", h.line()),
+                None => eprintln!("fuseproxy: {e}"),
+            }
             std::process::exit(2);
         }
     };
-    let log = logger(cli.level());
-    match run(&cli, &log, source, &policy) {
-        Ok(()) => std::process::exit(0),
-        Err(e @ Error::Usage(_)) => {
+    if let Some(h) = &helper {
+        // Still one process with no thread: the fork's precondition.
+        if let Err(e) = background::start(h) {
             eprintln!("fuseproxy: {e}");
             std::process::exit(e.exit_code());
         }
+    }
+    // Started from a mount helper, the proxy outlives whoever reads its
+    // stderr: a log line that cannot be written is dropped, never fatal.
+    let log = logger(cli.level(), helper.is_some());
+    match run(&cli, &log, source, &policy) {
+        Ok(()) => std::process::exit(0),
         Err(e) => {
-            slog::crit!(log, "{e}");
+            let code = e.exit_code();
+            // Before the mount answered, the waiting parent prints it on
+            // the stderr this would use (unless the log goes to a file).
+            let told_parent = background::failed(&e.to_string(), code);
+            if !told_parent || helper.as_ref().is_some_and(|h| h.log.is_some()) {
+                match e {
+                    Error::Usage(_) => eprintln!("fuseproxy: {e}"),
+                    _ => slog::crit!(log, "{e}"),
+                }
+            }
             drop(log);
-            std::process::exit(e.exit_code());
+            std::process::exit(code);
         }
     }
 }
@@ -131,7 +172,9 @@ fn one_line(text: &str) -> String {
         .to_string()
 }
 
-fn logger(level: LogLevel) -> Logger {
+/// The logger on stderr. `lossy`: a line that cannot be written is dropped
+/// (otherwise the failure ends the proxy).
+fn logger(level: LogLevel, lossy: bool) -> Logger {
     let level = match level {
         LogLevel::Error => slog::Level::Error,
         LogLevel::Warn => slog::Level::Warning,
@@ -142,9 +185,15 @@ fn logger(level: LogLevel) -> Logger {
     // Synchronous on purpose: no logging thread that allocates behind the
     // allocation counter's back, and nothing lost at exit.
     let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
-    let drain = slog_term::FullFormat::new(decorator).build().fuse();
-    let drain = slog::LevelFilter::new(drain, level).fuse();
-    Logger::root(drain, o!())
+    let format = slog_term::FullFormat::new(decorator).build();
+    if lossy {
+        Logger::root(
+            slog::LevelFilter::new(format.ignore_res(), level).fuse(),
+            o!(),
+        )
+    } else {
+        Logger::root(slog::LevelFilter::new(format.fuse(), level).fuse(), o!())
+    }
 }
 
 fn run(
