@@ -41,6 +41,7 @@ fn page(cmd: &Command, source: &str, see_also: &[&str]) -> Result<Page, std::io:
         .manual("User Commands");
     let mut out = Vec::new();
     man.render_title(&mut out)?;
+    out.extend_from_slice(crate::LAYOUT.as_bytes());
     let mut rest = Vec::new();
     man.render_name_section(&mut rest)?;
     man.render_synopsis_section(&mut rest)?;
@@ -113,7 +114,7 @@ mod tests {
         assert_eq!(p.file_name(), "demo.1");
         for part in [
             ".TH DEMO 1 \"\" \"demo 1.2.3\" \"User Commands\"",
-            ".SH NAME\ndemo \\- Does a demo.",
+            ".nh\n.ad l\n.SH NAME\ndemo \\- Does a demo.",
             ".SH SYNOPSIS",
             "Does a demo, at length.",
             ".SH OPTIONS",

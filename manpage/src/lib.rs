@@ -43,6 +43,11 @@ impl Page {
 /// `""`, since a bare one would let the next argument take its place.
 const NO_DATE: &str = "\"\"";
 
+/// What follows each page's `.TH`: no hyphenation and no justification,
+/// since the pages are full of option names, paths and commands that
+/// neither should touch.
+const LAYOUT: &str = ".nh\n.ad l\n";
+
 /// The roff a page starts with: the string clap_mangen's writer defines
 /// for a typewriter apostrophe. Every part rendered on its own carries it;
 /// a page keeps it once.

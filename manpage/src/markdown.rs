@@ -49,6 +49,8 @@ pub fn markdown_page(
             head.manual,
         ],
     );
+    roff.control("nh", []);
+    roff.control("ad", ["l"]);
     roff.control("SH", ["NAME"]);
     roff.text([roman(format!("{} - {}", head.name, head.summary))]);
     roff.control("SH", ["SYNOPSIS"]);
@@ -297,7 +299,7 @@ mod tests {
         assert_eq!(p.file_name(), "demo-file.5");
         for part in [
             ".TH DEMO-FILE 5 \"\" \"demo 1\" \"File Formats\"",
-            ".SH NAME\ndemo\\-file \\- the demo\\*(Aqs file",
+            ".nh\n.ad l\n.SH NAME\ndemo\\-file \\- the demo\\*(Aqs file",
             "demo \\-\\-file FILE\n.br\ndemo \\-\\-check FILE",
             ".SH DESCRIPTION\nIntro.\n.SH RELOAD\nOn SIGHUP.\n.PP\nAgain.\n.PP\n.RS 4\n.nf\n\\&.dot first\n.fi\n.RE",
             ".SH DEFAULTS\n.RS 4\n.nf\na = 1\n",

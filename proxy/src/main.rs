@@ -23,6 +23,7 @@ mod forwarders;
 mod fusermount;
 mod fusermount_helper;
 mod kernel_ring;
+mod man_pages;
 mod memory;
 mod mount;
 mod mount_options;
@@ -58,6 +59,11 @@ fn main() {
     // The fusermount channel's stand-in is this executable under that name.
     if let Some(name) = fusermount_helper::invoked_as_fusermount() {
         std::process::exit(fusermount_helper::run(&name));
+    }
+    // `fuseproxy --man DIR` (hidden): write the man pages, for packaging.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(status) = fuseproxy_manpage::man_request("fuseproxy", &args, man_pages::pages) {
+        std::process::exit(status);
     }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
