@@ -4,11 +4,29 @@
 # (packages, the Rust build, the example's build), shows a few operations
 # through the mount, the proxy's counters, a clean unmount, and a summary
 # of the session's recording (--record). Run as root.
+#
+# FUSEPROXY=/usr/bin/fuseproxy runs it against that binary (an installed
+# package) without building; fuseproxy-capture is then taken from beside
+# it, or from FUSEPROXY_CAPTURE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh >/dev/null
-cargo build --release -p fuseproxy -p fuseproxy-fixtures
+if [ -n "${FUSEPROXY:-}" ]; then
+    proxy=$FUSEPROXY
+    capture=${FUSEPROXY_CAPTURE:-$(dirname "$proxy")/fuseproxy-capture}
+    for bin in "$proxy" "$capture"; do
+        if [ ! -x "$bin" ]; then
+            echo "demo.sh: $bin (FUSEPROXY, FUSEPROXY_CAPTURE) is not an executable file" >&2
+            exit 2
+        fi
+    done
+else
+    cargo build --release -p fuseproxy -p fuseproxy-fixtures
+    proxy=./target/release/fuseproxy
+    capture=./target/release/fuseproxy-capture
+fi
+echo "== using $proxy ($("$proxy" --version)) and $capture"
 work=$(mktemp -d /tmp/fuseproxy-demo.XXXXXX)
 proxy_pid=
 cleanup() {
@@ -26,7 +44,7 @@ ex=/usr/share/doc/libfuse3-dev/examples
 gcc -O2 -o "$work/bin/passthrough_ll" "$ex/passthrough_ll.c" $(pkg-config fuse3 --cflags --libs)
 
 echo "== fuseproxy --record $work/session.fcap $work/mnt -- passthrough_ll -f -o source=$work/data $work/mnt"
-./target/release/fuseproxy --record "$work/session.fcap" "$work/mnt" -- \
+"$proxy" --record "$work/session.fcap" "$work/mnt" -- \
     "$work/bin/passthrough_ll" -f -o "source=$work/data" "$work/mnt" 2> "$work/proxy.log" &
 proxy_pid=$!
 for _ in $(seq 100); do
@@ -59,7 +77,7 @@ grep -q " $m " /proc/mounts && echo "mount still present!" || echo "mount remove
 echo "== proxy log"
 cat "$work/proxy.log"
 echo "== the recording: fuseproxy-capture stats $work/session.fcap"
-./target/release/fuseproxy-capture stats "$work/session.fcap"
+"$capture" stats "$work/session.fcap"
 echo "-- and its first lines (fuseproxy-capture decode):"
-./target/release/fuseproxy-capture decode "$work/session.fcap" | sed -n '3,10p' | cut -c1-160
+"$capture" decode "$work/session.fcap" | sed -n '3,10p' | cut -c1-160
 exit "$status"

@@ -14,10 +14,13 @@ apt-get -o DPkg::Lock::Timeout=300 update -q
 # The fixtures (fixtures/captures/*.sh) need squashfuse_ll and mksquashfs
 # (above: the squashfs image is rebuilt at test time), tar, coreutils'
 # timeout, and to re-record, bindfs and procps (pgrep: the daemon to stop).
+# man-db: the man page tests render each page with `man -l`; dpkg-dev:
+# dpkg-shlibdeps, for the package's library dependencies
+# (scripts/package.sh).
 apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends \
     fuse3 libfuse3-dev gcc libc6-dev pkg-config \
     squashfuse squashfs-tools attr util-linux python3 ca-certificates \
-    bindfs fio tar coreutils procps
+    bindfs fio tar coreutils procps man-db dpkg-dev
 
 # The daemon matrix (proxy/tests/daemons.rs, docs/compat.md): unmodified
 # daemons from Debian's packages, each run directly and through the proxy.

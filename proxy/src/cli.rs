@@ -53,8 +53,8 @@ and a section left out is a rule that is off; `fuseproxy --check --policy FILE` 
 validates a file and prints it with every default filled in. An unknown key, a wrong \
 type or an out-of-range value is an error naming file, line, column and key, and the \
 proxy does not start. Command-line options override single settings of the file. \
-The format is described with an annotated example in the README and in \
-policies/examples/.
+The format is described with an annotated example in fuseproxy-policy(5) \
+(docs/policy-file.md) and in policies/examples/.
 
 Life cycle: SIGINT or SIGTERM unmount the filesystem, send the daemon a DESTROY, \
 make its reads fail with ENODEV as after a direct unmount (so that it ends as it \

@@ -25,6 +25,7 @@ mod fusermount;
 mod fusermount_helper;
 mod helper_form;
 mod kernel_ring;
+mod man_pages;
 mod memory;
 mod mount;
 mod mount_options;
@@ -60,6 +61,11 @@ fn main() {
     // The fusermount channel's stand-in is this executable under that name.
     if let Some(name) = fusermount_helper::invoked_as_fusermount() {
         std::process::exit(fusermount_helper::run(&name));
+    }
+    // `fuseproxy --man DIR` (hidden): write the man pages, for packaging.
+    let argv0: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(status) = fuseproxy_manpage::man_request("fuseproxy", &argv0, man_pages::pages) {
+        std::process::exit(status);
     }
     // mount(8) runs its helpers without PATH; execvp would then search
     // sh's default path, and so does the search for the backend.

@@ -342,17 +342,16 @@ fn check_names_file_line_and_key_and_exits_1() {
     assert!(err.contains("cannot read the policy file"), "{err}");
 }
 
-/// The README's annotated example is a policy that checks.
+/// The annotated example of docs/policy-file.md (the README's link, and
+/// the man page fuseproxy-policy(5)) is a policy that checks.
 #[test]
-fn the_readmes_example_passes_check() {
-    let readme =
-        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
-    let section = readme
-        .find("## Policy files")
-        .expect("README has a Policy files section");
-    let start = readme[section..].find("```toml").expect("a toml block") + section + 7;
-    let end = readme[start..].find("```").unwrap() + start;
-    let example = PolicyFile::new(&readme[start..end]);
+fn the_documented_example_passes_check() {
+    let doc =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/policy-file.md"))
+            .unwrap();
+    let start = doc.find("```toml").expect("a toml block") + 7;
+    let end = doc[start..].find("```").unwrap() + start;
+    let example = PolicyFile::new(&doc[start..end]);
     let (st, out, err) = common::run_proxy(
         ["--check", "--policy", example.path.to_str().unwrap()],
         Duration::from_secs(10),
