@@ -12,6 +12,10 @@ cargo build --workspace
 # (it measures the debug proxy built above).
 cargo run -p fuseproxy-bench -- --smoke --no-save
 cargo test --workspace
+# The Debian package: built with cargo-deb (installed on first use),
+# installed, its man pages rendered with man -l, its units verified, the
+# demo run against the installed /usr/bin/fuseproxy, then removed again.
+bash scripts/package-check.sh
 # Again with three kernel reader threads (--threads 3 through the harness's
 # FUSEPROXY_TEST_THREADS): the ordering, lifecycle and bad-backend guarantees
 # must hold with several forwarding threads, and every daemon of the matrix
