@@ -111,15 +111,7 @@ impl Line {
     /// Live processes whose command line names this directory: the proxy
     /// (its first argument is `bin/fuseproxy`) and its daemon.
     fn processes(&self) -> Vec<(ProcId, Vec<String>)> {
-        let needle = self.dir.path().as_os_str().as_bytes().to_vec();
-        // A read of /proc/N/cmdline can wait while N execs: in a thread,
-        // given up after two seconds.
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(scan(&needle));
-        });
-        rx.recv_timeout(Duration::from_secs(2))
-            .expect("scanning /proc took more than 2 s")
+        common::processes_naming(self.dir.path().as_os_str().as_bytes())
     }
 
     /// The proxy's process: one, whose first argument is the symlink (or
@@ -168,51 +160,6 @@ impl Drop for Line {
     }
 }
 
-/// Processes whose command line contains `needle`, with their arguments.
-fn scan(needle: &[u8]) -> Vec<(ProcId, Vec<String>)> {
-    let mut out = Vec::new();
-    let Ok(rd) = fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        if !cmdline.windows(needle.len()).any(|w| w == needle) {
-            continue;
-        }
-        let Some((state, start_time)) = stat(pid) else {
-            continue;
-        };
-        if state == 'Z' {
-            continue;
-        }
-        let argv = cmdline
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        out.push((ProcId { pid, start_time }, argv));
-    }
-    out
-}
-
-/// State and start time (fields 3 and 22) of /proc/PID/stat.
-fn stat(pid: i32) -> Option<(char, u64)> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split(' ').collect();
-    Some((f.first()?.chars().next()?, f.get(19)?.parse().ok()?))
-}
-
-/// Gone, or a zombie nobody has reaped yet: either way it runs no more.
-fn is_gone(p: &ProcId) -> bool {
-    !p.is_alive() || stat(p.pid).is_some_and(|(s, _)| s == 'Z')
-}
-
 /// mount(8) succeeded and, as it returned, the mount answered already.
 fn assert_mounted(line: &Line, fstab: &str, (st, out, err): (ExitStatus, String, String)) {
     assert!(
@@ -242,13 +189,13 @@ fn assert_umount_ends_it(line: &Line, proxy: &ProcId, daemons: &[ProcId]) {
     assert!(st.success(), "umount: {st}: {err}");
     assert_eq!(mount_info(&line.mnt()), None, "still mounted after umount");
     assert!(
-        wait_until(EXIT_BOUND, || is_gone(proxy)),
+        wait_until(EXIT_BOUND, || proxy.is_gone()),
         "the proxy (pid {}) still runs {EXIT_BOUND:?} after umount",
         proxy.pid
     );
     for d in daemons {
         assert!(
-            wait_until(EXIT_BOUND, || is_gone(d)),
+            wait_until(EXIT_BOUND, || d.is_gone()),
             "the daemon (pid {}) still runs {EXIT_BOUND:?} after umount",
             d.pid
         );
@@ -552,12 +499,12 @@ fn the_type_fuse_fuseproxy_runs_fuseproxy_from_the_default_path() {
     .unwrap_or_else(|| panic!("umount did not return within {COMMAND_BOUND:?}"));
     assert!(st.success(), "umount in the namespace: {st}: {err}");
     assert!(
-        wait_until(EXIT_BOUND, || is_gone(&proxy)),
+        wait_until(EXIT_BOUND, || ProcId::is_gone(&proxy)),
         "the proxy (pid {}) still runs {EXIT_BOUND:?} after umount",
         proxy.pid
     );
     assert!(
-        wait_until(EXIT_BOUND, || is_gone(&daemons[0])),
+        wait_until(EXIT_BOUND, || ProcId::is_gone(&daemons[0])),
         "bindfs (pid {}) still runs {EXIT_BOUND:?} after umount",
         daemons[0].pid
     );

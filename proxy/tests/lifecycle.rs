@@ -96,17 +96,6 @@ fn backend_proc(m: &Mount) -> ProcId {
         .unwrap_or_else(|| panic!("backend pid {pid} is not a descendant of the proxy"))
 }
 
-/// Gone, or a zombie nobody has reaped yet (pid 1 of a container may be
-/// slow to): either way it runs no more.
-fn is_gone(p: &ProcId) -> bool {
-    !p.is_alive() || process_state(p.pid) == Some('Z')
-}
-
-fn process_state(pid: i32) -> Option<char> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    s[s.rfind(')')? + 2..].chars().next()
-}
-
 /// The last non-empty line of the log.
 fn last_line(log: &str) -> &str {
     log.lines()
@@ -309,7 +298,7 @@ fn backend_killed_with_requests_in_flight() {
         answered >= launched as u64,
         "the last line says {answered} requests were answered, {launched} were blocked: {last:?}"
     );
-    assert!(is_gone(&backend));
+    assert!(ProcId::is_gone(&backend));
 }
 
 /// The number just before `suffix` in `line`.
@@ -345,7 +334,7 @@ fn assert_orderly_end(m: &mut Mount, backend: &ProcId, how: &str, started: Insta
     let log = m.proxy_log();
     assert_eq!(st.code(), Some(0), "{how}: exit status {st}; log:\n{log}");
     assert!(
-        wait_until(Duration::from_secs(2), || is_gone(backend)),
+        wait_until(Duration::from_secs(2), || backend.is_gone()),
         "{how}: backend pid {} still runs after the proxy exited",
         backend.pid
     );
@@ -412,35 +401,12 @@ fn sighup_ends_the_proxy() {
 /// names the test's binary first, the backend's (with `/dev/fd/N` under the
 /// fd channel, unchanged under seccomp) comes after `--`.
 fn find_backends(needle: &Path) -> Vec<ProcId> {
-    let needle = needle.to_string_lossy().into_owned();
-    let proxy = common::proxy_bin().into_os_string().into_encoded_bytes();
-    let mut out = Vec::new();
-    let Ok(rd) = fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let is_proxy = cmd.split(|&b| b == 0).next() == Some(proxy.as_slice());
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if !is_proxy && cmd.contains(&needle) {
-            if let Some(p) = proc_id(pid) {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
-fn proc_id(pid: i32) -> Option<ProcId> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 2..];
-    let start_time = rest.split(' ').nth(19)?.parse().ok()?;
-    Some(ProcId { pid, start_time })
+    let proxy = common::proxy_bin().to_string_lossy().into_owned();
+    common::processes_naming(needle.as_os_str().as_encoded_bytes())
+        .into_iter()
+        .filter(|(_, argv)| argv.first() != Some(&proxy))
+        .map(|(p, _)| p)
+        .collect()
 }
 
 /// Kills, by pid and start time, any daemon whose command line names the
@@ -456,10 +422,10 @@ impl Drop for DaemonGuard {
     fn drop(&mut self) {
         let Some(n) = &self.needle else { return };
         wait_until(Duration::from_secs(2), || {
-            find_backends(n).iter().all(is_gone)
+            find_backends(n).iter().all(ProcId::is_gone)
         });
         for p in find_backends(n) {
-            if !is_gone(&p) {
+            if !p.is_gone() {
                 eprintln!("harness: killing leftover daemon pid {}", p.pid);
                 p.signal(Signal::SIGKILL);
             }
@@ -482,7 +448,7 @@ fn daemonizing_backend_works_and_ends_on_sigterm() {
         wait_until(Duration::from_secs(5), || m
             .descendants()
             .iter()
-            .all(|p| p.pid != started || is_gone(p))),
+            .all(|p| p.pid != started || p.is_gone())),
         "the backend pid {started} did not exit (did it not daemonize?)"
     );
     let daemons = find_backends(m.backing());
@@ -511,7 +477,7 @@ fn daemonizing_backend_works_and_ends_on_sigterm() {
     let log = m.proxy_log();
     assert_eq!(st.code(), Some(0), "exit status {st}; log:\n{log}");
     assert!(
-        wait_until(Duration::from_secs(5), || is_gone(&daemon)),
+        wait_until(Duration::from_secs(5), || ProcId::is_gone(&daemon)),
         "the daemon (pid {}) outlived the proxy by 5 s; log:\n{log}",
         daemon.pid
     );

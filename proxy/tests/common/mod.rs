@@ -314,12 +314,68 @@ impl ProcId {
         proc_stat(self.pid).is_some_and(|(_, st)| st == self.start_time)
     }
 
+    /// Gone, or a zombie nobody has reaped yet (pid 1 of a container may be
+    /// slow to): either way it runs no more.
+    pub fn is_gone(&self) -> bool {
+        !self.is_alive() || proc_state(self.pid) == Some('Z')
+    }
+
     /// Sends `sig` if the same process is still there.
     pub fn signal(&self, sig: Signal) {
         if self.is_alive() {
             let _ = send_signal(self.pid, sig);
         }
     }
+}
+
+fn proc_state(pid: i32) -> Option<char> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s[s.rfind(')')? + 2..].chars().next()
+}
+
+/// Running processes (zombies left out) whose command line contains
+/// `needle` (a test's unique temporary path), with their arguments. A read
+/// of /proc/N/cmdline can wait while N execs, so the scan runs in a helper
+/// thread and gives up (returning an empty list) after two seconds.
+pub fn processes_naming(needle: &[u8]) -> Vec<(ProcId, Vec<String>)> {
+    let needle = needle.to_vec();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(scan_cmdlines(&needle));
+    });
+    rx.recv_timeout(Duration::from_secs(2)).unwrap_or_default()
+}
+
+fn scan_cmdlines(needle: &[u8]) -> Vec<(ProcId, Vec<String>)> {
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        if !cmdline.windows(needle.len()).any(|w| w == needle) {
+            continue;
+        }
+        let Some((_, start_time)) = proc_stat(pid) else {
+            continue;
+        };
+        let id = ProcId { pid, start_time };
+        if id.is_gone() {
+            continue;
+        }
+        let argv = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        out.push((id, argv));
+    }
+    out
 }
 
 /// All live descendants of `pid` (children, grandchildren ...).
