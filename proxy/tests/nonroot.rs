@@ -216,6 +216,11 @@ fn mounts_through_fusermount3_and_matches_a_direct_user_mount() {
     assert!(status.contains("CapEff:\t0000000000000000"), "{status}");
     let log = p.proxy_log();
     assert!(log.contains("channel fd (auto: not root"), "{log}");
+    // The proxy made the mount and serves it (the daemon got /dev/fd/N).
+    assert!(
+        log.contains(&format!("mounted {} (", p.mountpoint().display())),
+        "{log}"
+    );
     // The arena cut to the limit and locked, the rest said not to be.
     assert!(
         log.contains("the arena is cut from 22 to 7 slots (7196 KiB)"),
@@ -359,7 +364,7 @@ fn allow_other_follows_fusermount3s_rule() {
 }
 
 #[test]
-fn channels_that_need_root_are_refused() {
+fn options_that_need_root_are_refused() {
     for channel in ["seccomp", "fusermount"] {
         let mut p = proxied(LIMIT, &["--channel", channel], "").start();
         let st = p.wait_exit(END_WAIT).expect("the proxy did not exit");
@@ -372,4 +377,10 @@ fn channels_that_need_root_are_refused() {
         );
         assert!(mount_info(p.mountpoint()).is_none(), "{log}");
     }
+    let mut p = proxied(LIMIT, &["--backend-user", "nobody"], "").start();
+    let st = p.wait_exit(END_WAIT).expect("the proxy did not exit");
+    let log = p.proxy_log();
+    assert_eq!(st.code(), Some(2), "{log}");
+    assert!(log.contains("--backend-user needs root"), "{log}");
+    assert!(mount_info(p.mountpoint()).is_none(), "{log}");
 }
