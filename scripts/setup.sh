@@ -8,8 +8,9 @@ apt-get -o DPkg::Lock::Timeout=300 update -q
 # fuse3: the fuse filesystem's user tools; libfuse3-dev + gcc + pkg-config:
 # libfuse's passthrough_ll example, built by the tests from the package's
 # examples; squashfuse + squashfs-tools: the read-only backend and its image
-# tool; attr: getfattr/setfattr; util-linux: setpriv (tests as an
-# unprivileged user); python3: the deliberately bad backend of the tests;
+# tool; attr: getfattr/setfattr; util-linux: setpriv, prlimit, unshare
+# (tests as an unprivileged user; fuse3's setuid fusermount3 mounts for
+# the proxy run as nobody); python3: the deliberately bad backend of the tests;
 # bindfs, fio, tar: the benchmark harness (stacked configuration, I/O jobs).
 # The fixtures (fixtures/captures/*.sh) need squashfuse_ll and mksquashfs
 # (above: the squashfs image is rebuilt at test time), tar, coreutils'

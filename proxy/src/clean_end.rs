@@ -52,8 +52,14 @@ impl EndDevice {
     /// Opens /dev/fuse (blocking, like a daemon's own), mounts it on a fresh
     /// private directory, unmounts it, and checks that a read now fails
     /// with ENODEV.
+    ///
+    /// Without the right to mount (not root), fusermount3 makes and removes
+    /// the throw-away mount instead, as it makes the proxy's own.
     pub fn new() -> Result<EndDevice, String> {
         use std::os::unix::fs::OpenOptionsExt;
+        if !crate::capabilities::can_mount() {
+            return Self::through_fusermount();
+        }
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -78,6 +84,30 @@ impl EndDevice {
         nix::mount::umount2(&dir.0, nix::mount::MntFlags::MNT_DETACH)
             .map_err(|e| format!("umount2(2) of the throw-away FUSE mount: {}", e.desc()))?;
         drop(dir);
+        Self::check_aborted(file)
+    }
+
+    /// [`EndDevice::new`] for a user: the mount and unmount by fusermount3.
+    fn through_fusermount() -> Result<EndDevice, String> {
+        let program = crate::user_mount::program()
+            .ok_or("not root, and no fusermount3 to make a throw-away FUSE mount")?;
+        let dir = TempDir::new()?;
+        let mut opts = crate::mount_options::MountOptions::default();
+        opts.apply("noexec,fsname=fuseproxy-end", true)
+            .map_err(|e| e.to_string())?;
+        let quiet = slog::Logger::root(slog::Discard, slog::o!());
+        let (file, mut mount) = crate::user_mount::mount(&quiet, &program, &dir.0, &opts)
+            .map_err(|e| format!("a throw-away FUSE mount through fusermount3: {e}"))?;
+        mount.detach();
+        if crate::mount::is_mount_point(&dir.0) {
+            return Err("fusermount3 -u -z left the throw-away FUSE mount in place".into());
+        }
+        drop(dir);
+        Self::check_aborted(file)
+    }
+
+    /// The end device once its mount is gone: a read must fail with ENODEV.
+    fn check_aborted(file: File) -> Result<EndDevice, String> {
         // The device refuses (EINVAL) a buffer too small for a request of
         // max_write bytes before it looks at the connection.
         let mut buf = vec![0u8; (1 << 20) + (64 << 10)];

@@ -33,9 +33,25 @@ mounts nothing; they also stay in the backend's command for it to see. With ever
 channel the proxy's own -o overrides the daemon's options. Defaults are libfuse's: nosuid,nodev; no allow_other; type \
 fuse.PROGRAM and source PROGRAM unless fsname= or subtype= is given.
 
-The proxy needs root (it mounts with mount(2) and opens /dev/fuse). Every message \
-buffer lives in one fixed arena, locked in memory, so that forwarding never \
-allocates and the proxy cannot itself be stalled by memory reclaim.
+Every message buffer lives in one fixed arena, locked in memory, so that forwarding \
+never allocates and the proxy cannot itself be stalled by memory reclaim; as root \
+(CAP_IPC_LOCK) all of the proxy is locked (mlockall) and it is marked an I/O flusher.
+
+Without root (no CAP_SYS_ADMIN) the proxy mounts the way libfuse does: it runs the \
+setuid fusermount3 (-o OPTIONS -- MOUNTPOINT, the device coming back over \
+_FUSE_COMMFD) and unmounts with fusermount3 -u. Only the fd channel can work that way: \
+auto takes it, and --channel seccomp or fusermount, and --backend-user, are refused \
+(exit status 2). fusermount3's rules for users apply: the mount is nosuid,nodev (-o \
+suid or dev is not applied, with a warning), MOUNTPOINT must be the user's to write, \
+and allow_other needs user_allow_other in /etc/fuse.conf (a refusal is one line that \
+says so). The mount is then the user's (user_id=UID): without allow_other no one else, \
+root included, may use it. Locking is bounded by RLIMIT_MEMLOCK without CAP_IPC_LOCK: \
+mlockall is not used (it counts the whole process against the limit), only the arena \
+is locked, cut to the whole slots the limit holds (a warning says so); below the \
+fewest slots the proxy needs (5 with one thread) it refuses with one line naming the \
+limit and the fixes (ulimit -l, LimitMEMLOCK= under systemd). PR_SET_IO_FLUSHER needs \
+CAP_SYS_RESOURCE and is off. The start-up line says what is and is not locked \
+(mlockall=, io_flusher=, arena=... locked).
 
 Replies from the daemon are checked before they reach the kernel: a reply the \
 kernel would reject while leaving its caller waiting forever (wrong length, error \
@@ -228,7 +244,10 @@ pub struct Cli {
     /// `auto` takes seccomp when the kernel supports it, else fusermount
     /// when a fusermount program exists, else fd, and says which and why at
     /// start-up. A channel named here that the system cannot give is
-    /// refused with one line (exit status 2). A backend that speaks only
+    /// refused with one line (exit status 2). Without root (no
+    /// CAP_SYS_ADMIN) only `fd` works: the proxy mounts through the setuid
+    /// fusermount3 before the daemon starts; `auto` takes it and says why,
+    /// `seccomp` and `fusermount` are refused. A backend that speaks only
     /// /dev/fd/N and never mounts needs `--channel fd`.
     #[arg(long, value_enum, default_value_t = ChannelArg::Auto, value_name = "CHANNEL")]
     pub channel: ChannelArg,
@@ -306,6 +325,9 @@ pub struct Cli {
     /// four slots are made (22 at the default). When all are busy the proxy
     /// stops reading requests until one frees up. The default, with the
     /// other tables at theirs, keeps a mount's locked memory under 40 MiB.
+    /// Without CAP_IPC_LOCK (not root) the arena is cut to the whole slots
+    /// RLIMIT_MEMLOCK holds (7 under Debian's 8 MiB), with a warning, and the
+    /// proxy refuses to start when fewer than it needs fit.
     #[arg(long, value_name = "SIZE", default_value = "23M", value_parser = parse_size)]
     pub arena_size: usize,
 

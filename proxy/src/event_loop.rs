@@ -40,7 +40,6 @@ use crate::device::{self, Read, Write};
 use crate::error::Error;
 use crate::kernel_ring::RingConfig;
 use crate::memory::Pinning;
-use crate::mount::unmount_in_background;
 use crate::mount::{self as mounting, Mount};
 use crate::notifier::Notifier;
 use crate::origins::{Origins, Route};
@@ -1601,11 +1600,8 @@ impl Shared {
                     self.startup.channel,
                     self.backend.pid(),
                     self.startup.threads.max(1),
-                    yes(p.mlockall),
-                    match p.io_flusher {
-                        Ok(()) => "yes".into(),
-                        Err(e) => format!("no ({e})"),
-                    },
+                    p.mlockall_text(),
+                    p.io_flusher_text(),
                     self.arena.slots(),
                     crate::arena::SLOT_SIZE,
                     if self.arena.is_locked() {
@@ -1928,7 +1924,7 @@ impl Shared {
         self.grace_until = Some(std::time::Instant::now() + SHUTDOWN_GRACE);
         // In a thread of its own: the unmount may flush dirty pages, which
         // the kernel sends as WRITE requests that this loop must forward.
-        self.unmounter = Some(unmount_in_background(self.mount.path().to_path_buf()));
+        self.unmounter = Some(self.mount.unmount_in_background());
     }
 
     /// The kernel's side of the session has ended (ENODEV, or the proxy
@@ -2385,11 +2381,17 @@ fn wall_clock() -> (i64, u32) {
     (d.as_secs() as i64, d.subsec_nanos())
 }
 
+/// The fewest arena slots `threads` readers run with: one each, one for
+/// the backend's replies, the notification reserve, and one spare.
+pub fn least_slots(threads: usize) -> usize {
+    threads + 1 + NOTIFY_RESERVE + 1
+}
+
 /// Each reader of the kernel keeps a slot while it waits, the backend's
 /// reader one, and the notification writer needs its reserve: an arena too
 /// small for `threads` readers is refused before anything is mounted.
 pub fn check_slots(threads: usize, slots: usize) -> Result<(), Error> {
-    let least = threads + 1 + NOTIFY_RESERVE + 1;
+    let least = least_slots(threads);
     if slots < least {
         return Err(Error::Setup(format!(
             "--threads {threads} needs an arena of at least {least} slots \
@@ -2424,14 +2426,6 @@ pub(crate) fn request_bytes(msg: &[u8]) -> &[u8] {
         .and_then(|b| b.try_into().ok())
         .map_or(msg.len(), |b| u32::from_ne_bytes(b) as usize);
     &msg[..len.min(msg.len())]
-}
-
-fn yes(b: bool) -> &'static str {
-    if b {
-        "yes"
-    } else {
-        "no"
-    }
 }
 
 fn bad_summary(s: &Stats) -> String {

@@ -14,6 +14,7 @@ mod arena;
 mod backend;
 mod backend_user;
 mod background;
+mod capabilities;
 mod channel;
 mod clean_end;
 mod cli;
@@ -42,6 +43,7 @@ mod seccomp_filter;
 mod signals;
 mod systemd;
 mod trace;
+mod user_mount;
 
 use std::os::fd::AsRawFd;
 
@@ -222,7 +224,17 @@ fn run(
         let code = hand_off(cli, log, fd, &signals, &canonical)?;
         std::process::exit(code);
     }
-    let (chosen, channel) = choose_channel(cli.channel)?;
+    // Without CAP_SYS_ADMIN the mount goes through fusermount3, which only
+    // the fd channel can use (see "Without root" in the README).
+    let can_mount = capabilities::can_mount();
+    let (chosen, channel) = choose_channel(cli.channel, can_mount)?;
+    if !can_mount && cli.backend_user.is_some() {
+        return Err(Error::Usage(
+            "--backend-user needs root (the proxy changes the daemon's user); without root \
+              the daemon runs as the proxy's user"
+                .into(),
+        ));
+    }
     if chosen != Chosen::Seccomp && cli.channel == ChannelArg::Auto {
         // A fallback: said before anything can fail, not only in the
         // start-up line that follows the mount.
@@ -269,7 +281,6 @@ fn run(
         )));
     }
 
-    let arena = arena::Arena::new(cli.arena_size)?;
     let uring = cli.kernel_transport == cli::KernelTransport::Uring;
     let threads = match cli.threads {
         Some(n) if uring && n > 1 => {
@@ -282,6 +293,25 @@ fn run(
         Some(n) => n as usize,
         None => cli::default_threads(),
     };
+    // Without CAP_IPC_LOCK, RLIMIT_MEMLOCK bounds what can be locked: the
+    // arena is cut to fit, or the proxy refuses (memory.rs).
+    let budget = memory::budget();
+    let arena_size = memory::fit_arena(cli.arena_size, event_loop::least_slots(threads), budget)?;
+    let arena = arena::Arena::new(arena_size)?;
+    if let memory::Budget::Limited(limit) = budget {
+        let asked = (cli.arena_size / arena::SLOT_SIZE).max(arena::MIN_SLOTS);
+        if arena.slots() < asked {
+            slog::warn!(
+                log,
+                "RLIMIT_MEMLOCK is {} KiB without CAP_IPC_LOCK: the arena is cut from {asked} \
+                 to {} slots ({} KiB) so that all of it is locked; raise the limit (ulimit -l, \
+                  LimitMEMLOCK=) for the whole --arena-size",
+                limit / 1024,
+                arena.slots(),
+                arena.slots() * arena::SLOT_SIZE / 1024
+            );
+        }
+    }
     event_loop::check_slots(threads, arena.slots())?;
     if cli.restart.enabled() {
         if uring {
@@ -417,7 +447,7 @@ fn run(
         }
     };
     let (engine, pinning, device, mount, backend, opts) = if daemon_mounts {
-        let pinning = memory::pin();
+        let pinning = memory::pin(budget);
         let device = mount::open_device()?;
         let mut backend = match &chosen {
             Chosen::Fusermount(targets) => backend::Backend::spawn_fusermount(
@@ -453,10 +483,19 @@ fn run(
         let engine = build(&opts);
         (engine, pinning, device, mount, backend, opts)
     } else {
+        if !can_mount {
+            let dropped = user_mount::force_user_flags(&mut opts);
+            if !dropped.is_empty() {
+                slog::warn!(
+                    log,
+                    "without root the mount is nosuid,nodev (fusermount3's rule): {} not applied",
+                    dropped.join(", ")
+                );
+            }
+        }
         let engine = build(&opts);
-        let pinning = memory::pin();
-        let device = mount::open_device()?;
-        let mount = mount::Mount::new(&canonical, &device, &opts)?;
+        let pinning = memory::pin(budget);
+        let (device, mount) = mount_fd_channel(log, &canonical, &mut opts, can_mount)?;
         slog::debug!(log, "mounted {} with {opts}", canonical.display());
         // From here on the mount exists; `mount`'s Drop removes it on any error.
         let backend = match (user, seccomp::support()) {
@@ -499,6 +538,44 @@ fn run(
         restarter,
     )?;
     session.run()
+}
+
+/// The fd channel's mount: mount(2) on the proxy's own /dev/fuse when it
+/// may mount, else (not root, or mount(2) answered EPERM) through
+/// fusermount3, which also hands over the device.
+fn mount_fd_channel(
+    log: &Logger,
+    canonical: &std::path::Path,
+    opts: &mut MountOptions,
+    can_mount: bool,
+) -> Result<(std::fs::File, mount::Mount), Error> {
+    if can_mount {
+        let device = mount::open_device()?;
+        match mount::Mount::attempt(canonical, &device, opts) {
+            Ok(m) => return Ok((device, m)),
+            Err((nix::errno::Errno::EPERM, e)) if user_mount::program().is_some() => {
+                slog::info!(log, "{e}; mounting through fusermount3 instead");
+                let dropped = user_mount::force_user_flags(opts);
+                if !dropped.is_empty() {
+                    slog::warn!(
+                        log,
+                        "through fusermount3 the mount is nosuid,nodev: {} not applied",
+                        dropped.join(", ")
+                    );
+                }
+            }
+            Err((_, e)) => return Err(e),
+        }
+    }
+    let Some(program) = user_mount::program() else {
+        return Err(Error::Mount {
+            path: canonical.to_path_buf(),
+            reason: "the proxy may not mount by itself (not root, no CAP_SYS_ADMIN) and there \
+                      is no fusermount3 to mount for it (install fuse3)"
+                .into(),
+        });
+    };
+    user_mount::mount(log, &program, canonical, opts)
 }
 
 /// `--hand-off-fd N`: the daemon runs under the seccomp channel as usual,
@@ -620,7 +697,31 @@ enum Chosen {
 /// The channel to use, and how it was chosen (for the start-up line).
 /// A channel named on the command line that this system cannot give is a
 /// usage error, with the reason.
-fn choose_channel(arg: ChannelArg) -> Result<(Chosen, String), Error> {
+///
+/// Without CAP_SYS_ADMIN (`can_mount` false) the proxy mounts through
+/// fusermount3 before the daemon starts, which only the fd channel allows:
+/// `auto` takes it, the others are refused.
+fn choose_channel(arg: ChannelArg, can_mount: bool) -> Result<(Chosen, String), Error> {
+    if !can_mount {
+        return match arg {
+            ChannelArg::Fd => Ok((Chosen::Fd, "fd".into())),
+            ChannelArg::Auto => Ok((
+                Chosen::Fd,
+                "fd (auto: not root, so the proxy mounts through fusermount3 and the daemon \
+                  gets /dev/fd/N)"
+                    .into(),
+            )),
+            ChannelArg::Seccomp | ChannelArg::Fusermount => Err(Error::Usage(format!(
+                "--channel {}: needs root (the proxy makes the daemon's mount itself); \
+                  without root use --channel fd (or auto), which mounts through fusermount3",
+                if arg == ChannelArg::Seccomp {
+                    "seccomp"
+                } else {
+                    "fusermount"
+                }
+            ))),
+        };
+    }
     let fusermount = || {
         let targets = fusermount::stand_in_targets();
         if targets.is_empty() {

@@ -16,6 +16,10 @@ use crate::mount_options::MountOptions;
 pub struct Mount {
     path: PathBuf,
     mounted: bool,
+    /// The fusermount program that made the mount, when the proxy could
+    /// not mount by itself: it also unmounts (`-u`), since umount2(2) needs
+    /// the CAP_SYS_ADMIN the proxy lacks.
+    fusermount: Option<PathBuf>,
 }
 
 /// Checks that `path` can be mounted on: it exists, is a directory or a
@@ -122,11 +126,21 @@ pub fn open_device() -> Result<File, Error> {
 }
 
 impl Mount {
-    /// Mounts `device` on `path` with `opts`, as libfuse's `fuse_mount_sys` does.
-    pub fn new(path: &Path, device: &File, opts: &MountOptions) -> Result<Mount, Error> {
-        let meta = std::fs::metadata(path).map_err(|e| Error::Mountpoint {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
+    /// Mounts `device` on `path` with `opts`, as libfuse's `fuse_mount_sys`
+    /// does. The error comes with mount(2)'s errno: EPERM says the proxy may
+    /// not mount by itself (then fusermount3 can).
+    pub fn attempt(
+        path: &Path,
+        device: &File,
+        opts: &MountOptions,
+    ) -> Result<Mount, (nix::errno::Errno, Error)> {
+        let meta = std::fs::metadata(path).map_err(|e| {
+            let errno = nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0));
+            let err = Error::Mountpoint {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            };
+            (errno, err)
         })?;
         let rootmode = meta.mode() & libc::S_IFMT;
         let data = opts.data(
@@ -142,14 +156,28 @@ impl Mount {
             opts.flags,
             Some(data.as_str()),
         )
-        .map_err(|e| Error::Mount {
-            path: path.to_path_buf(),
-            reason: format!("mount(2) with '{data}' failed: {}", e.desc()),
+        .map_err(|e| {
+            let err = Error::Mount {
+                path: path.to_path_buf(),
+                reason: format!("mount(2) with '{data}' failed: {}", e.desc()),
+            };
+            (e, err)
         })?;
         Ok(Mount {
             path: path.to_path_buf(),
             mounted: true,
+            fusermount: None,
         })
+    }
+
+    /// A mount that `program` (fusermount3) made on `path`, which it also
+    /// unmounts.
+    pub fn by_fusermount(path: &Path, program: &Path) -> Mount {
+        Mount {
+            path: path.to_path_buf(),
+            mounted: true,
+            fusermount: Some(program.to_path_buf()),
+        }
     }
 
     /// Mounts on `path` with the source, type and flags of `opts` and the
@@ -173,6 +201,7 @@ impl Mount {
         Ok(Mount {
             path: path.to_path_buf(),
             mounted: true,
+            fusermount: None,
         })
     }
 
@@ -181,6 +210,7 @@ impl Mount {
         Mount {
             path: path.to_path_buf(),
             mounted: false,
+            fusermount: None,
         }
     }
 
@@ -197,6 +227,9 @@ impl Mount {
             return Ok(());
         }
         self.mounted = false;
+        if let Some(program) = &self.fusermount {
+            return crate::user_mount::unmount(program, &self.path);
+        }
         match umount2(&self.path, MntFlags::empty()) {
             Ok(()) => Ok(()),
             Err(nix::errno::Errno::EBUSY) => {
@@ -217,24 +250,29 @@ impl Mount {
     pub fn detach(&mut self) {
         if self.mounted {
             self.mounted = false;
-            let _ = umount2(&self.path, MntFlags::MNT_DETACH);
+            match &self.fusermount {
+                Some(program) => crate::user_mount::detach(program, &self.path),
+                None => {
+                    let _ = umount2(&self.path, MntFlags::MNT_DETACH);
+                }
+            }
         }
     }
-}
 
-/// Unmounts `path` from a thread of its own, as [`Mount::unmount`] does.
-///
-/// The event loop must keep forwarding while the kernel tears the mount
-/// down: unmounting flushes dirty pages, which arrive as WRITE requests, and
-/// a loop blocked in umount(2) would never answer them.
-pub fn unmount_in_background(path: PathBuf) -> std::thread::JoinHandle<Result<(), Error>> {
-    std::thread::spawn(move || {
+    /// Unmounts from a thread of its own, as [`Mount::unmount`] does; this
+    /// handle stays as it is (its `Drop` then finds the mount gone).
+    ///
+    /// The event loop must keep forwarding while the kernel tears the mount
+    /// down: unmounting flushes dirty pages, which arrive as WRITE requests,
+    /// and a loop blocked in umount(2) would never answer them.
+    pub fn unmount_in_background(&self) -> std::thread::JoinHandle<Result<(), Error>> {
         let mut m = Mount {
-            path,
+            path: self.path.clone(),
             mounted: true,
+            fusermount: self.fusermount.clone(),
         };
-        m.unmount()
-    })
+        std::thread::spawn(move || m.unmount())
+    }
 }
 
 impl Drop for Mount {
