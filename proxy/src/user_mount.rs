@@ -148,10 +148,20 @@ pub fn mount(
 
     let device = match receive_device(&ours, Instant::now() + MOUNT_WAIT) {
         Ok(Some(fd)) => fd,
-        Ok(None) | Err(_) => {
-            // Closed without a device (it refused), or too slow: its
-            // message says why.
-            let late = matches!(child.try_wait(), Ok(None));
+        Err(Some(e)) => {
+            let _ = finish(&mut child);
+            Mount::by_fusermount(path, program).detach();
+            return Err(Error::Mount {
+                path: path.to_path_buf(),
+                reason: format!("{shown}: receiving the device: {}", e.desc()),
+            });
+        }
+        got @ (Ok(None) | Err(None)) => {
+            // Closed without a device (it refused: its message says why),
+            // or too slow. Only the wait tells which: a refusing
+            // fusermount3 closes its end as it exits, before it can be
+            // reaped, so its state at this moment does not.
+            let late = got.is_err();
             let (status, said) = finish(&mut child);
             let mut m = Mount::by_fusermount(path, program);
             // It mounted nothing, or what it mounted has no device left.
@@ -185,19 +195,23 @@ pub fn mount(
 }
 
 /// Waits until `deadline` for fusermount3's one byte with the device fd.
-/// `Ok(None)`: the socket closed without one (fusermount3 failed).
-fn receive_device(sock: &OwnedFd, deadline: Instant) -> Result<Option<OwnedFd>, ()> {
+/// `Ok(None)`: the socket closed without one (fusermount3 failed);
+/// `Err(None)`: the deadline passed; `Err(Some(e))`: the socket failed.
+fn receive_device(
+    sock: &OwnedFd,
+    deadline: Instant,
+) -> Result<Option<OwnedFd>, Option<nix::errno::Errno>> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
         if ms == 0 {
-            return Err(());
+            return Err(None);
         }
         let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(ms)) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
             Ok(_) => break,
-            Err(_) => return Err(()),
+            Err(e) => return Err(Some(e)),
         }
     }
     let mut byte = [0u8; 1];
@@ -209,9 +223,9 @@ fn receive_device(sock: &OwnedFd, deadline: Instant) -> Result<Option<OwnedFd>, 
         Some(&mut space),
         MsgFlags::MSG_CMSG_CLOEXEC,
     )
-    .map_err(|_| ())?;
+    .map_err(Some)?;
     let mut device = None;
-    for c in msg.cmsgs().map_err(|_| ())? {
+    for c in msg.cmsgs().map_err(Some)? {
         if let ControlMessageOwned::ScmRights(fds) = c {
             for f in fds {
                 // SAFETY: the kernel has just installed `f` in this process
