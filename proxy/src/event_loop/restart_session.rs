@@ -16,7 +16,8 @@ use mio::unix::SourceFd;
 use mio::Interest;
 use slog::{error, info, warn};
 
-use super::{Pending, Phase, Shared, GUARD, SECCOMP, SHUTDOWN_GRACE};
+use super::shutdown::SHUTDOWN_GRACE;
+use super::{Pending, Phase, Shared, GUARD, SECCOMP};
 use crate::backend::describe;
 use crate::error::Error;
 
