@@ -15,6 +15,15 @@
 //! them, one flush in flight per file, shutdown) do not depend on how many
 //! threads forward. Answers go back to the clone that read the request
 //! (`origins`).
+//!
+//! This file holds the session's state, its start and main loop, and the
+//! forwarding path (reads, sends, the engine's actions, writes to the
+//! device). The rest of [`Shared`]'s methods are in submodules, one concern
+//! each: `ring_session` (FUSE-over-io_uring), `notifications` (the
+//! backend's notifications toward their writer), `restart_session`
+//! (`--restart` and SIGUSR2), `shutdown` (how the session ends) and
+//! `session_log` (log lines, stats, systemd's status). Being children of
+//! this module, they see [`Shared`]'s fields, which stay private to it.
 
 use std::collections::VecDeque;
 use std::fs::File;
