@@ -1146,8 +1146,6 @@ impl Shared {
         }
     }
 
-    /// The reload thread has read the policy file again: put it in force,
-    /// or say why not and keep the old one.
     /// The recorder's writer thread stopped on an error (it woke us): say
     /// so once; records are dropped from now on.
     fn recorder_failed(&mut self) {
@@ -1156,6 +1154,8 @@ impl Shared {
         }
     }
 
+    /// The reload thread has read the policy file again: put it in force,
+    /// or say why not and keep the old one.
     fn policy_reloaded(&mut self) {
         let Some(loaded) = self.reloader.as_ref().and_then(Reloader::take) else {
             return;
