@@ -1253,7 +1253,7 @@ impl Shared {
                 Action::ForwardRequest(slot) => {
                     if let Some(r) = self.recorder.as_mut() {
                         let msg = request_bytes(self.arena.msg(slot));
-                        if recorder::may_be_rewritten(msg) {
+                        if recorder::may_be_rewritten(msg, self.engine.stats().restarts > 0) {
                             r.request_to_backend(msg, false);
                         }
                     }
@@ -2043,6 +2043,9 @@ impl Shared {
         }
         let now = self.now();
         self.engine.handle_backend_restarting(now);
+        // Its decision (restart_began) goes in the capture before what the
+        // restart does: a replay tells the engine of the death there.
+        self.record_decisions();
         self.run_actions();
     }
 
@@ -2149,6 +2152,8 @@ impl Shared {
                 );
                 let now = self.now();
                 self.engine.handle_backend_restarted(now);
+                // restart_launched before the INIT it causes (as above).
+                self.record_decisions();
                 self.run_actions();
             }
             Err(e) => self.backend_gone(format!("could not be started again: {e}")),
