@@ -338,6 +338,7 @@ fn every_checked_in_capture_replays_to_the_same_messages() {
         "bindfs",
         "passthrough_ll",
         "passthrough_ll_build",
+        "passthrough_ll_restart",
         "passthrough_ll_stopped",
         "squashfuse_ll",
     ] {
@@ -353,9 +354,98 @@ fn every_checked_in_capture_replays_to_the_same_messages() {
             // The writeback cache's time flushes, tar's and touch's.
             "passthrough_ll_build" => assert!(local >= 10, "{name}: {local} local"),
             "squashfuse_ll" => assert_eq!(local, 0, "{name}: read-only"),
+            // The WRITE in flight at the kill, answered EIO.
+            "passthrough_ll_restart" => assert!(local >= 1, "{name}: {local} local"),
             _ => {}
         }
     }
+}
+
+/// The decision the proxy records for a request it sent again to a new
+/// backend (`resent`).
+const RESENT: u16 = 35;
+
+/// The restart fixture: passthrough_ll SIGKILLed under `--restart
+/// on-failure` (fixtures/README.md). The engine goes through the whole
+/// restart as the proxy did, and the session goes on after it.
+#[test]
+fn a_restart_replays_to_the_same_messages() {
+    let file = std::fs::read(restart_fixture()).unwrap();
+    let r = replay_bytes(&file).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.restarts, 1);
+    // INIT, five LOOKUPs, two OPENs, two requests sent again, and the
+    // session after them.
+    assert!(r.after_restart >= 40, "{r:?}");
+}
+
+/// A copy of the restart fixture with one reply of the new backend
+/// changed (the last byte of the answer to a request the proxy sent
+/// again) stops there: a harness that skipped the restart, or stopped at
+/// it, would not see the difference.
+#[test]
+fn a_restart_replay_that_diverges_names_the_first_difference() {
+    let mut file = std::fs::read(restart_fixture()).unwrap();
+    let mut reader = Reader::new(&file).unwrap();
+    let (mut resent, mut changed, mut relayed) = (Vec::new(), None, None);
+    while let Some(rec) = reader.next().unwrap() {
+        match rec.kind {
+            Kind::Decision => {
+                let d = DecisionRecord::read(rec.bytes).unwrap();
+                if d.code == RESENT {
+                    resent.push(d.unique);
+                }
+            }
+            Kind::ReplyFromBackend | Kind::ReplyToKernel if rec.bytes.len() > 16 => {
+                let unique = u64::from_ne_bytes(rec.bytes[8..16].try_into().unwrap());
+                if !resent.contains(&unique) {
+                    continue;
+                }
+                if rec.kind == Kind::ReplyFromBackend && changed.is_none() {
+                    // Its last byte; the message follows the record header.
+                    changed = Some((unique, rec.offset as usize + 16 + rec.bytes.len() - 1));
+                } else if rec.kind == Kind::ReplyToKernel
+                    && changed.is_some_and(|(u, _)| u == unique)
+                {
+                    relayed = Some(rec.offset);
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let (Some((unique, at)), Some(relayed)) = (changed, relayed) else {
+        panic!("no request sent again and answered with a body: the fixture no longer shows it");
+    };
+    file[at] ^= 0x80;
+    let err = replay_bytes(&file).expect_err("a changed reply after the restart");
+    assert!(
+        err.starts_with(&format!(
+            "record at offset {relayed} (ReplyToKernel, unique {unique:#x})"
+        )),
+        "{err}"
+    );
+
+    // Without the moment the new backend came up (as recorded before the
+    // proxy kept it), the harness says so instead of guessing.
+    let mut file = std::fs::read(restart_fixture()).unwrap();
+    let mut reader = Reader::new(&file).unwrap();
+    let mut launched = None;
+    while let Some(rec) = reader.next().unwrap() {
+        if rec.kind == Kind::Decision
+            && DecisionRecord::read(rec.bytes).unwrap().code == RESTART_LAUNCHED
+        {
+            launched = Some(rec.offset as usize);
+        }
+    }
+    // The code, 24 bytes into the decision's payload, made unknown.
+    let code = launched.expect("restart_launched in the fixture") + 16 + 24;
+    file[code..code + 2].copy_from_slice(&999u16.to_le_bytes());
+    let err = replay_bytes(&file).expect_err("no restart_launched");
+    assert!(err.contains("restart_launched"), "{err}");
+}
+
+fn restart_fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/captures/passthrough_ll_restart.fcap")
 }
 
 /// Replays the capture at `path`; returns the outputs compared and how many
