@@ -489,13 +489,19 @@ fn replay_bytes(file: &[u8]) -> Result<Replayed, String> {
     while let Some(rec) = reader.next().map_err(|e| e.to_string())? {
         records.push(rec);
     }
-    let codes: Vec<u16> = records.iter().filter_map(decision).map(|d| d.code).collect();
+    let codes: Vec<u16> = records
+        .iter()
+        .filter_map(decision)
+        .map(|d| d.code)
+        .collect();
     let restart = codes.contains(&RESTART_BEGAN);
     if restart && !codes.contains(&RESTART_LAUNCHED) {
-        return Err("the capture holds a restart (restart_began) but not when the new backend \
+        return Err(
+            "the capture holds a restart (restart_began) but not when the new backend \
                     was started (restart_launched, recorded since fuseproxy records restarts \
                     for replay): it cannot be replayed through the engine"
-            .into());
+                .into(),
+        );
     }
     let mut r = Replay::new(restart);
     let mut out = Replayed::default();
