@@ -437,6 +437,10 @@ decision_kinds! {
     RestartDone = 36, "restart_done";
     /// The new backend was refused (it answered INIT otherwise).
     RestartRefused = 37, "restart_refused";
+    /// The new backend's channel is up; it is sent the kernel's INIT again.
+    /// Recorded before that INIT, so that a capture says when the proxy
+    /// told the engine (what a replay through the engine needs).
+    RestartLaunched = 38, "restart_launched";
 }
 
 impl DecisionKind {

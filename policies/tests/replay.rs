@@ -7,6 +7,16 @@
 //! answer) and each request of the proxy's own sent to the backend (the
 //! rewritten INIT, the time flush, DESTROY).
 //!
+//! A capture that holds a restart of the backend (`--restart on-failure`)
+//! replays too: where the proxy recorded `restart_began` the engine is
+//! told the backend died, where it recorded `restart_launched` that the
+//! new one's channel is up, and the new backend's recorded replies go in
+//! as any other. Its INIT, the LOOKUPs and OPENs that find the kernel's
+//! nodes and files again, the requests sent again, the EIO and ESTALE
+//! answers and every request after it (recorded as the backend got it,
+//! in its ids) must be what the proxy sent; the restart's own decisions
+//! (`node_found` ... `restart_done`) must be the recorded ones, in order.
+//!
 //! Only the wall clock is not in a capture: a local answer's ctime, and a
 //! time the kernel asked to be set to "now" (`FATTR_ATIME_NOW`,
 //! `FATTR_MTIME_NOW`), are the proxy's clock at the time, so those fields
@@ -16,8 +26,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 
+use fuseproxy_fixtures::format::DecisionRecord;
 use fuseproxy_fixtures::{Direction, Kind, Reader};
-use fuseproxy_policies::{Action, Config, Engine, Instant, SlotId};
+use fuseproxy_policies::{Action, Config, Engine, Event, Instant, SlotId};
 use fuseproxy_protocol::abi::InHeader;
 use fuseproxy_protocol::flags::{FATTR_ATIME_NOW, FATTR_MTIME_NOW};
 use fuseproxy_protocol::{encode, Opcode};
@@ -69,21 +80,47 @@ struct Replay {
     now_bits: HashMap<u64, u32>,
     /// Nodes with a `*_NOW` time not yet flushed, and which bits.
     now_nodes: HashMap<u64, u32>,
+    /// Requests the engine asked to be handed again (read during a
+    /// restart), in order, as the proxy keeps them.
+    retry: VecDeque<SlotId>,
+    /// The engine's decisions about a restart (`RESTART_CODES`), in order.
+    restart_decisions: Vec<Decided>,
 }
 
+/// A decision as compared: code, unique, node, detail.
+type Decided = (u16, u64, u64, u64);
+
+/// The decisions of a restart compared with the recorded ones: `stale`
+/// (29), `restart_began` (30) ... `restart_launched` (38). The others are
+/// checked through the messages they shape.
+const RESTART_CODES: std::ops::RangeInclusive<u16> = 29..=38;
+
+/// The recorded decisions that stand for what the proxy told the engine:
+/// the backend died, the new one's channel is up.
+const RESTART_BEGAN: u16 = 30;
+const RESTART_LAUNCHED: u16 = 38;
+
 impl Replay {
-    fn new() -> Replay {
+    /// An engine as the proxy had it; `restart` as with `--restart
+    /// on-failure` (its node map and copies of requests to send again).
+    fn new(restart: bool) -> Replay {
+        let mut engine = Engine::new(Config {
+            max_held: 29,
+            restart,
+            ..Config::default()
+        });
+        // As when recording (the proxy turns them on for a capture).
+        engine.set_decisions(true);
         Replay {
-            engine: Engine::new(Config {
-                max_held: 29,
-                ..Config::default()
-            }),
+            engine,
             slots: HashMap::new(),
             next_slot: 0,
             outs: VecDeque::new(),
             opcodes: HashMap::new(),
             now_bits: HashMap::new(),
             now_nodes: HashMap::new(),
+            retry: VecDeque::new(),
+            restart_decisions: Vec::new(),
         }
     }
 
@@ -93,7 +130,44 @@ impl Replay {
         SlotId(self.next_slot)
     }
 
-    fn run_actions(&mut self, now: Instant) {
+    /// What the proxy's `run_actions` does: carries out the actions, then
+    /// hands the engine again the requests it asked to retry, once it
+    /// takes them.
+    fn run_actions(&mut self, now: Instant, wall: (i64, u32)) {
+        loop {
+            self.carry_out_actions(now);
+            if self.retry.is_empty() || !self.engine.can_accept_request() {
+                return;
+            }
+            while self.engine.can_accept_request() {
+                let Some(s) = self.retry.pop_front() else {
+                    break;
+                };
+                let mut m = self.slots.remove(&s.0).expect("a live slot");
+                self.engine.handle_request(now, wall, s, m.bytes_mut());
+                self.slots.insert(s.0, m);
+            }
+        }
+    }
+
+    /// Carries out the engine's actions, keeps its restart decisions, and
+    /// reacts to its events as the proxy does.
+    fn carry_out_actions(&mut self, now: Instant) {
+        loop {
+            self.carry_out_queued(now);
+            let mut refused = false;
+            while let Some(ev) = self.engine.poll_event() {
+                refused |= matches!(ev, Event::RestartRefused { .. });
+            }
+            if !refused {
+                return;
+            }
+            // The proxy then ends as if the backend had died for good.
+            self.engine.handle_backend_gone(now);
+        }
+    }
+
+    fn carry_out_queued(&mut self, now: Instant) {
         while let Some(a) = self.engine.poll_action(now) {
             let out = |kind, synthesized, bytes: &[u8]| Out {
                 kind,
@@ -105,8 +179,12 @@ impl Replay {
                     let m = self.slots.remove(&s.0).expect("a live slot");
                     let h = InHeader::read_from_prefix(m.bytes()).unwrap().0;
                     // The proxy records a forwarded request again only if
-                    // the engine may have rewritten it.
-                    if matches!(Opcode::from(h.opcode), Opcode::Init | Opcode::BatchForget) {
+                    // the engine may have rewritten it: after a restart,
+                    // every one (its ids are the new backend's).
+                    let restarted = self.engine.stats().restarts > 0;
+                    if restarted
+                        || matches!(Opcode::from(h.opcode), Opcode::Init | Opcode::BatchForget)
+                    {
                         let len = h.len as usize;
                         self.outs
                             .push_back(out(Kind::RequestToBackend, false, &m.bytes()[..len]));
@@ -134,12 +212,17 @@ impl Replay {
                 Action::Free(s) => {
                     self.slots.remove(&s.0);
                 }
-                // Only while the backend is being restarted, which a capture
-                // replayed through the engine never shows.
-                Action::Retry(_) => panic!("a retry without a restart"),
+                // Read while the backend was being restarted.
+                Action::Retry(s) => self.retry.push_back(s),
             }
         }
-        while self.engine.poll_event().is_some() {}
+        while let Some(d) = self.engine.poll_decision() {
+            let code = d.kind.code();
+            if RESTART_CODES.contains(&code) {
+                self.restart_decisions
+                    .push((code, d.unique.0, d.node.0, d.detail));
+            }
+        }
     }
 }
 
@@ -255,6 +338,7 @@ fn every_checked_in_capture_replays_to_the_same_messages() {
         "bindfs",
         "passthrough_ll",
         "passthrough_ll_build",
+        "passthrough_ll_restart",
         "passthrough_ll_stopped",
         "squashfuse_ll",
     ] {
@@ -270,28 +354,184 @@ fn every_checked_in_capture_replays_to_the_same_messages() {
             // The writeback cache's time flushes, tar's and touch's.
             "passthrough_ll_build" => assert!(local >= 10, "{name}: {local} local"),
             "squashfuse_ll" => assert_eq!(local, 0, "{name}: read-only"),
+            // The WRITE in flight at the kill, answered EIO.
+            "passthrough_ll_restart" => assert!(local >= 1, "{name}: {local} local"),
             _ => {}
         }
     }
 }
 
+/// The decision the proxy records for a request it sent again to a new
+/// backend (`resent`).
+const RESENT: u16 = 35;
+
+/// The restart fixture: passthrough_ll SIGKILLed under `--restart
+/// on-failure` (fixtures/README.md). The engine goes through the whole
+/// restart as the proxy did, and the session goes on after it.
+#[test]
+fn a_restart_replays_to_the_same_messages() {
+    let file = std::fs::read(restart_fixture()).unwrap();
+    let r = replay_bytes(&file).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.restarts, 1);
+    // INIT, five LOOKUPs, two OPENs, two requests sent again, and the
+    // session after them.
+    assert!(r.after_restart >= 40, "{r:?}");
+}
+
+/// A copy of the restart fixture with one reply of the new backend
+/// changed (the last byte of the answer to a request the proxy sent
+/// again) stops there: a harness that skipped the restart, or stopped at
+/// it, would not see the difference.
+#[test]
+fn a_restart_replay_that_diverges_names_the_first_difference() {
+    let mut file = std::fs::read(restart_fixture()).unwrap();
+    let mut reader = Reader::new(&file).unwrap();
+    let (mut resent, mut changed, mut relayed) = (Vec::new(), None, None);
+    while let Some(rec) = reader.next().unwrap() {
+        match rec.kind {
+            Kind::Decision => {
+                let d = DecisionRecord::read(rec.bytes).unwrap();
+                if d.code == RESENT {
+                    resent.push(d.unique);
+                }
+            }
+            Kind::ReplyFromBackend | Kind::ReplyToKernel if rec.bytes.len() > 16 => {
+                let unique = u64::from_ne_bytes(rec.bytes[8..16].try_into().unwrap());
+                if !resent.contains(&unique) {
+                    continue;
+                }
+                if rec.kind == Kind::ReplyFromBackend && changed.is_none() {
+                    // Its last byte; the message follows the record header.
+                    changed = Some((unique, rec.offset as usize + 16 + rec.bytes.len() - 1));
+                } else if rec.kind == Kind::ReplyToKernel
+                    && changed.is_some_and(|(u, _)| u == unique)
+                {
+                    relayed = Some(rec.offset);
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let (Some((unique, at)), Some(relayed)) = (changed, relayed) else {
+        panic!("no request sent again and answered with a body: the fixture no longer shows it");
+    };
+    file[at] ^= 0x80;
+    let err = replay_bytes(&file).expect_err("a changed reply after the restart");
+    assert!(
+        err.starts_with(&format!(
+            "record at offset {relayed} (ReplyToKernel, unique {unique:#x})"
+        )),
+        "{err}"
+    );
+
+    // Without the moment the new backend came up (as recorded before the
+    // proxy kept it), the harness says so instead of guessing.
+    let mut file = std::fs::read(restart_fixture()).unwrap();
+    let mut reader = Reader::new(&file).unwrap();
+    let mut launched = None;
+    while let Some(rec) = reader.next().unwrap() {
+        if rec.kind == Kind::Decision
+            && DecisionRecord::read(rec.bytes).unwrap().code == RESTART_LAUNCHED
+        {
+            launched = Some(rec.offset as usize);
+        }
+    }
+    // The code, 24 bytes into the decision's payload, made unknown.
+    let code = launched.expect("restart_launched in the fixture") + 16 + 24;
+    file[code..code + 2].copy_from_slice(&999u16.to_le_bytes());
+    let err = replay_bytes(&file).expect_err("no restart_launched");
+    assert!(err.contains("restart_launched"), "{err}");
+}
+
+fn restart_fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/captures/passthrough_ll_restart.fcap")
+}
+
 /// Replays the capture at `path`; returns the outputs compared and how many
-/// of them were the proxy's own answers.
+/// of them were the proxy's own answers. Panics with the first difference.
 fn replay(path: &str) -> (u32, u32) {
     let file = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let mut reader = Reader::new(&file).unwrap();
+    let r = replay_bytes(&file).unwrap_or_else(|e| panic!("{path}: {e}"));
+    eprintln!(
+        "{path}: replayed {} inputs, {} outputs compared, {} local answers, {} restarts",
+        r.fed, r.compared, r.local, r.restarts
+    );
+    (r.compared, r.local)
+}
+
+/// What a replay went through.
+#[derive(Debug, Default)]
+struct Replayed {
+    fed: u32,
+    compared: u32,
+    local: u32,
+    /// Restarts of the backend the engine was told of.
+    restarts: u32,
+    /// Outputs compared after the first restart began.
+    after_restart: u32,
+}
+
+/// The recorded decision in `rec`, if it is one.
+fn decision(rec: &fuseproxy_fixtures::Record<'_>) -> Option<DecisionRecord> {
+    (rec.kind == Kind::Decision)
+        .then(|| DecisionRecord::read(rec.bytes))
+        .flatten()
+}
+
+/// Replays a capture's bytes through a fresh engine; the first difference
+/// (an output the engine did not make, or made otherwise) is the error,
+/// named by the record's offset.
+fn replay_bytes(file: &[u8]) -> Result<Replayed, String> {
+    let mut reader = Reader::new(file).map_err(|e| e.to_string())?;
     let created = reader.header().created_unix_ns;
-    let mut r = Replay::new();
-    let (mut fed, mut compared, mut local) = (0u32, 0u32, 0u32);
-    while let Some(rec) = reader.next().unwrap() {
+    let mut records = Vec::new();
+    while let Some(rec) = reader.next().map_err(|e| e.to_string())? {
+        records.push(rec);
+    }
+    let codes: Vec<u16> = records
+        .iter()
+        .filter_map(decision)
+        .map(|d| d.code)
+        .collect();
+    let restart = codes.contains(&RESTART_BEGAN);
+    if restart && !codes.contains(&RESTART_LAUNCHED) {
+        return Err(
+            "the capture holds a restart (restart_began) but not when the new backend \
+                    was started (restart_launched, recorded since fuseproxy records restarts \
+                    for replay): it cannot be replayed through the engine"
+                .into(),
+        );
+    }
+    let mut r = Replay::new(restart);
+    let mut out = Replayed::default();
+    let mut recorded_decisions: Vec<Decided> = Vec::new();
+    for rec in &records {
         let now = Instant::from_nanos(rec.time_ns);
         let ns = created + rec.time_ns;
         let wall = ((ns / 1_000_000_000) as i64, (ns % 1_000_000_000) as u32);
         match (rec.kind, rec.direction) {
+            (Kind::Decision, _) => {
+                let Some(d) = decision(rec) else { continue };
+                if RESTART_CODES.contains(&d.code) {
+                    recorded_decisions.push((d.code, d.unique, d.nodeid, d.detail));
+                }
+                // What the proxy told the engine, recorded before what it
+                // caused.
+                match d.code {
+                    RESTART_BEGAN => {
+                        r.engine.handle_backend_restarting(now);
+                        out.restarts += 1;
+                    }
+                    RESTART_LAUNCHED => r.engine.handle_backend_restarted(now),
+                    _ => continue,
+                }
+                r.run_actions(now, wall);
+            }
             (Kind::RequestFromKernel, Direction::FromKernel) => {
                 // The proxy checks its deadlines before it reads.
                 r.engine.handle_timeout(now);
-                r.run_actions(now);
+                r.run_actions(now, wall);
                 let h = InHeader::read_from_prefix(rec.bytes).unwrap().0;
                 r.opcodes.insert(h.unique, Opcode::from(h.opcode));
                 if Opcode::from(h.opcode) == Opcode::Setattr && rec.bytes.len() >= SETATTR_VALID.end
@@ -307,8 +547,8 @@ fn replay(path: &str) -> (u32, u32) {
                 let mut m = r.slots.remove(&s.0).unwrap();
                 r.engine.handle_request(now, wall, s, m.bytes_mut());
                 r.slots.insert(s.0, m);
-                r.run_actions(now);
-                fed += 1;
+                r.run_actions(now, wall);
+                out.fed += 1;
             }
             (Kind::ReplyFromBackend | Kind::Notification, Direction::FromBackend) => {
                 let s = r.slot(rec.bytes);
@@ -316,26 +556,26 @@ fn replay(path: &str) -> (u32, u32) {
                 r.engine
                     .handle_reply(now, s, m.bytes_mut(), rec.bytes.len());
                 r.slots.insert(s.0, m);
-                r.run_actions(now);
-                fed += 1;
+                r.run_actions(now, wall);
+                out.fed += 1;
             }
             (kind @ (Kind::ReplyToKernel | Kind::Notification | Kind::RequestToBackend), _) => {
                 if r.outs.is_empty() {
                     // What the proxy did on its own: a deadline, or the
                     // end of the session (its DESTROY).
                     r.engine.handle_timeout(now);
-                    r.run_actions(now);
+                    r.run_actions(now, wall);
                 }
                 if r.outs.is_empty() {
                     r.engine.handle_shutdown(now);
-                    r.run_actions(now);
+                    r.run_actions(now, wall);
                 }
-                let got = r.outs.pop_front().unwrap_or_else(|| {
-                    panic!(
-                        "the proxy sent {kind:?} at {} ns; the engine nothing",
-                        rec.time_ns
-                    )
-                });
+                let Some(got) = r.outs.pop_front() else {
+                    return Err(format!(
+                        "record at offset {}: the proxy sent {kind:?} at {} ns; the engine nothing",
+                        rec.offset, rec.time_ns
+                    ));
+                };
                 let want_kind = if kind == Kind::Notification {
                     Kind::ReplyToKernel
                 } else {
@@ -343,12 +583,17 @@ fn replay(path: &str) -> (u32, u32) {
                 };
                 let unique = u64::from_ne_bytes(rec.bytes[8..16].try_into().unwrap());
                 let answers = r.opcodes.get(&unique).copied();
-                assert_eq!(
-                    (got.kind, got.synthesized),
-                    (want_kind, rec.is_synthesized()),
-                    "record at offset {}",
-                    rec.offset
-                );
+                if (got.kind, got.synthesized) != (want_kind, rec.is_synthesized()) {
+                    return Err(format!(
+                        "record at offset {}: recorded {want_kind:?} (synthesized {}), replayed \
+                         {:?} (synthesized {}): {:?}",
+                        rec.offset,
+                        rec.is_synthesized(),
+                        got.kind,
+                        got.synthesized,
+                        got.bytes
+                    ));
+                }
                 let same = if kind == Kind::RequestToBackend {
                     // A time flush: the node's "now" times go with it.
                     let h = InHeader::read_from_prefix(rec.bytes).unwrap().0;
@@ -362,21 +607,39 @@ fn replay(path: &str) -> (u32, u32) {
                     let now = r.now_bits.get(&unique).copied().unwrap_or(0);
                     same_reply(&got.bytes, rec.bytes, answers, now)
                 };
-                assert!(
-                    same,
-                    "record at offset {} ({kind:?}, unique {unique:#x}):\n  recorded {:?}\n  replayed {:?}",
-                    rec.offset, rec.bytes, got.bytes
-                );
-                if rec.is_synthesized() && kind == Kind::ReplyToKernel {
-                    local += 1;
+                if !same {
+                    return Err(format!(
+                        "record at offset {} ({kind:?}, unique {unique:#x}):\n  recorded {:?}\n  \
+                         replayed {:?}",
+                        rec.offset, rec.bytes, got.bytes
+                    ));
                 }
-                compared += 1;
+                if rec.is_synthesized() && kind == Kind::ReplyToKernel {
+                    out.local += 1;
+                }
+                out.compared += 1;
+                if out.restarts > 0 {
+                    out.after_restart += 1;
+                }
             }
             _ => {}
         }
     }
-    assert!(r.outs.is_empty(), "the engine did more: {:?}", r.outs);
-    assert_eq!(r.engine.inflight(), 0);
-    eprintln!("{path}: replayed {fed} inputs, {compared} outputs compared, {local} local answers");
-    (compared, local)
+    if !r.outs.is_empty() {
+        return Err(format!("the engine did more: {:?}", r.outs));
+    }
+    if r.engine.inflight() != 0 {
+        return Err(format!(
+            "{} requests still in flight at the end",
+            r.engine.inflight()
+        ));
+    }
+    if r.restart_decisions != recorded_decisions {
+        return Err(format!(
+            "the restart's decisions (code, unique, node, detail) differ:\n  recorded {:?}\n  \
+             replayed {:?}",
+            recorded_decisions, r.restart_decisions
+        ));
+    }
+    Ok(out)
 }

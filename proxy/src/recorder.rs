@@ -455,9 +455,11 @@ fn opcode(msg: &[u8]) -> Option<Opcode> {
 
 /// Whether the engine may have rewritten a request of this opcode in place
 /// before forwarding it (the INIT offer, a BATCH_FORGET with entries held
-/// back), so that the capture shows what the backend got too.
-pub fn may_be_rewritten(msg: &[u8]) -> bool {
-    matches!(opcode(msg), Some(Opcode::Init | Opcode::BatchForget))
+/// back), so that the capture shows what the backend got too. After a
+/// restart of the backend (`restarted`) every request may have been: its
+/// ids are translated into the new backend's.
+pub fn may_be_rewritten(msg: &[u8], restarted: bool) -> bool {
+    restarted || matches!(opcode(msg), Some(Opcode::Init | Opcode::BatchForget))
 }
 
 #[cfg(test)]

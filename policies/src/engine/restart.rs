@@ -150,6 +150,7 @@ impl Engine {
         if self.backend != Backend::Down {
             return;
         }
+        self.note(DecisionKind::RestartLaunched, Unique(0), NodeId(0), 0);
         self.draining = false;
         let (len, body) = (self.init_copy.1, self.init_copy.0);
         let header = InHeader::read_from_prefix(&body[..len])

@@ -72,6 +72,9 @@ impl Shared {
         }
         let now = self.now();
         self.engine.handle_backend_restarting(now);
+        // Its decision (restart_began) goes in the capture before what the
+        // restart does: a replay tells the engine of the death there.
+        self.record_decisions();
         self.run_actions();
     }
 
@@ -178,6 +181,8 @@ impl Shared {
                 );
                 let now = self.now();
                 self.engine.handle_backend_restarted(now);
+                // restart_launched before the INIT it causes (as above).
+                self.record_decisions();
                 self.run_actions();
             }
             Err(e) => self.backend_gone(format!("could not be started again: {e}")),
