@@ -193,7 +193,7 @@ fn time_updates_acknowledged_while_stopped_land_on_the_new_daemon() {
     fs::write(m.path("t"), b"x").unwrap();
     fs::metadata(m.path("t")).unwrap();
     let backend = passthrough_backend(&m);
-    backend.signal(Signal::SIGSTOP);
+    stop(&backend);
     // Answered by the proxy while the daemon cannot (by path: an open
     // would wait for the daemon).
     let started = Instant::now();
@@ -301,11 +301,16 @@ fn a_daemon_that_dies_at_once_is_given_up_after_max_restarts() {
     // A lookup waiting in the daemon when it dies: kept for the next one,
     // then answered EIO when there is none.
     let daemon = passthrough_backend(&m);
-    daemon.signal(Signal::SIGSTOP);
+    stop(&daemon);
     let p = m.path("never-seen");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || tx.send(fs::metadata(p).map(drop)));
-    std::thread::sleep(Duration::from_millis(200));
+    // Killed only once the lookup waits in it (a fixed sleep let a loaded
+    // machine kill first: the lookup then met the unmounted directory).
+    let waiting = wait_until(BOUND, || {
+        common::stats::stat_field(&common::stats::dump_stats(&mut m), "inflight") > 0
+    });
+    assert!(waiting, "the lookup never reached the stopped daemon");
     daemon.signal(Signal::SIGKILL);
     let e = rx
         .recv_timeout(BOUND)
@@ -319,6 +324,17 @@ fn a_daemon_that_dies_at_once_is_given_up_after_max_restarts() {
     assert!(
         log.contains("not started again: 2 restarts within 60s"),
         "{log}"
+    );
+}
+
+/// SIGSTOP, and a bounded wait until every thread of it has stopped (a
+/// thread still running could answer the request meant to wait in it).
+fn stop(daemon: &common::ProcId) {
+    daemon.signal(Signal::SIGSTOP);
+    assert!(
+        wait_until(BOUND, || common::all_threads_stopped(daemon.pid)),
+        "the daemon (pid {}) did not stop",
+        daemon.pid
     );
 }
 
@@ -493,7 +509,7 @@ fn a_read_in_flight_at_the_kill_is_sent_to_the_new_daemon() {
     }
     fs::write(m.path("r"), b"read me").unwrap();
     let backend = passthrough_backend(&m);
-    backend.signal(Signal::SIGSTOP);
+    stop(&backend);
     let p = m.path("r");
     let reader = std::thread::spawn(move || fs::read(p));
     // The read's first request waits in the stopped daemon.
