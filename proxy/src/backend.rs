@@ -278,21 +278,28 @@ impl Backend {
         }
         let (Handoff::Hold(socket) | Handoff::Inherit(socket)) = &handoff;
         let (end, end_fd) = end_for(end, socket);
+        // Without CAP_SYS_ADMIN the kernel installs a filter only under
+        // NO_NEW_PRIVS (read here: the child may not allocate).
+        let no_new_privs = !crate::capabilities::can_mount();
         // SAFETY: the closure runs in the child between fork and exec, where
-        // only async-signal-safe code may run: `hide_fuse_device`, `install`
-        // and `drop_to` make raw system calls (unshare, mount, seccomp,
+        // only async-signal-safe code may run: `hide_fuse_device`,
+        // `set_no_new_privs`, `install` and `drop_to` make raw system calls (unshare, mount, seccomp,
         // sendmsg, close, setgroups, setresgid, setresuid, capset, prctl,
         // capget) on memory that exists in the child (the program, moved
         // into the closure and built before the fork; static strings; stack
         // buffers) and allocate nothing. `listener_out` is open in the
         // child: it is inherited across fork (close-on-exec closes it only
         // at the exec). The order matters: the namespace's mounts before
-        // the filter (which traps mount(2)), the filter while still root.
+        // the filter (which traps mount(2)), the filter while still root
+        // (or, for a proxy that is not root, after NO_NEW_PRIVS).
         unsafe {
             cmd.pre_exec(move || {
                 inherit(end_fd)?;
                 if stand_in {
                     crate::backend_user::hide_fuse_device()?;
+                }
+                if no_new_privs {
+                    crate::seccomp_filter::set_no_new_privs()?;
                 }
                 crate::seccomp_filter::install(&prog, listener_out)?;
                 match user {
@@ -495,15 +502,24 @@ impl Backend {
     }
 
     /// Seccomp channel: waits up to [`MOUNT_WAIT`] for the daemon's mount of
-    /// MOUNTPOINT and makes it. Ends early, with one line, when the backend
-    /// exits and nothing it started is left to mount, or on SIGINT, SIGTERM
-    /// or SIGHUP (read from `signals`).
+    /// MOUNTPOINT and makes it; with the device fusermount3 passed when it
+    /// made the mount ([`MountContext::fusermount`]). Ends early, with one
+    /// line, when the backend exits and nothing it started is left to
+    /// mount, when fusermount3 refuses the mount (the backend is stopped),
+    /// or on SIGINT, SIGTERM or SIGHUP (read from `signals`).
     pub fn wait_for_mount(
         &mut self,
         signals: &nix::sys::signalfd::SignalFd,
         ctx: &MountContext<'_>,
         mountpoint: &std::path::Path,
-    ) -> Result<(crate::mount::Mount, crate::mount_options::MountOptions), Error> {
+    ) -> Result<
+        (
+            crate::mount::Mount,
+            crate::mount_options::MountOptions,
+            Option<std::fs::File>,
+        ),
+        Error,
+    > {
         let deadline = std::time::Instant::now() + MOUNT_WAIT;
         let tick = std::time::Duration::from_millis(50);
         loop {
@@ -512,10 +528,15 @@ impl Backend {
             };
             let (readable, hung_up) = sup.poll(tick);
             if readable {
-                if let Handled::Mounted(m, opts) = sup.handle_one(Some(ctx)) {
-                    return Ok((m, opts));
+                match sup.handle_one(Some(ctx)) {
+                    Handled::Mounted(m, opts, device) => return Ok((m, opts, device)),
+                    Handled::Fatal(e) => {
+                        // Answered EACCES: it gives up by itself.
+                        self.stop(std::time::Duration::from_secs(2));
+                        return Err(e);
+                    }
+                    Handled::Nothing | Handled::Unmounted => continue,
                 }
-                continue;
             }
             while let Ok(Some(info)) = signals.read_signal() {
                 use nix::sys::signal::Signal;

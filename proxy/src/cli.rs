@@ -39,9 +39,15 @@ never allocates and the proxy cannot itself be stalled by memory reclaim; as roo
 
 Without root (no CAP_SYS_ADMIN) the proxy mounts the way libfuse does: it runs the \
 setuid fusermount3 (-o OPTIONS -- MOUNTPOINT, the device coming back over \
-_FUSE_COMMFD) and unmounts with fusermount3 -u. Only the fd channel can work that way: \
-auto takes it, and --channel seccomp or fusermount, and --backend-user, are refused \
-(exit status 2). fusermount3's rules for users apply: the mount is nosuid,nodev (-o \
+_FUSE_COMMFD) and unmounts with fusermount3 -u. With the seccomp channel (what auto \
+takes where the kernel has it, as for root) the daemon's trapped mount(2) is made that \
+way, with the daemon's options, and the /dev/fuse fusermount3 passes back is the \
+proxy's: daemons that mount by themselves (libfuse 2: bindfs, unionfs-fuse, fuse-zip) \
+work as a user. The daemon then runs under no_new_privs (the kernel's condition for a \
+user's seccomp filter), so a setuid fusermount it ran would stay the user; it has no \
+need to, since its own mount(2) succeeds. With the fd channel the proxy mounts through \
+fusermount3 before the daemon starts. --channel fusermount and --backend-user need \
+root and are refused (exit status 2). fusermount3's rules for users apply: the mount is nosuid,nodev (-o \
 suid or dev is not applied, with a warning), MOUNTPOINT must be the user's to write, \
 and allow_other needs user_allow_other in /etc/fuse.conf (a refusal is one line that \
 says so). The mount is then the user's (user_id=UID): without allow_other no one else, \
@@ -160,7 +166,7 @@ pub enum TimesArg {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ChannelArg {
     /// seccomp when the kernel supports it, else fusermount when a
-    /// fusermount program exists, else fd.
+    /// fusermount program exists (root only), else fd.
     Auto,
     /// The daemon mounts; the proxy traps the call and makes the mount.
     Seccomp,
@@ -245,10 +251,14 @@ pub struct Cli {
     /// when a fusermount program exists, else fd, and says which and why at
     /// start-up. A channel named here that the system cannot give is
     /// refused with one line (exit status 2). Without root (no
-    /// CAP_SYS_ADMIN) only `fd` works: the proxy mounts through the setuid
-    /// fusermount3 before the daemon starts; `auto` takes it and says why,
-    /// `seccomp` and `fusermount` are refused. A backend that speaks only
-    /// /dev/fd/N and never mounts needs `--channel fd`.
+    /// CAP_SYS_ADMIN) every mount is made by the setuid fusermount3:
+    /// `seccomp` has it make the daemon's trapped mount(2) (its
+    /// /dev/fuse becomes the proxy's), `fd` has it mount before the daemon
+    /// starts; `auto` takes seccomp where the kernel has it, else fd, and
+    /// says why. `fusermount` needs root (its stand-in is bound over the
+    /// real programs in a mount namespace, which a user cannot make) and is
+    /// refused. A backend that speaks only /dev/fd/N and never mounts needs
+    /// `--channel fd`.
     #[arg(long, value_enum, default_value_t = ChannelArg::Auto, value_name = "CHANNEL")]
     pub channel: ChannelArg,
 

@@ -433,7 +433,7 @@ impl Server {
                         }
                         self.mounted = true;
                         info!(self.log, "'{line}' by {who}: made on the proxy's /dev/fuse");
-                        Handled::Mounted(m, opts)
+                        Handled::Mounted(m, opts, None)
                     }
                     Err(why) => {
                         warn!(self.log, "refused '{line}' by {who}: {why}");

@@ -224,8 +224,9 @@ fn run(
         let code = hand_off(cli, log, fd, &signals, &canonical)?;
         std::process::exit(code);
     }
-    // Without CAP_SYS_ADMIN the mount goes through fusermount3, which only
-    // the fd channel can use (see "Without root" in the README).
+    // Without CAP_SYS_ADMIN the mount goes through fusermount3: before the
+    // daemon starts (fd channel), or when its trapped mount(2) asks (seccomp
+    // channel); see "Without root" in the README.
     let can_mount = capabilities::can_mount();
     let (chosen, channel) = choose_channel(cli.channel, can_mount)?;
     if !can_mount && cli.backend_user.is_some() {
@@ -372,7 +373,9 @@ fn run(
     // the seccomp channel the options are the daemon's, not known yet.
     let recorder = {
         let shown = if daemon_mounts {
-            let mut s = if seccomp {
+            let mut s = if seccomp && !can_mount {
+                "the backend's own mount(2) (seccomp channel), made through fusermount3".to_string()
+            } else if seccomp {
                 "the backend's own mount(2) (seccomp channel)".to_string()
             } else {
                 "the backend's fusermount (fusermount channel)".to_string()
@@ -448,7 +451,16 @@ fn run(
     };
     let (engine, pinning, device, mount, backend, opts) = if daemon_mounts {
         let pinning = memory::pin(budget);
-        let device = mount::open_device()?;
+        // As root the proxy mounts its own /dev/fuse; without, fusermount3
+        // opens one, mounts it and passes it back (choose_channel checked
+        // that there is one).
+        let (own, fusermount) = if can_mount {
+            (Some(mount::open_device()?), None)
+        } else {
+            let program = user_mount::program()
+                .ok_or_else(|| Error::Setup("not root, and no fusermount3 to mount with".into()))?;
+            (None, Some(program))
+        };
         let mut backend = match &chosen {
             Chosen::Fusermount(targets) => backend::Backend::spawn_fusermount(
                 &argv,
@@ -475,10 +487,16 @@ fn run(
             argv
         );
         let ctx = seccomp::MountContext {
-            device: Some(&device),
+            device: own.as_ref(),
+            fusermount: fusermount.as_deref(),
             overrides: &cli.options,
         };
-        let (mount, opts) = backend.wait_for_mount(&signals, &ctx, &canonical)?;
+        let (mount, opts, passed) = backend.wait_for_mount(&signals, &ctx, &canonical)?;
+        let Some(device) = own.or(passed) else {
+            return Err(Error::Setup(
+                "fusermount3 made the mount but passed no device".into(),
+            ));
+        };
         // After the mount, with MCL_FUTURE in force: locked as they come.
         let engine = build(&opts);
         (engine, pinning, device, mount, backend, opts)
@@ -611,6 +629,7 @@ fn hand_off(
     )?;
     let ctx = seccomp::MountContext {
         device: None,
+        fusermount: None,
         overrides: &cli.options,
     };
     backend.wait_for_mount(signals, &ctx, canonical)?;
@@ -674,6 +693,7 @@ fn relauncher(
             )?;
             let ctx = seccomp::MountContext {
                 device: None,
+                fusermount: None,
                 overrides: &overrides,
             };
             b.wait_for_mount(signals, &ctx, &stand_in)?;
@@ -698,28 +718,52 @@ enum Chosen {
 /// A channel named on the command line that this system cannot give is a
 /// usage error, with the reason.
 ///
-/// Without CAP_SYS_ADMIN (`can_mount` false) the proxy mounts through
-/// fusermount3 before the daemon starts, which only the fd channel allows:
-/// `auto` takes it, the others are refused.
+/// Without CAP_SYS_ADMIN (`can_mount` false) every mount goes through
+/// fusermount3: the seccomp channel's (the daemon's trapped mount(2), made
+/// by fusermount3 for the proxy) or the fd channel's (before the daemon
+/// starts). `auto` takes seccomp where the kernel has it, as for root, and
+/// fd otherwise; the fusermount channel needs root and is refused.
 fn choose_channel(arg: ChannelArg, can_mount: bool) -> Result<(Chosen, String), Error> {
     if !can_mount {
+        let seccomp = || match (seccomp::support(), user_mount::program()) {
+            (Err(why), _) => Err(why),
+            (Ok(()), None) => Err("not root, and no fusermount3 to make the daemon's mount \
+                                   (install fuse3)"
+                .to_string()),
+            (Ok(()), Some(_)) => Ok(()),
+        };
         return match arg {
             ChannelArg::Fd => Ok((Chosen::Fd, "fd".into())),
-            ChannelArg::Auto => Ok((
-                Chosen::Fd,
-                "fd (auto: not root, so the proxy mounts through fusermount3 and the daemon \
-                  gets /dev/fd/N)"
+            ChannelArg::Seccomp => match seccomp() {
+                Ok(()) => Ok((
+                    Chosen::Seccomp,
+                    "seccomp (not root: the daemon's mount is made through fusermount3)".into(),
+                )),
+                Err(why) => Err(Error::Usage(format!(
+                    "--channel seccomp: {why}; use --channel fd (or auto)"
+                ))),
+            },
+            ChannelArg::Auto => match seccomp() {
+                Ok(()) => Ok((
+                    Chosen::Seccomp,
+                    "seccomp (auto: the kernel has seccomp user notification with fd \
+                      injection; not root, so the daemon's mount is made through fusermount3)"
+                        .into(),
+                )),
+                Err(why) => Ok((
+                    Chosen::Fd,
+                    format!(
+                        "fd (auto: {why}; not root, so the proxy mounts through fusermount3 \
+                          and the daemon gets /dev/fd/N)"
+                    ),
+                )),
+            },
+            ChannelArg::Fusermount => Err(Error::Usage(
+                "--channel fusermount: needs root (the proxy binds its stand-in over the \
+                  fusermount programs in a mount namespace of the daemon's, which a user \
+                  cannot make); without root use --channel seccomp or fd (or auto)"
                     .into(),
             )),
-            ChannelArg::Seccomp | ChannelArg::Fusermount => Err(Error::Usage(format!(
-                "--channel {}: needs root (the proxy makes the daemon's mount itself); \
-                  without root use --channel fd (or auto), which mounts through fusermount3",
-                if arg == ChannelArg::Seccomp {
-                    "seccomp"
-                } else {
-                    "fusermount"
-                }
-            ))),
         };
     }
     let fusermount = || {

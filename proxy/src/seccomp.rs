@@ -21,6 +21,13 @@
 //! 3. mounts the proxy's own /dev/fuse on MOUNTPOINT with the caller's
 //!    source, type, flags and data, `fd=` rewritten, and the proxy's `-o`
 //!    applied on top; and answers the call with 0, or the mount's errno.
+//!    A proxy that is not root cannot call mount(2): it has fusermount3
+//!    make the same mount instead (nosuid,nodev forced, `allow_other` only
+//!    as /etc/fuse.conf allows), and the /dev/fuse fusermount3 opened and
+//!    passed back becomes the session's device ([`MountContext::fusermount`]).
+//!    The daemon runs under `NO_NEW_PRIVS` then (the kernel's condition for
+//!    an unprivileged filter), so it could not run a setuid fusermount
+//!    itself: it need not, since its own mount(2) succeeds.
 //!
 //! The daemon (or fusermount3, which passes the fd on over `_FUSE_COMMFD`)
 //! then reads FUSE requests from the socket as it would from /dev/fuse.
@@ -335,10 +342,30 @@ pub fn lexical(cwd: Option<&Path>, path: &Path) -> Option<PathBuf> {
 pub enum Handled {
     /// Nothing that changes the session (refused, answered, or gone).
     Nothing,
-    /// The daemon's mount was made.
-    Mounted(Mount, MountOptions),
+    /// The daemon's mount was made; with the device fusermount3 passed
+    /// when it made the mount ([`MountContext::fusermount`]).
+    Mounted(Mount, MountOptions, Option<File>),
+    /// The mount could not be made and the session cannot go on
+    /// (fusermount3 refused: its reason, in one line). The daemon was
+    /// answered EACCES, not EPERM: EPERM would send libfuse to fusermount.
+    Fatal(crate::error::Error),
     /// The daemon unmounted MOUNTPOINT (answered 0; the mount stays).
     Unmounted,
+}
+
+/// Why the daemon's mount was not made.
+enum Failure {
+    /// Answered with this errno, logged with the reason; the session waits
+    /// on (the daemon may give up or try again).
+    Answer(Errno, String),
+    /// The session cannot go on ([`Handled::Fatal`]).
+    Fatal(crate::error::Error),
+}
+
+impl From<(Errno, String)> for Failure {
+    fn from((errno, why): (Errno, String)) -> Self {
+        Failure::Answer(errno, why)
+    }
 }
 
 /// What the mount needs that the proxy holds.
@@ -347,6 +374,9 @@ pub struct MountContext<'a> {
     /// the daemon gets its socket and is told its mount worked, and nothing
     /// is mounted).
     pub device: Option<&'a File>,
+    /// Not root (no CAP_SYS_ADMIN): this fusermount3 makes the mount, and
+    /// the device it passes back is the session's (`device` is `None`).
+    pub fusermount: Option<&'a Path>,
     /// The proxy's own `-o` lists, applied over the daemon's options.
     pub overrides: &'a [String],
 }
@@ -537,9 +567,15 @@ impl Supervisor {
                     Handled::Nothing
                 }
                 Some(ctx) => match self.mount(pid, n.id, &call, ctx) {
-                    Ok((m, opts)) => {
+                    Ok((m, opts, passed)) => {
                         if ctx.device.is_some() {
                             info!(self.log, "{call} by {who}: made on the proxy's /dev/fuse");
+                        } else if passed.is_some() {
+                            info!(
+                                self.log,
+                                "{call} by {who}: made through fusermount3 (not root), on the \
+                                 /dev/fuse it passed to the proxy"
+                            );
                         } else {
                             info!(
                                 self.log,
@@ -547,9 +583,15 @@ impl Supervisor {
                             );
                         }
                         self.respond(n.id, Ok(()));
-                        Handled::Mounted(m, opts)
+                        Handled::Mounted(m, opts, passed)
                     }
-                    Err((errno, why)) => {
+                    Err(Failure::Fatal(e)) => {
+                        // Said once, by whoever ends the session with it.
+                        slog::debug!(self.log, "{call} by {who}: answered EACCES: {e}");
+                        self.respond(n.id, Err(Errno::EACCES));
+                        Handled::Fatal(e)
+                    }
+                    Err(Failure::Answer(errno, why)) => {
                         warn!(
                             self.log,
                             "{call} by {who} failed: {why} (answered {})",
@@ -574,14 +616,15 @@ impl Supervisor {
     }
 
     /// The daemon's FUSE mount: its socket in place of its device fd, then
-    /// the real mount with its options.
+    /// the real mount with its options. Through fusermount3 the mount comes
+    /// first, so that a refusal leaves the daemon's fd alone.
     fn mount(
         &mut self,
         pid: Pid,
         id: u64,
         call: &Call,
         ctx: &MountContext<'_>,
-    ) -> Result<(Mount, MountOptions), (Errno, String)> {
+    ) -> Result<(Mount, MountOptions, Option<File>), Failure> {
         let flags = MsFlags::from_bits_retain(mount_flags(call.flags) as libc::c_ulong);
         let (mut opts, fd) = MountOptions::from_call(
             call.source.as_deref(),
@@ -604,8 +647,13 @@ impl Supervisor {
                 if m.file_type().is_char_device()
                     && (dev_pair(m.rdev()) == FUSE_DEV
                         || (self.stand_in && dev_pair(m.rdev()) == NULL_DEV)) => {}
-            _ => return Err((Errno::EINVAL, format!("its fd {fd} is not /dev/fuse"))),
+            _ => return Err((Errno::EINVAL, format!("its fd {fd} is not /dev/fuse")).into()),
         }
+        // Dropped on any error below: fusermount3 -u -z then removes it.
+        let through = match ctx.fusermount {
+            Some(program) => Some(self.mount_through(program, &mut opts)?),
+            None => None,
+        };
         let cloexec = fd_is_cloexec(pid, fd);
         let socket = self.socket.as_ref().ok_or((
             Errno::EPERM,
@@ -621,15 +669,59 @@ impl Supervisor {
         // The daemon holds it now; ours must go, or its end would never
         // read as closed.
         self.socket = None;
+        if let Some((device, m)) = through {
+            self.mounted = true;
+            return Ok((m, opts, Some(device)));
+        }
         let Some(device) = ctx.device else {
             self.mounted = true;
-            return Ok((Mount::none(&self.mountpoint), opts));
+            return Ok((Mount::none(&self.mountpoint), opts, None));
         };
         let data = opts.data_as_given(device.as_raw_fd());
         let m = Mount::with_data(&self.mountpoint, &opts, &data)
             .map_err(|e| (e, format!("mount(2) with '{data}': {}", e.desc())))?;
         self.mounted = true;
-        Ok((m, opts))
+        Ok((m, opts, None))
+    }
+
+    /// The daemon's mount made by `program` (fusermount3), by its rules for
+    /// users: nosuid,nodev forced (one warning when the daemon or `-o`
+    /// asked for suid or dev), and only the options it takes: the kernel
+    /// data it computes itself (`rootmode=`, `user_id=`, `group_id=`) is
+    /// left out, any other option it would refuse is dropped with a
+    /// warning. Returns the device it passed and the mount, which it
+    /// unmounts; its refusal (`allow_other` without `user_allow_other`...)
+    /// ends the session.
+    fn mount_through(
+        &self,
+        program: &Path,
+        opts: &mut MountOptions,
+    ) -> Result<(File, Mount), Failure> {
+        let dropped = crate::user_mount::force_user_flags(opts);
+        if !dropped.is_empty() {
+            warn!(
+                self.log,
+                "without root the mount is nosuid,nodev (fusermount3's rule): {} not applied",
+                dropped.join(", ")
+            );
+        }
+        let computed = ["rootmode=", "user_id=", "group_id="];
+        let unknown: Vec<&str> = opts
+            .extra
+            .iter()
+            .map(String::as_str)
+            .filter(|o| !computed.iter().any(|c| o.starts_with(c)))
+            .collect();
+        if !unknown.is_empty() {
+            warn!(
+                self.log,
+                "not root: the daemon's mount options {} are not passed to fusermount3, \
+                 which does not take them",
+                unknown.join(",")
+            );
+        }
+        opts.extra.clear();
+        crate::user_mount::mount(&self.log, program, &self.mountpoint, opts).map_err(Failure::Fatal)
     }
 
     fn read_call(&self, pid: Pid, kind: Trapped, args: &[u64; 6]) -> Call {

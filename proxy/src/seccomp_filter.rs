@@ -11,7 +11,9 @@
 //! runs as root with CAP_SYS_ADMIN, so no `PR_SET_NO_NEW_PRIVS` is needed
 //! to install it, and none is set for a root backend: it would stop
 //! fusermount3's setuid. Under `--backend-user` it is set after the filter,
-//! and fusermount3 runs as the user: see [`crate::backend_user`]).
+//! and fusermount3 runs as the user: see [`crate::backend_user`]. A proxy
+//! that is not root sets it before the filter, as the kernel requires:
+//! [`set_no_new_privs`]).
 //!
 //! The architecture is checked first (`seccomp_data.arch`): the native one
 //! and its 32-bit compat ABI (i386 on x86_64, arm on aarch64) each get their
@@ -293,6 +295,30 @@ pub fn install(prog: &[libc::sock_filter], handoff: RawFd) -> io::Result<()> {
     // function, and is not used after this close.
     unsafe { libc::close(listener) };
     sent
+}
+
+/// Sets `PR_SET_NO_NEW_PRIVS` on the calling process: what the kernel
+/// requires before a process without CAP_SYS_ADMIN may install a seccomp
+/// filter (else EACCES). Set for a backend started by a proxy that is not
+/// root; it also means a setuid fusermount the daemon runs stays the user,
+/// which is harmless since its mount(2) is trapped like the daemon's.
+/// Async-signal-safe.
+pub fn set_no_new_privs() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only; it reads no memory.
+    // Setting the flag needs no privilege and cannot be undone.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_NO_NEW_PRIVS,
+            1 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Clears the signal mask of the calling thread.

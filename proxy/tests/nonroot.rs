@@ -5,6 +5,14 @@
 //! itself; RLIMIT_MEMLOCK cuts the locked arena or stops the proxy with
 //! one line; `allow_other` is refused as fusermount3 refuses it.
 //!
+//! Both channels a user has: `--channel fd` (the proxy mounts before the
+//! daemon starts) and, what `auto` takes, the seccomp channel (the daemon's
+//! own mount(2) is trapped and made through fusermount3): bindfs (libfuse
+//! 2, which cannot take /dev/fd/N) and passthrough_ll work through it as
+//! nobody, with the same mount and workload transcript as their direct
+//! mounts by nobody, and end with status 0 on SIGTERM and on nobody's
+//! `fusermount3 -u`, the daemon gone too.
+//!
 //! How nobody gets FUSE here: a user can mount only if it may open
 //! /dev/fuse (fusermount3 opens it with the caller's file-system uid), and
 //! Debian's is 0666 but a container's may be root's alone (0600). The
@@ -191,7 +199,7 @@ fn locked_kib(pid: i32) -> u64 {
 #[test]
 fn mounts_through_fusermount3_and_matches_a_direct_user_mount() {
     let d = started(&direct(LIMIT));
-    let p = started(&proxied(LIMIT, &[], ""));
+    let p = started(&proxied(LIMIT, &["--channel", "fd"], ""));
     let di = d.mount_info().expect("direct mount");
     let pi = p.mount_info().expect("proxy mount");
     println!("direct: {di:?}\nproxy:  {pi:?}");
@@ -215,7 +223,7 @@ fn mounts_through_fusermount3_and_matches_a_direct_user_mount() {
     );
     assert!(status.contains("CapEff:\t0000000000000000"), "{status}");
     let log = p.proxy_log();
-    assert!(log.contains("channel fd (auto: not root"), "{log}");
+    assert!(log.contains("), channel fd, backend pid"), "{log}");
     // The proxy made the mount and serves it (the daemon got /dev/fd/N).
     assert!(
         log.contains(&format!("mounted {} (", p.mountpoint().display())),
@@ -251,7 +259,7 @@ fn mounts_through_fusermount3_and_matches_a_direct_user_mount() {
 
 #[test]
 fn sigterm_unmounts_with_fusermount3_and_exits_0() {
-    let mut p = started(&proxied(LIMIT, &[], ""));
+    let mut p = started(&proxied(LIMIT, &["--channel", "fd"], ""));
     let (st, out, err) = run_as_nobody("echo kept > \"$1/f\" && cat \"$1/f\"", &[p.mountpoint()]);
     assert!(st.success() && out == "kept\n", "{st} {out} {err}");
     p.send_signal(Signal::SIGTERM).expect("SIGTERM");
@@ -279,7 +287,7 @@ fn sigterm_unmounts_with_fusermount3_and_exits_0() {
 
 #[test]
 fn the_users_fusermount3_u_ends_the_proxy_with_0() {
-    let mut p = started(&proxied(LIMIT, &[], ""));
+    let mut p = started(&proxied(LIMIT, &["--channel", "fd"], ""));
     let (st, out, err) = run_as_nobody("fusermount3 -u \"$1\"", &[p.mountpoint()]);
     assert!(st.success(), "fusermount3 -u: {st} {out} {err}");
     let st = p.wait_exit(END_WAIT).expect("the proxy did not exit");
@@ -292,7 +300,7 @@ fn the_users_fusermount3_u_ends_the_proxy_with_0() {
 #[test]
 fn memlock_below_the_arena_cuts_it_and_says_so() {
     // 6 MiB holds 5 slots of 1 MiB + 4 KiB: the fewest one thread needs.
-    let p = started(&proxied(6 << 20, &[], ""));
+    let p = started(&proxied(6 << 20, &["--channel", "fd"], ""));
     let log = p.proxy_log();
     assert!(
         log.contains(
@@ -317,7 +325,7 @@ fn memlock_below_the_arena_cuts_it_and_says_so() {
 
 #[test]
 fn memlock_below_the_smallest_arena_refuses_in_one_line() {
-    let mut p = proxied(4 << 20, &[], "").start();
+    let mut p = proxied(4 << 20, &["--channel", "fd"], "").start();
     let st = p.wait_exit(END_WAIT).expect("the proxy did not exit");
     let log = p.proxy_log();
     assert_eq!(st.code(), Some(1), "{log}");
@@ -336,11 +344,8 @@ fn memlock_below_the_smallest_arena_refuses_in_one_line() {
 
 #[test]
 fn allow_other_follows_fusermount3s_rule() {
-    let allowed = fs::read_to_string("/etc/fuse.conf").is_ok_and(|t| {
-        t.lines()
-            .any(|l| l.split('#').next().unwrap_or("").trim() == "user_allow_other")
-    });
-    let b = proxied(LIMIT, &[], ",allow_other");
+    let allowed = user_allow_other();
+    let b = proxied(LIMIT, &["--channel", "fd"], ",allow_other");
     if allowed {
         let p = started(&b);
         let info = p.mount_info().expect("mounted");
@@ -365,22 +370,257 @@ fn allow_other_follows_fusermount3s_rule() {
 
 #[test]
 fn options_that_need_root_are_refused() {
-    for channel in ["seccomp", "fusermount"] {
-        let mut p = proxied(LIMIT, &["--channel", channel], "").start();
-        let st = p.wait_exit(END_WAIT).expect("the proxy did not exit");
-        let log = p.proxy_log();
-        assert_eq!(st.code(), Some(2), "{log}");
-        assert!(
-            log.contains(&format!("--channel {channel}: needs root"))
-                && log.contains("use --channel fd (or auto)"),
-            "{log}"
-        );
-        assert!(mount_info(p.mountpoint()).is_none(), "{log}");
-    }
+    let mut p = proxied(LIMIT, &["--channel", "fusermount"], "").start();
+    let st = p.wait_exit(END_WAIT).expect("the proxy did not exit");
+    let log = p.proxy_log();
+    assert_eq!(st.code(), Some(2), "{log}");
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(
+        log.contains("--channel fusermount: needs root")
+            && log.contains("use --channel seccomp or fd (or auto)"),
+        "{log}"
+    );
+    assert!(mount_info(p.mountpoint()).is_none(), "{log}");
     let mut p = proxied(LIMIT, &["--backend-user", "nobody"], "").start();
     let st = p.wait_exit(END_WAIT).expect("the proxy did not exit");
     let log = p.proxy_log();
     assert_eq!(st.code(), Some(2), "{log}");
     assert!(log.contains("--backend-user needs root"), "{log}");
     assert!(mount_info(p.mountpoint()).is_none(), "{log}");
+}
+
+/// Whether /etc/fuse.conf lets users mount with allow_other.
+fn user_allow_other() -> bool {
+    fs::read_to_string("/etc/fuse.conf").is_ok_and(|t| {
+        t.lines()
+            .any(|l| l.split('#').next().unwrap_or("").trim() == "user_allow_other")
+    })
+}
+
+/// bindfs's command: `--no-allow-other` unless `allow_other` (bindfs asks
+/// for allow_other by default, which fusermount3 refuses to a user unless
+/// /etc/fuse.conf allows it).
+fn bindfs_cmd(allow_other: bool) -> Vec<&'static str> {
+    let mut c = vec!["bindfs"];
+    if !allow_other {
+        c.push("--no-allow-other");
+    }
+    c.extend(["-f", "{backing}", "{mnt}"]);
+    c
+}
+
+/// nobody's own mount of bindfs: libfuse 2's mount(2) fails with EPERM,
+/// and it runs fusermount3.
+fn bindfs_direct() -> MountBuilder {
+    as_nobody(LIMIT, &bindfs_cmd(false))
+}
+
+/// `fuseproxy {mnt} -- bindfs ...` as nobody, with the proxy's default
+/// channel.
+fn bindfs_proxied(allow_other: bool) -> MountBuilder {
+    let proxy = proxy();
+    let mut cmd: Vec<&str> = vec![&proxy, "{mnt}", "--"];
+    cmd.extend(bindfs_cmd(allow_other));
+    as_nobody(LIMIT, &cmd)
+}
+
+/// The daemon: the proxy's descendant whose comm is `comm` (bounded wait).
+fn daemon(m: &Mount, comm: &str) -> common::ProcId {
+    let mut found = None;
+    common::wait_until(Duration::from_secs(5), || {
+        found = m.descendants().into_iter().find(|p| {
+            fs::read_to_string(format!("/proc/{}/comm", p.pid)).is_ok_and(|c| c.trim() == comm)
+        });
+        found.is_some()
+    });
+    found.unwrap_or_else(|| panic!("no {comm} among the proxy's descendants\n{}", m.proxy_log()))
+}
+
+/// The field `name` of /proc/PID/status.
+fn status_field(pid: i32, name: &str) -> String {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(':')))
+        .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+        .trim()
+        .to_string()
+}
+
+/// Checks what every seccomp-channel mount by nobody shows: the channel
+/// line, the daemon's mount(2) made through fusermount3 (nobody's
+/// user_id, nosuid,nodev), the proxy as nobody without capabilities, and
+/// the daemon under the filter with no_new_privs. Returns the daemon.
+fn assert_seccomp_as_nobody(p: &Mount, comm: &str) -> common::ProcId {
+    let log = p.proxy_log();
+    assert!(
+        log.contains("channel seccomp (auto: the kernel has seccomp user notification"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("by pid {}", daemon(p, comm).pid))
+            && log.contains("made through fusermount3 (not root), on the /dev/fuse it passed"),
+        "{log}"
+    );
+    // Nothing the daemon tried was refused (no fallback to fusermount).
+    assert!(!log.contains("refused"), "{log}");
+    let info = p.mount_info().expect("mounted");
+    assert!(
+        info.super_options.split(',').any(|o| o == "user_id=65534"),
+        "{info:?}"
+    );
+    assert!(
+        info.mount_options.contains("nosuid") && info.mount_options.contains("nodev"),
+        "{info:?}"
+    );
+    assert_eq!(status_field(p.pid(), "Uid"), "65534\t65534\t65534\t65534");
+    assert_eq!(status_field(p.pid(), "CapEff"), "0000000000000000");
+    let d = daemon(p, comm);
+    assert_eq!(status_field(d.pid, "Uid"), "65534\t65534\t65534\t65534");
+    assert_eq!(status_field(d.pid, "NoNewPrivs"), "1");
+    assert_eq!(status_field(d.pid, "Seccomp"), "2");
+    d
+}
+
+/// After the proxy's exit: the daemon is gone (bounded wait) and the log
+/// says it ended with status 0.
+fn assert_daemon_ended(p: &Mount, d: common::ProcId) {
+    let log = p.proxy_log();
+    assert!(
+        common::wait_until(END_WAIT, || d.is_gone()),
+        "daemon pid {} still runs\n{log}",
+        d.pid
+    );
+    assert!(
+        log.contains(&format!("backend (pid {}) exited with status 0", d.pid)),
+        "{log}"
+    );
+}
+
+#[test]
+fn bindfs_libfuse2_through_seccomp_matches_a_direct_user_mount() {
+    if !common::installed("bindfs") {
+        return;
+    }
+    let d = started(&bindfs_direct());
+    let p = started(&bindfs_proxied(false));
+    let di = d.mount_info().expect("direct mount");
+    let pi = p.mount_info().expect("proxy mount");
+    println!("direct: {di:?}\nproxy:  {pi:?}");
+    assert_seccomp_as_nobody(&p, "bindfs");
+    // The mount bindfs asked for, as fusermount3 makes it for nobody: the
+    // source is each one's own backing directory.
+    assert_eq!(pi.fstype, di.fstype, "fstype");
+    assert_eq!(Path::new(&di.source), d.backing(), "direct source");
+    assert_eq!(Path::new(&pi.source), p.backing(), "proxy source");
+    assert_eq!(pi.mount_options, di.mount_options, "per-mount options");
+    assert_eq!(pi.super_options, di.super_options, "super-block options");
+
+    let want = workload(d.mountpoint());
+    let got = workload(p.mountpoint());
+    println!("direct:\n{want}\nproxy:\n{got}");
+    assert!(want.contains("cat f1 => 0 hello world\n"), "{want}");
+    assert!(want.contains("stat -c %n %s big => 0 big 10\n"), "{want}");
+    assert!(want.contains("cat missing => 1 "), "{want}");
+    assert_eq!(got, want, "the same workload through the proxy");
+    assert!(fs::read_dir(p.backing()).expect("backing").next().is_none());
+}
+
+#[test]
+fn bindfs_through_seccomp_ends_on_sigterm_with_0() {
+    if !common::installed("bindfs") {
+        return;
+    }
+    let mut p = started(&bindfs_proxied(false));
+    let d = assert_seccomp_as_nobody(&p, "bindfs");
+    let (st, out, err) = run_as_nobody("echo kept > \"$1/f\" && cat \"$1/f\"", &[p.mountpoint()]);
+    assert!(st.success() && out == "kept\n", "{st} {out} {err}");
+    p.send_signal(Signal::SIGTERM).expect("SIGTERM");
+    let st = p.wait_exit(END_WAIT).expect("the proxy did not exit");
+    let log = p.proxy_log();
+    assert_eq!(st.code(), Some(0), "{log}");
+    // fusermount3 -u removed it (umount2 is refused to nobody).
+    assert!(mount_info(p.mountpoint()).is_none(), "still mounted\n{log}");
+    assert!(log.contains("SIGTERM: unmounting"), "{log}");
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && !l.contains("the arena is cut"))
+        .collect();
+    assert!(warnings.is_empty(), "{log}");
+    assert_daemon_ended(&p, d);
+    assert_eq!(
+        fs::read_to_string(p.backing_path("f")).expect("backing file"),
+        "kept\n"
+    );
+}
+
+#[test]
+fn bindfs_through_seccomp_ends_on_the_users_fusermount3_u_with_0() {
+    if !common::installed("bindfs") {
+        return;
+    }
+    let mut p = started(&bindfs_proxied(false));
+    let d = assert_seccomp_as_nobody(&p, "bindfs");
+    let (st, out, err) = run_as_nobody("fusermount3 -u \"$1\"", &[p.mountpoint()]);
+    assert!(st.success(), "fusermount3 -u: {st} {out} {err}");
+    let st = p.wait_exit(END_WAIT).expect("the proxy did not exit");
+    let log = p.proxy_log();
+    assert_eq!(st.code(), Some(0), "{log}");
+    assert!(mount_info(p.mountpoint()).is_none(), "{log}");
+    assert_daemon_ended(&p, d);
+}
+
+#[test]
+fn bindfs_allow_other_is_refused_in_one_line_without_user_allow_other() {
+    if !common::installed("bindfs") {
+        return;
+    }
+    if user_allow_other() {
+        eprintln!("SKIPPED: /etc/fuse.conf has user_allow_other");
+        return;
+    }
+    // bindfs asks for allow_other by default: its trapped mount(2) carries
+    // it, and fusermount3 refuses it to nobody.
+    let mut p = bindfs_proxied(true).start();
+    let st = p.wait_exit(END_WAIT).expect("the proxy did not exit");
+    let log = p.proxy_log();
+    assert_eq!(st.code(), Some(1), "{log}");
+    let crit: Vec<&str> = log.lines().filter(|l| l.contains("CRIT")).collect();
+    assert_eq!(crit.len(), 1, "{log}");
+    assert!(
+        crit[0].contains("fusermount3 refused allow_other")
+            && crit[0].contains("/etc/fuse.conf has the line user_allow_other"),
+        "{log}"
+    );
+    assert!(mount_info(p.mountpoint()).is_none(), "{log}");
+    // bindfs was answered EACCES, not EPERM, so it did not run fusermount
+    // (which would have been trapped and refused, and logged).
+    assert!(!log.contains("refused mount"), "{log}");
+    let left = common::processes_naming(p.mountpoint().as_os_str().as_encoded_bytes());
+    assert!(left.is_empty(), "left running: {left:?}\n{log}");
+}
+
+#[test]
+fn passthrough_ll_libfuse3_through_seccomp_matches_a_direct_user_mount() {
+    let d = started(&direct(LIMIT));
+    let mut p = started(&proxied(LIMIT, &[], ""));
+    let daemon_pid = assert_seccomp_as_nobody(&p, "passthrough_ll");
+    let di = d.mount_info().expect("direct mount");
+    let pi = p.mount_info().expect("proxy mount");
+    println!("direct: {di:?}\nproxy:  {pi:?}");
+    assert_eq!(pi.fstype, di.fstype, "fstype");
+    assert_eq!(pi.source, di.source, "source");
+    assert_eq!(pi.mount_options, di.mount_options, "per-mount options");
+    assert_eq!(pi.super_options, di.super_options, "super-block options");
+    let want = workload(d.mountpoint());
+    let got = workload(p.mountpoint());
+    assert!(want.contains("cat f1 => 0 hello world\n"), "{want}");
+    assert_eq!(got, want, "the same workload through the proxy");
+    p.send_signal(Signal::SIGTERM).expect("SIGTERM");
+    let st = p.wait_exit(END_WAIT).expect("the proxy did not exit");
+    let log = p.proxy_log();
+    assert_eq!(st.code(), Some(0), "{log}");
+    assert!(mount_info(p.mountpoint()).is_none(), "still mounted\n{log}");
+    assert_daemon_ended(&p, daemon_pid);
 }
