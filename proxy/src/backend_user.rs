@@ -346,17 +346,7 @@ pub fn drop_to(ids: Ids) -> io::Result<()> {
             0 as libc::c_ulong,
         )
     };
-    // SAFETY: prctl with integer arguments only. Setting NO_NEW_PRIVS
-    // needs no privilege and cannot be undone.
-    check(unsafe {
-        libc::prctl(
-            libc::PR_SET_NO_NEW_PRIVS,
-            1 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-        )
-    })?;
+    crate::seccomp_filter::set_no_new_privs()?;
     // Check what the kernel now says, rather than trust the rules above.
     let mut got = [CapData {
         effective: 0,

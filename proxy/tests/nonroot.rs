@@ -260,29 +260,34 @@ fn mounts_through_fusermount3_and_matches_a_direct_user_mount() {
 #[test]
 fn sigterm_unmounts_with_fusermount3_and_exits_0() {
     let mut p = started(&proxied(LIMIT, &["--channel", "fd"], ""));
+    let log = sigterm_ends_with_0(&mut p);
+    // The daemon ended as after a direct unmount (the end device was made
+    // through fusermount3 too).
+    assert!(log.contains("exited with status 0"), "{log}");
+}
+
+/// A file written as nobody, SIGTERM: the proxy exits 0 with the mount gone
+/// (fusermount3 -u removed it: umount2 is refused to nobody), no warning
+/// but the arena's cut, and the file in the backing directory. The log.
+fn sigterm_ends_with_0(p: &mut Mount) -> String {
     let (st, out, err) = run_as_nobody("echo kept > \"$1/f\" && cat \"$1/f\"", &[p.mountpoint()]);
     assert!(st.success() && out == "kept\n", "{st} {out} {err}");
     p.send_signal(Signal::SIGTERM).expect("SIGTERM");
     let st = p.wait_exit(END_WAIT).expect("the proxy did not exit");
     let log = p.proxy_log();
     assert_eq!(st.code(), Some(0), "{log}");
-    // As nobody umount2(2) is refused: the mount is gone because
-    // fusermount3 -u removed it.
     assert!(mount_info(p.mountpoint()).is_none(), "still mounted\n{log}");
     assert!(log.contains("SIGTERM: unmounting"), "{log}");
-    // No warning but the arena's cut (an unmount that failed would be one).
     let warnings: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("WARN") && !l.contains("the arena is cut"))
         .collect();
     assert!(warnings.is_empty(), "{log}");
-    // The daemon ended as after a direct unmount (the end device was made
-    // through fusermount3 too).
-    assert!(log.contains("exited with status 0"), "{log}");
     assert_eq!(
         fs::read_to_string(p.backing_path("f")).expect("backing file"),
         "kept\n"
     );
+    log
 }
 
 #[test]
@@ -534,25 +539,8 @@ fn bindfs_through_seccomp_ends_on_sigterm_with_0() {
     }
     let mut p = started(&bindfs_proxied(false));
     let d = assert_seccomp_as_nobody(&p, "bindfs");
-    let (st, out, err) = run_as_nobody("echo kept > \"$1/f\" && cat \"$1/f\"", &[p.mountpoint()]);
-    assert!(st.success() && out == "kept\n", "{st} {out} {err}");
-    p.send_signal(Signal::SIGTERM).expect("SIGTERM");
-    let st = p.wait_exit(END_WAIT).expect("the proxy did not exit");
-    let log = p.proxy_log();
-    assert_eq!(st.code(), Some(0), "{log}");
-    // fusermount3 -u removed it (umount2 is refused to nobody).
-    assert!(mount_info(p.mountpoint()).is_none(), "still mounted\n{log}");
-    assert!(log.contains("SIGTERM: unmounting"), "{log}");
-    let warnings: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("WARN") && !l.contains("the arena is cut"))
-        .collect();
-    assert!(warnings.is_empty(), "{log}");
+    sigterm_ends_with_0(&mut p);
     assert_daemon_ended(&p, d);
-    assert_eq!(
-        fs::read_to_string(p.backing_path("f")).expect("backing file"),
-        "kept\n"
-    );
 }
 
 #[test]
