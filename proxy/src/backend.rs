@@ -737,28 +737,12 @@ fn socket_inode(fd: &OwnedFd) -> u64 {
 
 /// Receives one fd sent with SCM_RIGHTS on `sock`, without waiting.
 fn receive_fd(sock: &OwnedFd) -> Result<OwnedFd, String> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    use std::os::fd::FromRawFd;
-    let mut byte = [0u8; 1];
-    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!(std::os::fd::RawFd);
-    let msg = recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(|e| e.desc().to_string())?;
-    for c in msg.cmsgs().map_err(|e| e.desc().to_string())? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            if let Some(&fd) = fds.first() {
-                // SAFETY: the kernel just installed `fd` in this process for
-                // this message; nothing else owns it.
-                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-            }
-        }
-    }
-    Err("no fd in the message".into())
+    use std::os::fd::AsFd;
+    let flags = nix::sys::socket::MsgFlags::MSG_DONTWAIT;
+    crate::fd_passing::recv_with_fd(sock.as_fd(), &mut [0u8; 1], flags)
+        .map_err(|e| e.desc().to_string())?
+        .1
+        .ok_or_else(|| "no fd in the message".into())
 }
 
 /// "exited with status 1", "was killed by signal 9 (SIGKILL)".

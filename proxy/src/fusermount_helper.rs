@@ -9,14 +9,13 @@
 //! mount passes the socket it gets back on to the daemon over
 //! `_FUSE_COMMFD`, as fusermount passes the /dev/fuse fd. It decides
 //! nothing: the proxy checks and makes the mount.
-#![allow(unsafe_code)]
 
 use std::io::IoSlice;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{
-    connect, recvmsg, sendmsg, setsockopt, socket, sockopt, AddressFamily, ControlMessage,
-    ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
+    connect, sendmsg, setsockopt, socket, sockopt, AddressFamily, ControlMessage, MsgFlags,
+    SockFlag, SockType, UnixAddr,
 };
 use nix::sys::time::TimeVal;
 
@@ -155,26 +154,7 @@ fn ask_proxy(args: &[String]) -> Result<(), String> {
 /// One answer and the fd that came with it, if any.
 fn receive(sock: &OwnedFd) -> Result<(Vec<u8>, Option<OwnedFd>), String> {
     let mut buf = vec![0u8; 4096];
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let mut space = nix::cmsg_space!(RawFd);
-    let msg = recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(|e| format!("waiting for the proxy's answer: {}", e.desc()))?;
-    let n = msg.bytes;
-    let mut fd = None;
-    for c in msg.cmsgs().map_err(|e| e.desc().to_string())? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            for f in fds {
-                // SAFETY: the kernel just installed `f` in this process for
-                // this message; nothing else owns it.
-                let owned = unsafe { OwnedFd::from_raw_fd(f) };
-                fd.get_or_insert(owned);
-            }
-        }
-    }
+    let (n, fd) = crate::fd_passing::recv_with_fd(sock.as_fd(), &mut buf, MsgFlags::empty())
+        .map_err(|e| format!("waiting for the proxy's answer: {}", e.desc()))?;
     Ok((buf[..n].to_vec(), fd))
 }

@@ -21,6 +21,7 @@ mod cli;
 mod device;
 mod error;
 mod event_loop;
+mod fd_passing;
 mod forwarders;
 mod fusermount;
 mod fusermount_helper;

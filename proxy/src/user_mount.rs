@@ -17,20 +17,17 @@
 //! (which keeps fusermount3 waiting for the socket's end), since it
 //! unmounts by itself at the end: `fusermount3 -u MOUNTPOINT`, or `-u -z`
 //! to detach.
-#![allow(unsafe_code)]
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{
-    recvmsg, socketpair, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType,
-};
+use nix::sys::socket::{socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
 use slog::Logger;
 
 use crate::error::Error;
@@ -214,29 +211,9 @@ fn receive_device(
             Err(e) => return Err(Some(e)),
         }
     }
-    let mut byte = [0u8; 1];
-    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!(RawFd);
-    let msg = recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(Some)?;
-    let mut device = None;
-    for c in msg.cmsgs().map_err(Some)? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            for f in fds {
-                // SAFETY: the kernel has just installed `f` in this process
-                // for this message; nothing else owns it, and wrapping it
-                // closes it exactly once (any extra fd is dropped here).
-                let owned = unsafe { OwnedFd::from_raw_fd(f) };
-                device.get_or_insert(owned);
-            }
-        }
-    }
-    Ok(device)
+    crate::fd_passing::recv_with_fd(sock.as_fd(), &mut [0u8; 1], MsgFlags::empty())
+        .map(|(_, fd)| fd)
+        .map_err(Some)
 }
 
 /// Waits (bounded) for `child` to exit, killing it when it does not, and
