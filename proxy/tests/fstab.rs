@@ -509,3 +509,118 @@ fn the_type_fuse_fuseproxy_runs_fuseproxy_from_the_default_path() {
         daemons[0].pid
     );
 }
+
+#[test]
+fn setuid_runs_the_proxy_as_that_user_through_fusermount3() {
+    // `setuid=USER` in the line: mount.fuse3 runs fuseproxy as USER (with
+    // su), which then mounts as that user does, through fusermount3 (README
+    // "Without root"). A user may mount only if it may open /dev/fuse,
+    // which is root's alone on some machines (this one: 0600), so as in
+    // tests/nonroot.rs the run happens in a private mount namespace where a
+    // 0666 node of the same device stands over /dev/fuse; the host's device
+    // is untouched. The mount is looked at through /proc/PID of the proxy.
+    use std::os::unix::fs::{chown, PermissionsExt};
+    let line = Line::new();
+    fs::set_permissions(line.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(line.path("log"), b"").unwrap();
+    for d in ["src", "mnt", "log"] {
+        chown(line.path(d), Some(common::NOBODY), Some(common::NOBODY)).unwrap();
+    }
+    fs::create_dir(line.path("dev")).unwrap();
+    let fstab = line.write(
+        "none",
+        &format!(
+            "backend={},source={},setuid=nobody,log={}",
+            passthrough_ll().display(),
+            line.path("src").display(),
+            line.path("log").display()
+        ),
+    );
+    let script = format!(
+        "mknod -m 666 {dev}/fuse c 10 229 && mount --bind {dev}/fuse /dev/fuse \
+         && mount -T {fstab} {mnt} && touch {dev}/mounted && exec sleep 600",
+        dev = line.path("dev").display(),
+        fstab = line.path("fstab").display(),
+        mnt = line.mnt().display()
+    );
+    // The namespace lives as long as `holder` (one process: unshare execs
+    // sh, which execs sleep), killed by pid when the test ends either way.
+    let mut holder = Killed(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(&script)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start unshare"),
+    );
+    let mounted = wait_until(COMMAND_BOUND, || {
+        line.path("dev/mounted").exists() || matches!(holder.0.try_wait(), Ok(Some(_)))
+    });
+    let ended = holder.0.try_wait().ok().flatten();
+    assert!(
+        mounted && ended.is_none(),
+        "{fstab:?}: mount -T failed ({ended:?})\n{}",
+        line.log()
+    );
+    let proxy = line.proxy();
+    let status = fs::read_to_string(format!("/proc/{}/status", proxy.pid)).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid.split_whitespace().skip(1).all(|u| u == "65534"),
+        "the proxy does not run as nobody: {uid}"
+    );
+    let info = mountinfo_of(proxy.pid, &line.mnt()).expect("no mount in the namespace");
+    assert!(
+        info.contains("user_id=65534") && info.contains("nosuid") && info.contains("nodev"),
+        "not nobody's fusermount3 mount: {info}"
+    );
+    assert!(
+        line.log().contains("made through fusermount3"),
+        "{}",
+        line.log()
+    );
+    // nobody's own write, inside the namespace (no allow_other: root may not).
+    let (st, _, err) = run_bounded(
+        Command::new("nsenter")
+            .args(["-t", &proxy.pid.to_string(), "-m", "setpriv"])
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "sh", "-c"])
+            .arg("echo as-nobody > \"$1/f\"")
+            .arg("sh")
+            .arg(line.mnt()),
+        COMMAND_BOUND,
+    )
+    .expect("the write as nobody did not finish");
+    assert!(st.success(), "write as nobody: {st}: {err}");
+    assert_eq!(fs::read(line.path("src/f")).unwrap(), b"as-nobody\n");
+
+    let daemons = line.daemons(&proxy);
+    let (st, _, err) = run_bounded(
+        Command::new("nsenter")
+            .args(["-t", &proxy.pid.to_string(), "-m", "umount"])
+            .arg(line.mnt()),
+        COMMAND_BOUND,
+    )
+    .expect("umount did not finish");
+    assert!(st.success(), "umount in the namespace: {st}: {err}");
+    assert!(
+        wait_until(EXIT_BOUND, || proxy.is_gone()),
+        "the proxy still runs after umount\n{}",
+        line.log()
+    );
+    assert!(
+        wait_until(EXIT_BOUND, || daemons.iter().all(ProcId::is_gone)),
+        "the daemon still runs after umount"
+    );
+    assert!(!line.log().contains("CRIT"), "{}", line.log());
+}
+
+/// A child of the test's, killed (by its pid) and reaped when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
