@@ -220,6 +220,9 @@ fn translate(
                 log = Some(PathBuf::from(value));
                 Vec::new()
             }
+            // fstab's commas separate options: restart's own list is
+            // written with colons (on-failure:max=3:window=2m).
+            ("restart", Some(flag)) => vec![(*flag).into(), value.replace(':', ",").into()],
             (_, Some(flag)) => vec![(*flag).into(), value.into()],
             (_, None) => unreachable!("every option without a flag is handled above"),
         };
@@ -436,11 +439,13 @@ mod tests {
             "/s",
             "/m",
             "-o",
-            "backend=sh,times=forward,restart=on-failure",
+            "backend=sh,times=forward,restart=on-failure:max=3:window=2m",
         ]);
         let cli = h.parse().unwrap();
         assert_eq!(cli.times, Some(crate::cli::TimesArg::Forward));
         assert!(cli.restart.enabled());
+        assert_eq!(cli.restart.max, 3);
+        assert_eq!(cli.restart.window, std::time::Duration::from_secs(120));
         assert_eq!(cli.backend, os(&["sh", "-f", "/s", "/m"]));
     }
 

@@ -584,7 +584,13 @@ fn setuid_runs_the_proxy_as_that_user_through_fusermount3() {
     let (st, _, err) = run_bounded(
         Command::new("nsenter")
             .args(["-t", &proxy.pid.to_string(), "-m", "setpriv"])
-            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "sh", "-c"])
+            .args([
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                "sh",
+                "-c",
+            ])
             .arg("echo as-nobody > \"$1/f\"")
             .arg("sh")
             .arg(line.mnt()),
