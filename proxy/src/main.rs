@@ -316,11 +316,6 @@ fn run(
     }
     event_loop::check_slots(threads, arena.slots())?;
     if cli.restart.enabled() {
-        if uring {
-            return Err(Error::Usage(
-                "--restart cannot be combined with --kernel-transport uring yet".into(),
-            ));
-        }
         if matches!(chosen, Chosen::Fusermount(_)) {
             return Err(Error::Usage(
                 "--restart works with the seccomp and fd channels, not --channel fusermount".into(),

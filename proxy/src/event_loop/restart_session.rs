@@ -161,6 +161,9 @@ impl Shared {
         match launched {
             Ok(backend) => {
                 self.backend = backend;
+                // The rings' polls on the socket still watch the old one.
+                self.socket_swaps += 1;
+                self.wake_rings();
                 for (fd, token) in [
                     (self.backend.listener_fd(), SECCOMP),
                     (self.backend.guard_fd(), GUARD),

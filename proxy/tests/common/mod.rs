@@ -629,11 +629,7 @@ impl MountBuilder {
             }
             None => &self.proxy_args,
         };
-        // `--restart` is refused with the ring for now.
-        if names_option(given, "--kernel-transport")
-            || names_threads(given)
-            || names_option(given, "--restart")
-        {
+        if names_option(given, "--kernel-transport") || names_threads(given) {
             return None;
         }
         if self.effective_threads().is_some_and(|n| n > 1) {
