@@ -700,10 +700,13 @@ impl KernelRing {
             }
             if data & WATCH != 0 {
                 let token = (data & 0xff) as usize;
+                // A stale poll's (`rewatch`) watched a file no longer there.
+                if self.watches[token].user_data(token) != data {
+                    continue;
+                }
                 // Woken also on an error: the reader's own call says what.
                 self.woken |= 1 << token;
-                let current = self.watches[token].user_data(token) == data;
-                if current && !cqueue::more(cqe.flags()) {
+                if !cqueue::more(cqe.flags()) {
                     rearm |= 1 << token;
                 }
                 continue;
@@ -1755,6 +1758,87 @@ mod tests {
             }
         }
         mnt.unmount();
+    }
+
+    /// A watch goes on polling the file it was armed on after another is
+    /// put at its number, until `rewatch`: then the new file wakes it, the
+    /// old poll is removed (which lets the old file go: its peer sees the
+    /// hang-up) and its last completion wakes and re-arms nothing.
+    #[test]
+    fn kernel_ring_rewatch_follows_a_file_put_at_the_watched_number() {
+        use nix::sys::socket::{
+            recv, send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType,
+        };
+        use std::os::fd::AsFd;
+        let _param = skip_unless_uring!();
+        let mut mnt = Mount::new(true);
+        let mut ring = ring_for(&mnt, 1);
+        let pair = || {
+            socketpair(
+                AddressFamily::Unix,
+                SockType::SeqPacket,
+                None,
+                SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            )
+            .unwrap()
+        };
+        const TOKEN: usize = 1;
+        // What woke the ring within `ms` (a request would be a bug here).
+        let woken_within = |ring: &mut KernelRing, ms: u64| {
+            ring.wait(1, Some(Duration::from_millis(ms))).unwrap();
+            ring.take_woken() & (1 << TOKEN) != 0
+        };
+        let hung_up = |fd: BorrowedFd<'_>, ms: u16| {
+            let mut fds = [PollFd::new(fd, PollFlags::empty())];
+            poll(&mut fds, PollTimeout::from(ms)).unwrap() == 1
+                && fds[0].revents().unwrap().contains(PollFlags::POLLHUP)
+        };
+        let (watched, old_peer) = pair();
+        ring.watch(watched.as_fd(), TOKEN);
+        send(old_peer.as_raw_fd(), b"a", MsgFlags::empty()).unwrap();
+        assert!(woken_within(&mut ring, 5000), "the first file wakes it");
+        recv(watched.as_raw_fd(), &mut [0; 8], MsgFlags::empty()).unwrap();
+
+        let (new, new_peer) = pair();
+        nix::unistd::dup3(
+            new.as_raw_fd(),
+            watched.as_raw_fd(),
+            nix::fcntl::OFlag::O_CLOEXEC,
+        )
+        .unwrap();
+        drop(new);
+        send(new_peer.as_raw_fd(), b"b", MsgFlags::empty()).unwrap();
+        assert!(
+            !woken_within(&mut ring, 200),
+            "the poll still watches the old file"
+        );
+        assert!(!hung_up(old_peer.as_fd(), 0), "the poll holds the old file");
+
+        ring.rewatch(watched.as_fd(), TOKEN).unwrap();
+        assert_ne!(ring.take_woken() & (1 << TOKEN), 0, "reported at once");
+        assert!(
+            woken_within(&mut ring, 5000),
+            "the new poll sees the new file's input"
+        );
+        assert!(hung_up(old_peer.as_fd(), 5000), "the old file is let go");
+        recv(watched.as_raw_fd(), &mut [0; 8], MsgFlags::empty()).unwrap();
+        assert!(!woken_within(&mut ring, 200), "nothing stale wakes it");
+        for _ in 0..3 {
+            send(new_peer.as_raw_fd(), b"c", MsgFlags::empty()).unwrap();
+            assert!(woken_within(&mut ring, 5000), "still multishot");
+            recv(watched.as_raw_fd(), &mut [0; 8], MsgFlags::empty()).unwrap();
+        }
+
+        mnt.unmount();
+        let deadline = Instant::now() + DEADLINE;
+        let mut buf = RequestBuf::new(ring.max_request_len());
+        while !ring.is_ended() {
+            assert!(Instant::now() < deadline, "entries left after the unmount");
+            ring.wait(1, Some(Duration::from_millis(100))).unwrap();
+            while let Some(a) = ring.poll_arrival(buf.bytes_mut()) {
+                assert!(matches!(a, Arrival::Gone { .. }), "{a:?}");
+            }
+        }
     }
 
     /// Round-trip cost: 20,000 stats of the mountpoint (one GETATTR each)
