@@ -315,12 +315,10 @@ fn run(
         }
     }
     event_loop::check_slots(threads, arena.slots())?;
-    if cli.restart.enabled() {
-        if matches!(chosen, Chosen::Fusermount(_)) {
-            return Err(Error::Usage(
-                "--restart works with the seccomp and fd channels, not --channel fusermount".into(),
-            ));
-        }
+    if cli.restart.enabled() && matches!(chosen, Chosen::Fusermount(_)) {
+        return Err(Error::Usage(
+            "--restart works with the seccomp and fd channels, not --channel fusermount".into(),
+        ));
     }
     // Checked before the mount: once INIT has accepted the ring, the kernel
     // holds every request until the ring is set up.
