@@ -965,7 +965,7 @@ impl Shared {
                 Action::ForwardRequest(slot) => {
                     if let Some(r) = self.recorder.as_mut() {
                         let msg = request_bytes(self.arena.msg(slot));
-                        if recorder::may_be_rewritten(msg, self.engine.stats().restarts > 0) {
+                        if recorder::may_be_rewritten(msg, self.engine.has_restarted()) {
                             r.request_to_backend(msg, false);
                         }
                     }

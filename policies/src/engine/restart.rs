@@ -106,6 +106,12 @@ impl Engine {
             && self.times.pending() == 0
     }
 
+    /// Whether the backend has been started again at least once (its ids
+    /// are then translated): without copying the counters.
+    pub fn has_restarted(&self) -> bool {
+        self.stats.restarts > 0
+    }
+
     /// Whether a restart is under way: the device is not read meanwhile.
     pub fn is_restarting(&self) -> bool {
         self.backend != Backend::Live
