@@ -364,17 +364,7 @@ fn allow_other_follows_fusermount3s_rule() {
         return;
     }
     let mut p = b.start();
-    let st = p.wait_exit(END_WAIT).expect("the proxy did not exit");
-    let log = p.proxy_log();
-    assert_eq!(st.code(), Some(1), "{log}");
-    let crit: Vec<&str> = log.lines().filter(|l| l.contains("CRIT")).collect();
-    assert_eq!(crit.len(), 1, "{log}");
-    assert!(
-        crit[0].contains("fusermount3 refused allow_other")
-            && crit[0].contains("/etc/fuse.conf has the line user_allow_other"),
-        "{log}"
-    );
-    assert!(mount_info(p.mountpoint()).is_none(), "{log}");
+    let log = refused_allow_other(&mut p);
     // The daemon never started.
     assert!(!log.contains("backend pid"), "{log}");
 }
@@ -402,6 +392,23 @@ fn options_that_need_root_are_refused() {
 }
 
 /// Whether /etc/fuse.conf lets users mount with allow_other.
+/// The proxy refused `allow_other` as fusermount3 does: exit status 1, one
+/// CRIT line saying how to allow it, nothing mounted. The log.
+fn refused_allow_other(p: &mut Mount) -> String {
+    let st = p.wait_exit(END_WAIT).expect("the proxy did not exit");
+    let log = p.proxy_log();
+    assert_eq!(st.code(), Some(1), "{log}");
+    let crit: Vec<&str> = log.lines().filter(|l| l.contains("CRIT")).collect();
+    assert_eq!(crit.len(), 1, "{log}");
+    assert!(
+        crit[0].contains("fusermount3 refused allow_other")
+            && crit[0].contains("/etc/fuse.conf has the line user_allow_other"),
+        "{log}"
+    );
+    assert!(mount_info(p.mountpoint()).is_none(), "{log}");
+    log
+}
+
 fn user_allow_other() -> bool {
     fs::read_to_string("/etc/fuse.conf").is_ok_and(|t| {
         t.lines()
@@ -570,17 +577,7 @@ fn bindfs_allow_other_is_refused_in_one_line_without_user_allow_other() {
     // bindfs asks for allow_other by default: its trapped mount(2) carries
     // it, and fusermount3 refuses it to nobody.
     let mut p = bindfs_proxied(true).start();
-    let st = p.wait_exit(END_WAIT).expect("the proxy did not exit");
-    let log = p.proxy_log();
-    assert_eq!(st.code(), Some(1), "{log}");
-    let crit: Vec<&str> = log.lines().filter(|l| l.contains("CRIT")).collect();
-    assert_eq!(crit.len(), 1, "{log}");
-    assert!(
-        crit[0].contains("fusermount3 refused allow_other")
-            && crit[0].contains("/etc/fuse.conf has the line user_allow_other"),
-        "{log}"
-    );
-    assert!(mount_info(p.mountpoint()).is_none(), "{log}");
+    let log = refused_allow_other(&mut p);
     // bindfs was answered EACCES, not EPERM, so it did not run fusermount
     // (which would have been trapped and refused, and logged).
     assert!(!log.contains("refused mount"), "{log}");
