@@ -96,7 +96,7 @@ impl EndDevice {
         opts.apply("noexec,fsname=fuseproxy-end", true)
             .map_err(|e| e.to_string())?;
         let quiet = slog::Logger::root(slog::Discard, slog::o!());
-        let (file, mut mount) = crate::user_mount::mount(&quiet, &program, &dir.0, &opts)
+        let (file, mut mount) = crate::user_mount::mount(&quiet, &program, &dir.0, &mut opts)
             .map_err(|e| format!("a throw-away FUSE mount through fusermount3: {e}"))?;
         mount.detach();
         if crate::mount::is_mount_point(&dir.0) {

@@ -495,16 +495,6 @@ fn run(
         let engine = build(&opts);
         (engine, pinning, device, mount, backend, opts)
     } else {
-        if !can_mount {
-            let dropped = user_mount::force_user_flags(&mut opts);
-            if !dropped.is_empty() {
-                slog::warn!(
-                    log,
-                    "without root the mount is nosuid,nodev (fusermount3's rule): {} not applied",
-                    dropped.join(", ")
-                );
-            }
-        }
         let engine = build(&opts);
         let pinning = memory::pin(budget);
         let (device, mount) = mount_fd_channel(log, &canonical, &mut opts, can_mount)?;
@@ -567,14 +557,6 @@ fn mount_fd_channel(
             Ok(m) => return Ok((device, m)),
             Err((nix::errno::Errno::EPERM, e)) if user_mount::program().is_some() => {
                 slog::info!(log, "{e}; mounting through fusermount3 instead");
-                let dropped = user_mount::force_user_flags(opts);
-                if !dropped.is_empty() {
-                    slog::warn!(
-                        log,
-                        "through fusermount3 the mount is nosuid,nodev: {} not applied",
-                        dropped.join(", ")
-                    );
-                }
             }
             Err((_, e)) => return Err(e),
         }

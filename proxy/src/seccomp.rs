@@ -697,14 +697,6 @@ impl Supervisor {
         program: &Path,
         opts: &mut MountOptions,
     ) -> Result<(File, Mount), Failure> {
-        let dropped = crate::user_mount::force_user_flags(opts);
-        if !dropped.is_empty() {
-            warn!(
-                self.log,
-                "without root the mount is nosuid,nodev (fusermount3's rule): {} not applied",
-                dropped.join(", ")
-            );
-        }
         let computed = ["rootmode=", "user_id=", "group_id="];
         let unknown: Vec<&str> = opts
             .extra

@@ -64,7 +64,7 @@ fn is_executable(p: &Path) -> bool {
 /// What a user's mount cannot have: fusermount3 mounts nosuid,nodev for
 /// anyone but root. Sets both in `opts` and returns what was asked
 /// otherwise (for one warning), so that the start-up line tells the truth.
-pub fn force_user_flags(opts: &mut MountOptions) -> Vec<&'static str> {
+fn force_user_flags(opts: &mut MountOptions) -> Vec<&'static str> {
     use nix::mount::MsFlags;
     let mut dropped = Vec::new();
     for (flag, name) in [(MsFlags::MS_NOSUID, "suid"), (MsFlags::MS_NODEV, "dev")] {
@@ -102,7 +102,9 @@ pub fn options(opts: &MountOptions) -> String {
 
 /// Mounts `path` (canonical) with `opts` through `program` and returns the
 /// device (non-blocking, close-on-exec) and the mount, which `program`
-/// unmounts. Nothing is left mounted on error.
+/// unmounts. `opts` become what fusermount3 makes (nosuid,nodev: a `suid`
+/// or `dev` asked for is not applied, with one warning). Nothing is left
+/// mounted on error.
 ///
 /// # Errors
 /// fusermount3's refusal in one line (with how to get `allow_other` when
@@ -111,8 +113,16 @@ pub fn mount(
     log: &Logger,
     program: &Path,
     path: &Path,
-    opts: &MountOptions,
+    opts: &mut MountOptions,
 ) -> Result<(File, Mount), Error> {
+    let dropped = force_user_flags(opts);
+    if !dropped.is_empty() {
+        slog::warn!(
+            log,
+            "through fusermount3 the mount is nosuid,nodev (its rule for users): {} not applied",
+            dropped.join(", ")
+        );
+    }
     let list = options(opts);
     let shown = format!("{} -o {list} -- {}", program.display(), path.display());
     let setup = |what: &str, e: nix::errno::Errno| Error::Setup(format!("{what}: {}", e.desc()));
