@@ -235,7 +235,7 @@ pub(crate) struct Shared {
     dropped_notifications: u64,
     /// The mount's FUSE connection (/sys/fs/fuse/connections), once mounted:
     /// to abort it under a writer stuck in the kernel at the end.
-    connection: Option<u64>,
+    connection: Option<crate::mount::Connection>,
     /// The allocation counter at the end of the previous stats dump.
     alloc_mark: u64,
     /// `--record`: the session's messages, through a ring to a writer thread.

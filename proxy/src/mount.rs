@@ -60,35 +60,74 @@ pub fn is_mount_point(path: &Path) -> bool {
         .any(|p| unescape_octal(p).as_slice() == want)
 }
 
-/// The FUSE connection of the mount at `path` (canonical): its number in
-/// /sys/fs/fuse/connections, which is the superblock's device number in the
-/// kernel's encoding (`major << 20 | minor`, fs/fuse/control.c). Read from
-/// /proc/self/mountinfo, never from the mount itself.
-pub fn connection_id(path: &Path) -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = path.as_os_str().as_encoded_bytes();
-    // The topmost mount at the path: mountinfo lists mounts in order.
-    let dev = info
-        .lines()
-        .rev()
-        .find(|l| {
-            let fields: Vec<&str> = l.split(' ').collect();
-            let fstype = l.split(" - ").nth(1).and_then(|r| r.split(' ').next());
-            fields
-                .get(4)
-                .is_some_and(|p| unescape_octal(p).as_slice() == want)
-                && fstype.is_some_and(|t| t == "fuse" || t.starts_with("fuse."))
-        })?
-        .split(' ')
-        .nth(2)?;
-    let (major, minor) = dev.split_once(':')?;
-    Some((major.parse::<u64>().ok()? << 20) | minor.parse::<u64>().ok()?)
+/// A FUSE connection's control directory in fusectl
+/// (/sys/fs/fuse/connections/N), told apart from a later one of the same
+/// number.
+///
+/// N is the superblock's device number (`major << 20 | minor`,
+/// fs/fuse/control.c), which the kernel gives to the next mount once this
+/// one's superblock is gone: an abort by number alone, after the mount went
+/// away, ends whichever mount took the number since (seen: a parallel test's
+/// fresh mount ended 40 ms after it was made). The directory's inode number
+/// is the witness: fusectl makes a new inode for every connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connection {
+    pub id: u64,
+    ino: u64,
 }
 
-/// Aborts FUSE connection `id` through fusectl, as `echo 1 > .../abort`
-/// does: every request waiting in it ends with ENOTCONN.
-pub fn abort_connection(id: u64) -> std::io::Result<()> {
-    std::fs::write(format!("/sys/fs/fuse/connections/{id}/abort"), "1")
+const FUSECTL: &str = "/sys/fs/fuse/connections";
+
+impl Connection {
+    /// The connection of the mount at `path` (canonical), read from
+    /// /proc/self/mountinfo, never from the mount itself; `None` when it is
+    /// not mounted or fusectl is not.
+    pub fn of_mount(path: &Path) -> Option<Connection> {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let want = path.as_os_str().as_encoded_bytes();
+        // The topmost mount at the path: mountinfo lists mounts in order.
+        let dev = info
+            .lines()
+            .rev()
+            .find(|l| {
+                let fields: Vec<&str> = l.split(' ').collect();
+                let fstype = l.split(" - ").nth(1).and_then(|r| r.split(' ').next());
+                fields
+                    .get(4)
+                    .is_some_and(|p| unescape_octal(p).as_slice() == want)
+                    && fstype.is_some_and(|t| t == "fuse" || t.starts_with("fuse."))
+            })?
+            .split(' ')
+            .nth(2)?;
+        let (major, minor) = dev.split_once(':')?;
+        let id = (major.parse::<u64>().ok()? << 20) | minor.parse::<u64>().ok()?;
+        let ino = std::fs::metadata(format!("{FUSECTL}/{id}")).ok()?.ino();
+        Some(Connection { id, ino })
+    }
+
+    /// Aborts the connection, as `echo 1 > .../abort` does: every request
+    /// waiting in it ends with ENOTCONN. Refused (ENOENT) when the number
+    /// now names another connection. The check cannot race: the abort file
+    /// is opened through the directory already checked, and a removed
+    /// directory has no entries.
+    pub fn abort(&self) -> std::io::Result<()> {
+        let dir = File::open(format!("{FUSECTL}/{}", self.id))?;
+        if dir.metadata()?.ino() != self.ino {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "{FUSECTL}/{} is another connection now (this one has ended)",
+                    self.id
+                ),
+            ));
+        }
+        // Through the checked directory's descriptor (a magic link to the
+        // same dentry), not its name again.
+        let mut abort = OpenOptions::new()
+            .write(true)
+            .open(format!("/proc/self/fd/{}/abort", dir.as_raw_fd()))?;
+        std::io::Write::write_all(&mut abort, b"1")
+    }
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
@@ -295,5 +334,84 @@ mod tests {
     #[test]
     fn root_is_a_mount_point() {
         assert!(is_mount_point(Path::new("/")));
+    }
+
+    /// A bare fuse mount on a new directory (INIT left unanswered),
+    /// detached when dropped, even by a failing assertion.
+    struct Bare(tempfile::TempDir, File);
+
+    impl Drop for Bare {
+        fn drop(&mut self) {
+            let _ = umount2(self.0.path(), MntFlags::MNT_DETACH);
+        }
+    }
+
+    fn bare_mount() -> Option<Bare> {
+        let dev = open_device().ok()?;
+        let dir = tempfile::tempdir().unwrap();
+        let data = format!("fd={},rootmode=40000,user_id=0,group_id=0", dev.as_raw_fd());
+        nix::mount::mount(
+            Some("fuseproxy-conn-test"),
+            dir.path(),
+            Some("fuse.fuseproxy-conn-test"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some(data.as_str()),
+        )
+        .ok()?;
+        Some(Bare(dir, dev))
+    }
+
+    /// Whether the connection behind `dev` still gives requests (INIT is
+    /// queued), rather than ENODEV.
+    fn connected(dev: &File) -> bool {
+        let mut buf = vec![0u8; 1 << 20];
+        match nix::unistd::read(dev.as_raw_fd(), &mut buf) {
+            Ok(n) => n > 0,
+            Err(e) => e != nix::errno::Errno::ENODEV,
+        }
+    }
+
+    /// The old connection's number given to a new mount: aborting the old
+    /// one is refused and leaves the new mount alone.
+    #[test]
+    fn an_ended_connection_is_not_aborted_under_its_number() {
+        let Some(first) = bare_mount() else {
+            println!("skipping: cannot mount fuse here (root and /dev/fuse needed)");
+            return;
+        };
+        let canon = first.0.path().canonicalize().unwrap();
+        let Some(old) = Connection::of_mount(&canon) else {
+            println!("skipping: fusectl is not mounted on {FUSECTL}");
+            return;
+        };
+        drop(first);
+        // The kernel hands out the lowest free number; a few tries cover a
+        // parallel test taking it first.
+        let mut kept = Vec::new();
+        let mut reused = false;
+        for _ in 0..4 {
+            let b = bare_mount().expect("mount again");
+            let c = Connection::of_mount(&b.0.path().canonicalize().unwrap()).unwrap();
+            assert_ne!(c, old, "a new connection looks like the ended one");
+            reused |= c.id == old.id;
+            kept.push(b);
+            if reused {
+                break;
+            }
+        }
+        let e = old.abort().expect_err("the ended connection was aborted");
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
+        for Bare(d, dev) in &kept {
+            assert!(
+                connected(dev),
+                "a new mount was aborted under the old number"
+            );
+            let c = Connection::of_mount(&d.path().canonicalize().unwrap()).unwrap();
+            c.abort().expect("abort the new connection");
+            assert!(!connected(dev), "abort did not end the new connection");
+        }
+        if !reused {
+            println!("note: the number was not reused in 4 mounts");
+        }
     }
 }

@@ -18,7 +18,6 @@ use fuseproxy_policies::SlotId;
 
 use super::shutdown::SHUTDOWN_GRACE;
 use super::Shared;
-use crate::mount as mounting;
 
 /// Free slots a notification may not take from the loop: one to read a
 /// request, one to read the backend's reply to it (see `deliver_notification`).
@@ -126,7 +125,7 @@ impl Shared {
     pub(super) fn stop_notifier(&mut self) {
         self.close_device();
         if !self.notifier.wait(NOTIFY_GRACE) {
-            match self.connection.map(mounting::abort_connection) {
+            match self.connection.map(|c| c.abort()) {
                 Some(Ok(())) => warn!(
                     self.log,
                     "a notification was still in the kernel {}s after the end; \

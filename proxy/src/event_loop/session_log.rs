@@ -62,7 +62,7 @@ impl Shared {
                 forced,
             } => {
                 // Mounted by now, whichever the channel.
-                self.connection = mounting::connection_id(self.mount.path());
+                self.connection = mounting::Connection::of_mount(self.mount.path());
                 let p = self.startup.pinning;
                 info!(
                     self.log,

@@ -21,7 +21,6 @@ use slog::{debug, error, info, warn};
 use super::{Phase, Shared};
 use crate::backend::describe;
 use crate::error::Error;
-use crate::mount as mounting;
 
 /// How long the backend gets to answer DESTROY, and the kernel to end the
 /// connection after the proxy's unmount, before the proxy stops waiting.
@@ -55,10 +54,13 @@ impl Shared {
     /// answered), the unmount that follows ends it.
     pub(super) fn abort_connection(&mut self) {
         self.close_device();
-        if let Some(id) = self.connection {
-            match mounting::abort_connection(id) {
-                Ok(()) => info!(self.log, "connection {id} aborted through fusectl"),
-                Err(e) => debug!(self.log, "aborting connection {id} through fusectl: {e}"),
+        if let Some(c) = self.connection {
+            match c.abort() {
+                Ok(()) => info!(self.log, "connection {} aborted through fusectl", c.id),
+                Err(e) => debug!(
+                    self.log,
+                    "aborting connection {} through fusectl: {e}", c.id
+                ),
             }
         }
     }
