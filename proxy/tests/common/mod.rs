@@ -801,7 +801,9 @@ impl MountBuilder {
                     // Still mounted after the stat: the stat was answered by
                     // the mount, not by the bare directory of one a failing
                     // process has just removed.
-                    Some(Ok(_)) if is_mounted(&m.mnt) => return Ok(m),
+                    Some(Ok(_)) if is_mounted(&m.mnt) => {
+                        return self.ring_settled(m, deadline);
+                    }
                     Some(Ok(_)) => {}
                     Some(Err(_)) => {}
                     None => {
@@ -838,6 +840,33 @@ impl MountBuilder {
             }
             std::thread::sleep(POLL_INTERVAL);
         }
+    }
+
+    /// With the io_uring transport added, the mount is live once the proxy
+    /// has set its rings up or said why not: until then requests come
+    /// through read(2) while the queue threads set up (and allocate), which
+    /// a test counting allocations or ring requests would see.
+    fn ring_settled(&self, m: Mount, deadline: Instant) -> Result<Mount, Box<MountFailure>> {
+        if self.effective_transport() != Some("uring") {
+            return Ok(m);
+        }
+        let settled = |log: &str| {
+            log.contains("FUSE-over-io_uring: ")
+                || log.contains("FUSE-over-io_uring not used")
+                || log.contains("io_uring the kernel was told to use")
+        };
+        if wait_until(deadline.saturating_duration_since(Instant::now()), || {
+            settled(&m.proxy_log())
+        }) {
+            return Ok(m);
+        }
+        let reason = format!(
+            "{} is mounted but the proxy did not say within {:?} whether it serves \
+             FUSE-over-io_uring",
+            m.mnt.display(),
+            self.mount_timeout
+        );
+        Err(Box::new(MountFailure { mount: m, reason }))
     }
 
     /// Like [`try_mount`](Self::try_mount) but panics, with the log, on
