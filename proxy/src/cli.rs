@@ -354,8 +354,24 @@ pub struct Cli {
     /// and what keeps a storm of time updates at 0.65x a direct mount), at
     /// the cost of up to this much CPU per burst. 0 turns it off: about
     /// half the CPU per request with one caller, and up to 3x slower.
-    #[arg(long, value_name = "US", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=100_000))]
-    pub spin_us: u64,
+    /// [default: 50, or 0 while --cpu-latency is in force]
+    #[arg(long, value_name = "US", value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub spin_us: Option<u64>,
+
+    /// While requests flow, ask the kernel to keep every CPU's wake-up
+    /// latency at most US microseconds (a PM QoS request through
+    /// /dev/cpu_dma_latency, which needs root), released 100-200 ms after
+    /// the last request and dropped by the kernel however the proxy ends.
+    /// With 0, idle CPUs poll in the kernel's idle loop instead of halting,
+    /// so the four hand-offs of a proxied request find their CPUs awake
+    /// without the proxy spinning: on a 2-vCPU VM whose idle vCPUs halt at
+    /// once, a stat took a third of the time at a fifth of the proxy's CPU
+    /// (README, "CPU latency"). The cost is power and, in a VM, host CPU:
+    /// every idle CPU of the machine polls while requests flow. Without
+    /// the device (not root) one log line says so and --spin-us keeps its
+    /// default. [default: off]
+    #[arg(long, value_name = "US", value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub cpu_latency: Option<u32>,
 
     /// Forwarding threads. 1: one thread reads both the device and the
     /// backend's socket, whichever has something, and sleeps in poll(2)

@@ -110,6 +110,8 @@ pub struct Startup {
     pub pinning: Pinning,
     /// How long to keep polling without sleeping after traffic.
     pub spin: Duration,
+    /// `--cpu-latency`, where the device could be opened.
+    pub cpu_latency: Option<crate::cpu_latency::CpuLatency>,
     /// The policy file, when there is one: SIGHUP reloads it.
     pub policy: Option<PolicySource>,
     /// `--trace` / `-vv`: every message decoded on stderr.
@@ -531,6 +533,7 @@ impl Shared {
             self.grace_until,
             self.bad_report_at,
             self.park_until,
+            self.startup.cpu_latency.as_ref().and_then(|l| l.check_at()),
         ]
         .into_iter()
         .flatten()
@@ -559,8 +562,29 @@ impl Shared {
         }
     }
 
+    /// `--cpu-latency`: a request came; the limit is taken if not held
+    /// (its release check then joins `next_wake`). A failed write gives the
+    /// limit up for the session, in one line.
+    fn cpu_latency_request(&mut self) {
+        if let Some(Err(e)) = self.startup.cpu_latency.as_mut().map(|l| l.request_seen()) {
+            self.cpu_latency_failed(e);
+        }
+    }
+
+    fn cpu_latency_failed(&mut self, e: std::io::Error) {
+        warn!(
+            self.log,
+            "--cpu-latency: writing {} failed: {e}; given up (the kernel drops the request)",
+            crate::cpu_latency::DEVICE
+        );
+        self.startup.cpu_latency = None;
+    }
+
     fn handle_deadlines(&mut self) {
         let wall = std::time::Instant::now();
+        if let Some(Err(e)) = self.startup.cpu_latency.as_mut().map(|l| l.tick(wall)) {
+            self.cpu_latency_failed(e);
+        }
         let now = self.now();
         if self.engine.poll_timeout().is_some_and(|t| t <= now) {
             self.engine.handle_timeout(now);
@@ -645,6 +669,7 @@ impl Shared {
         match got {
             Read::Message(n) => {
                 self.arena.set_len(slot, n);
+                self.cpu_latency_request();
                 if matches!(reader, Route::Ring(_)) {
                     self.ring_requests += 1;
                     if let Some(r) = self.ring.as_mut() {

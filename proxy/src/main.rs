@@ -18,6 +18,7 @@ mod capabilities;
 mod channel;
 mod clean_end;
 mod cli;
+mod cpu_latency;
 mod device;
 mod error;
 mod event_loop;
@@ -340,6 +341,33 @@ fn run(
         }
         None => None,
     };
+    let cpu_latency = cli
+        .cpu_latency
+        .and_then(|us| match cpu_latency::CpuLatency::open(us) {
+            Ok(l) => {
+                slog::info!(
+                log,
+                "--cpu-latency {us}: while requests flow, CPUs are asked to wake within {us} µs \
+                 (PM QoS, {}); released {} ms after the last request",
+                cpu_latency::DEVICE,
+                cpu_latency::HOLD.as_millis()
+            );
+                Some(l)
+            }
+            Err(e) => {
+                slog::warn!(
+                    log,
+                    "--cpu-latency {us} not in force: cannot open {}: {e}; idle CPUs may halt \
+                 between requests",
+                    cpu_latency::DEVICE
+                );
+                None
+            }
+        });
+    // Spinning only adds CPU once idle CPUs poll (README, "CPU latency").
+    let spin_us = cli
+        .spin_us
+        .unwrap_or(if cpu_latency.is_some() { 0 } else { 50 });
     let build = |opts: &MountOptions| {
         let rules = Rules::compile(policy);
         Engine::with_rules(
@@ -538,7 +566,8 @@ fn run(
             options: opts.to_string(),
             channel,
             pinning,
-            spin: std::time::Duration::from_micros(cli.spin_us),
+            spin: std::time::Duration::from_micros(spin_us),
+            cpu_latency,
             policy: source.path().is_some().then_some(source),
             trace: cli.tracing(),
             threads,
