@@ -153,6 +153,14 @@ struct Cli {
     #[arg(long = "proxy-arg", value_name = "ARG", allow_hyphen_values = true)]
     proxy_args: Vec<String>,
 
+    /// Hold a CPU latency limit of US microseconds (a PM QoS request
+    /// through /dev/cpu_dma_latency, root only) for the whole run, every
+    /// configuration included, as fuseproxy's --cpu-latency does while
+    /// requests flow: to compare that option against a direct mount given
+    /// the same. Released when the run ends, however it ends.
+    #[arg(long, value_name = "US", value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    cpu_latency: Option<u32>,
+
     /// Time limit of one workload, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     timeout: u64,
@@ -465,6 +473,24 @@ fn run(cli: &Cli) -> Res<i32> {
         None
     };
 
+    // Held until this function returns; the kernel drops the request with
+    // the descriptor.
+    let _cpu_latency = match cli.cpu_latency {
+        Some(us) => {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/cpu_dma_latency")
+                .map_err(|e| format!("--cpu-latency: cannot open /dev/cpu_dma_latency: {e}"))?;
+            std::io::Write::write_all(&mut f, &(us.min(i32::MAX as u32) as i32).to_ne_bytes())
+                .map_err(|e| format!("--cpu-latency: writing /dev/cpu_dma_latency: {e}"))?;
+            eprintln!(
+                "fuseproxy-bench: a CPU latency limit of {us} µs is held for the whole run (every configuration)"
+            );
+            Some(f)
+        }
+        None => None,
+    };
+
     // The run folder.
     let base = cli.dir.join("fuseproxy-bench");
     let stale = mounts::mounts_under(&base);
@@ -746,6 +772,7 @@ fn run(cli: &Cli) -> Res<i32> {
             "passthrough_ll": passthrough.display().to_string(),
             "backend_opts": cli.backend_opts,
             "proxy_args": cli.proxy_args,
+            "cpu_latency_us_held": cli.cpu_latency,
             "proxy_cache_policy": configs.contains(&Config::ProxyCache).then_some(&cache_policy_text),
             "enable_uring": enable_uring.as_ref().map(|g| json!({
                 "param": uring_param::ENABLE_URING,
