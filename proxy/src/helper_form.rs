@@ -42,6 +42,7 @@ pub const PROXY_OPTIONS: &[(&str, Option<&str>)] = &[
     ("times", Some("--times")),
     ("threads", Some("--threads")),
     ("log_level", Some("--log-level")),
+    ("cpu_latency", Some("--cpu-latency")),
     ("record", Some("--record")),
 ];
 
@@ -439,10 +440,11 @@ mod tests {
             "/s",
             "/m",
             "-o",
-            "backend=sh,times=forward,restart=on-failure:max=3:window=2m",
+            "backend=sh,times=forward,restart=on-failure:max=3:window=2m,cpu_latency=0",
         ]);
         let cli = h.parse().unwrap();
         assert_eq!(cli.times, Some(crate::cli::TimesArg::Forward));
+        assert_eq!(cli.cpu_latency, Some(0));
         assert!(cli.restart.enabled());
         assert_eq!(cli.restart.max, 3);
         assert_eq!(cli.restart.window, std::time::Duration::from_secs(120));
