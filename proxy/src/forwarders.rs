@@ -102,11 +102,10 @@ const STACK: usize = 256 * 1024;
 
 /// Starts a forwarding thread.
 pub fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
-    std::thread::Builder::new()
+    let b = std::thread::Builder::new()
         .name(name.to_string())
-        .stack_size(STACK)
-        .spawn(body)
-        .map(drop)
+        .stack_size(STACK);
+    crate::threads::spawn_started(b, body).map(drop)
 }
 
 /// Clears O_NONBLOCK: the descriptor's reader waits in read(2).

@@ -44,6 +44,7 @@ mod seccomp;
 mod seccomp_filter;
 mod signals;
 mod systemd;
+mod threads;
 mod trace;
 mod user_mount;
 

@@ -67,11 +67,12 @@ impl Notifier {
         let (done, returned) = sync_channel::<(Lent, Write)>(slots);
         let closing = Arc::new(AtomicBool::new(false));
         let closing_w = Arc::clone(&closing);
-        let thread = std::thread::Builder::new()
-            .name("notify-writer".into())
-            // mlockall locks its stack too; a write needs little.
-            .stack_size(64 * 1024)
-            .spawn(move || {
+        let thread = crate::threads::spawn_started(
+            std::thread::Builder::new()
+                .name("notify-writer".into())
+                // mlockall locks its stack too; a write needs little.
+                .stack_size(64 * 1024),
+            move || {
                 // Ends when the loop drops its sender (close) or its receiver.
                 while let Ok(lent) = incoming.recv() {
                     let outcome = if closing_w.load(Ordering::Acquire) {
@@ -85,7 +86,8 @@ impl Notifier {
                     }
                     let _ = wake.wake();
                 }
-            })?;
+            },
+        )?;
         Ok(Notifier {
             queue: Some(queue),
             returned,

@@ -72,11 +72,13 @@ impl Reloader {
         let (rx, tx) = nix::unistd::pipe().map_err(std::io::Error::from)?;
         let result: Arc<Mutex<Option<Loaded>>> = Arc::new(Mutex::new(None));
         let slot = Arc::clone(&result);
-        std::thread::Builder::new()
-            .name("policy-reload".into())
-            // mlockall locks its stack too: TOML's nesting is shallow.
-            .stack_size(512 * 1024)
-            .spawn(move || reload_thread(File::from(rx), source, slot, wake))?;
+        crate::threads::spawn_started(
+            std::thread::Builder::new()
+                .name("policy-reload".into())
+                // mlockall locks its stack too: TOML's nesting is shallow.
+                .stack_size(512 * 1024),
+            move || reload_thread(File::from(rx), source, slot, wake),
+        )?;
         Ok(Reloader {
             trigger: File::from(tx),
             result,

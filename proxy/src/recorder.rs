@@ -206,11 +206,12 @@ impl Recorder {
             return Ok(());
         };
         let ctl = Arc::clone(&self.ctl);
-        let thread = std::thread::Builder::new()
-            .name("record-writer".into())
-            // mlockall locks its stack too; writes need little.
-            .stack_size(128 * 1024)
-            .spawn(move || {
+        let thread = crate::threads::spawn_started(
+            std::thread::Builder::new()
+                .name("record-writer".into())
+                // mlockall locks its stack too; writes need little.
+                .stack_size(128 * 1024),
+            move || {
                 let r = writer.run(consumer, &ctl, PERIOD);
                 if let Err(f) = &r {
                     ctl.failed_errno
@@ -220,7 +221,8 @@ impl Recorder {
                     wake();
                 }
                 r
-            })?;
+            },
+        )?;
         self.thread = Some(thread);
         Ok(())
     }
