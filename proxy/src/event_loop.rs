@@ -944,8 +944,8 @@ impl Shared {
             Some(o) => o.reader(unique, take).unwrap_or(Route::Reader(0)),
             None => Route::Reader(0),
         };
-        if let (Route::Ring(_), true, Some(r)) = (route, take, self.ring.as_mut()) {
-            r.waiting = r.waiting.saturating_sub(1);
+        if let (Route::Ring(_), true) = (route, take) {
+            self.ring_request_answered();
         }
         route
     }

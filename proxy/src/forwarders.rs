@@ -247,6 +247,7 @@ fn step(
             return Step::Ring(config);
         }
         if side == Side::BackendIfIdle && !s.rings_idle() {
+            s.home_waits_for_idle();
             return Step::Empty;
         }
         let (done, may) = if kernel {
@@ -320,7 +321,10 @@ fn ring_thread(shared: &Locked, io: &Io, spin: Duration, config: RingConfig, q: 
     let ring = KernelRing::new(io.devices[0].as_fd(), mine);
     let started = shared.lock().ring_started(ring.as_ref().map_err(|e| *e));
     if let Some(ring) = ring.ok().filter(|_| started) {
-        forward_ring(shared, io, spin, ring, q);
+        let held = forward_ring(shared, io, spin, ring, q);
+        if held > 0 {
+            shared.lock().ring_holder_left();
+        }
     }
 }
 
@@ -472,8 +476,9 @@ fn ring_step(
 /// requests (a thread watches the socket while it holds some), and by the
 /// first queue's thread while no thread holds any (the answers to the
 /// proxy's own requests, notifications); it also reads the device, which
-/// still carries FORGET, INTERRUPT and the end of the connection.
-fn forward_ring(shared: &Locked, io: &Io, spin: Duration, mut ring: KernelRing, q: usize) {
+/// still carries FORGET, INTERRUPT and the end of the connection. Returns
+/// how many requests the thread still held when its ring ended.
+fn forward_ring(shared: &Locked, io: &Io, spin: Duration, mut ring: KernelRing, q: usize) -> usize {
     let home = q == 0;
     let mut outbox = Outbox::default();
     if home {
@@ -507,7 +512,7 @@ fn forward_ring(shared: &Locked, io: &Io, spin: Duration, mut ring: KernelRing, 
         if over || (r == Step::Over && !shared.lock().ring_in_use()) {
             // Sends the last answers before the ring goes.
             let _ = ring.wait(0, Some(Duration::ZERO));
-            return;
+            return ring.held();
         }
         if [r, k, b].contains(&Step::Moved) {
             last = Instant::now();
@@ -522,7 +527,7 @@ fn forward_ring(shared: &Locked, io: &Io, spin: Duration, mut ring: KernelRing, 
             // next requests are what the spin waits for.
             if let Err(e) = ring.flush() {
                 shared.lock().ring_failed(e);
-                return;
+                return ring.held();
             }
             // Spinning reads the ring's shared memory only: a request or a
             // watched descriptor shows as task work waiting.
@@ -542,11 +547,13 @@ fn forward_ring(shared: &Locked, io: &Io, spin: Duration, mut ring: KernelRing, 
         let min = usize::from(timeout != Some(Duration::ZERO));
         if let Err(e) = ring.wait(min, timeout) {
             shared.lock().ring_failed(e);
-            return;
+            return ring.held();
         }
         let woken = ring.take_woken();
         kernel_ready |= woken & (1 << WATCH_DEVICE) != 0 || k == Step::Held;
-        backend_ready |= woken & (1 << WATCH_SOCKET) != 0 || b == Step::Held;
+        // A wake-up may also say that the rings went idle: the first
+        // queue's thread receives again (`home_waits_for_idle`).
+        backend_ready |= woken & ((1 << WATCH_SOCKET) | (1 << WATCH_WAKE)) != 0 || b == Step::Held;
         if woken & (1 << WATCH_WAKE) != 0 {
             if let Some(w) = io.ring_wakes.get(q) {
                 let _ = w.read();

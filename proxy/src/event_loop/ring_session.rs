@@ -47,6 +47,16 @@ pub(super) struct RingState {
     /// holding requests do (see `forwarders`). Counted up as a request is
     /// read (`request_read`), down as its answer is routed (`reader_of`).
     pub(super) waiting: usize,
+    /// The first queue's thread found `waiting` above 0 and left the
+    /// socket to the holders: when `waiting` falls to 0 it is woken to
+    /// receive again. Else a message that arrived while a holder was the
+    /// receiver, and that the holder left behind as its own answer made it
+    /// stop, would wait for a next wake-up that may never come (seen: the
+    /// answer to DESTROY at the end, after a RELEASE through the ring).
+    home_waits_for_idle: bool,
+    /// A queue's thread ended holding requests: their answers are received
+    /// by the first queue's thread from then on (see `rings_idle`).
+    holder_left: bool,
 }
 
 /// What reaches one queue's thread from the others.
@@ -94,6 +104,8 @@ impl RingState {
             ready: 0,
             uncommitted: 0,
             waiting: 0,
+            home_waits_for_idle: false,
+            holder_left: false,
         })
     }
 
@@ -175,7 +187,43 @@ impl Shared {
     /// messages although it holds no request: no ring request is waiting
     /// for its answer, so no other thread is receiving.
     pub(crate) fn rings_idle(&self) -> bool {
-        self.ring.as_ref().is_none_or(|r| r.waiting == 0)
+        self.ring
+            .as_ref()
+            .is_none_or(|r| r.waiting == 0 || r.holder_left)
+    }
+
+    /// A queue's thread ended (its ring is over) while holding requests:
+    /// nobody else would receive their answers, which the backend still
+    /// sends (and DESTROY's after them), so the first queue's thread is
+    /// woken to receive from now on.
+    pub(crate) fn ring_holder_left(&mut self) {
+        if let Some(r) = self.ring.as_mut() {
+            r.holder_left = true;
+            if let Some(home) = r.links.first() {
+                let _ = home.wake.write(1);
+            }
+        }
+    }
+
+    /// The first queue's thread does not receive now (`rings_idle` is
+    /// false): it is to be woken once it should.
+    pub(crate) fn home_waits_for_idle(&mut self) {
+        if let Some(r) = self.ring.as_mut() {
+            r.home_waits_for_idle = true;
+        }
+    }
+
+    /// A ring request's answer was routed: the last one wakes the first
+    /// queue's thread if it is waiting to receive.
+    pub(super) fn ring_request_answered(&mut self) {
+        if let Some(r) = self.ring.as_mut() {
+            r.waiting = r.waiting.saturating_sub(1);
+            if r.waiting == 0 && std::mem::take(&mut r.home_waits_for_idle) {
+                if let Some(home) = r.links.first() {
+                    let _ = home.wake.write(1);
+                }
+            }
+        }
     }
 
     /// The ring the forwarding thread must set up now, once.
