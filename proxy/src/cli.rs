@@ -395,7 +395,8 @@ pub struct Cli {
     /// caller's CPU's queue; the proxy serves each queue with a thread kept
     /// on that CPU, which answers a request and waits for the next in one
     /// system call. FORGET, INTERRUPT and notifications still go through
-    /// /dev/fuse. It replaces --threads, and where the kernel or io_uring
+    /// /dev/fuse. It replaces --threads, works with --restart, and where
+    /// the kernel or io_uring
     /// cannot do it (parameter off, io_uring disabled) one log line says
     /// why and read(2) is used. The cost: a request holds its ring entry
     /// until it is answered, so at most --ring-depth requests per CPU reach
@@ -412,9 +413,11 @@ pub struct Cli {
     /// (default 60s); past that, give up as with `no`. The new daemon is
     /// sent the kernel's INIT again, and refused (as with `no`) if it
     /// answers with capabilities or limits the kernel was not told of.
-    /// Requests in flight when the daemon died are answered EIO; requests
-    /// made meanwhile wait for the new daemon; time updates not yet applied
-    /// are applied to it. Example: `--restart on-failure,max=3,window=10s`.
+    /// Requests in flight when the daemon died are answered EIO (or, if
+    /// safe to send twice, sent to the new daemon); requests made meanwhile
+    /// wait for the new daemon; time updates not yet applied are applied to
+    /// it. Works over either --kernel-transport. Example: `--restart
+    /// on-failure,max=3,window=10s`.
     #[arg(long, value_name = "WHEN", default_value = "no", value_parser = RestartPolicy::parse)]
     pub restart: RestartPolicy,
 

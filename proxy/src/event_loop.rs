@@ -179,6 +179,10 @@ pub(crate) struct Shared {
     /// The backend died and the main thread is starting it again; its
     /// socket is not read meanwhile.
     relaunching: bool,
+    /// How many times a new backend's socket was put at the socket's number
+    /// (`relaunch`): a ring thread that watches the socket watches it again
+    /// when this changes (see `KernelRing::rewatch`).
+    socket_swaps: u64,
     socket: Option<Arc<OwnedFd>>,
     /// To watch the socket for room while `pending` is not empty.
     registry: mio::Registry,
@@ -358,6 +362,7 @@ impl Session {
             ring_drain_until: None,
             upgrade_until: None,
             relaunching: false,
+            socket_swaps: 0,
             retry,
             socket: Some(socket.clone()),
             registry,

@@ -416,16 +416,25 @@ const WATCH_SOCKET: usize = 1;
 const WATCH_WAKE: usize = 2;
 
 /// Takes the next request the ring has brought, if allowed, and hands it
-/// to the engine; first commits what other threads left for queue `q`.
+/// to the engine; first watches the socket again if a restart replaced it
+/// since `swaps`, and commits what other threads left for queue `q`.
 fn ring_step(
     shared: &Locked,
     io: &Io,
     outbox: &mut Outbox,
     ring: &mut KernelRing,
     q: usize,
+    swaps: &mut u64,
 ) -> Step {
     let mut buf = {
         let mut s = shared.lock();
+        if s.socket_swaps() != *swaps {
+            *swaps = s.socket_swaps();
+            if let Err(e) = ring.rewatch(io.socket.as_fd(), WATCH_SOCKET) {
+                s.ring_failed(e);
+                return Step::Over;
+            }
+        }
         if s.has_ring_backlog(q) {
             s.begin_turn();
             let n = s.take_ring_backlog(q);
@@ -481,6 +490,8 @@ fn ring_step(
 fn forward_ring(shared: &Locked, io: &Io, spin: Duration, mut ring: KernelRing, q: usize) -> usize {
     let home = q == 0;
     let mut outbox = Outbox::default();
+    // Read before the socket is watched: a swap after it is seen.
+    let mut swaps = shared.lock().socket_swaps();
     if home {
         ring.watch(io.devices[0].as_fd(), WATCH_DEVICE);
         ring.watch(io.socket.as_fd(), WATCH_SOCKET);
@@ -491,7 +502,7 @@ fn forward_ring(shared: &Locked, io: &Io, spin: Duration, mut ring: KernelRing, 
     let (mut kernel_ready, mut backend_ready) = (home, true);
     let mut last = Instant::now();
     loop {
-        let r = ring_step(shared, io, &mut outbox, &mut ring, q);
+        let r = ring_step(shared, io, &mut outbox, &mut ring, q, &mut swaps);
         let k = if kernel_ready {
             step(shared, io, &mut outbox, Side::Kernel, Some(&mut ring))
         } else {

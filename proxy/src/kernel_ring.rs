@@ -149,13 +149,47 @@ const HEADER_STRIDE: usize = 512;
 
 const PAGE: usize = 4096;
 
-/// `user_data` bit of a watch's poll (the low bits are its token); an
-/// entry's commands carry the entry's index, always below 2^15.
+/// `user_data` bit of a watch's poll (the low byte is its token, the next
+/// its serial: see [`Watch`]); an entry's commands carry the entry's index,
+/// always below 2^15.
 const WATCH: u64 = 1 << 63;
 
+/// `user_data` of the removal of a watch's stale poll
+/// ([`KernelRing::rewatch`]): its completion reports nothing.
+const UNWATCH: u64 = 1 << 62;
+
 /// Watches at most (tokens are bits of a `u64`; the submission queue keeps
-/// a slot for each beside the entries').
+/// two slots for each beside the entries': its poll, and the removal of a
+/// stale one).
 pub const MAX_WATCHES: usize = 8;
+
+/// A descriptor watched for input.
+#[derive(Debug, Clone, Copy)]
+struct Watch {
+    /// -1: not watched.
+    fd: i32,
+    /// A poll is queued or with the kernel.
+    armed: bool,
+    multishot: bool,
+    /// Counts the polls armed on other files at this number
+    /// ([`KernelRing::rewatch`]): a completion of an older one is stale and
+    /// re-arms nothing.
+    serial: u8,
+}
+
+impl Watch {
+    const NONE: Watch = Watch {
+        fd: -1,
+        armed: false,
+        multishot: false,
+        serial: 0,
+    };
+
+    /// The `user_data` of this watch's poll under `token`.
+    fn user_data(&self, token: usize) -> u64 {
+        WATCH | u64::from(self.serial) << 8 | token as u64
+    }
+}
 
 /// Largest `fuse_in_header` + op struct in front of the payload.
 const REQUEST_OVERHEAD: usize = 40 + FUSE_URING_OP_IN_OUT_SZ;
@@ -424,8 +458,8 @@ pub struct KernelRing {
     locked: bool,
     /// Entries held (requests owed a reply).
     holding: usize,
-    /// Descriptors watched for input, by token: (fd, armed, multishot).
-    watches: [(i32, bool, bool); MAX_WATCHES],
+    /// Descriptors watched for input, by token.
+    watches: [Watch; MAX_WATCHES],
     /// Tokens whose descriptor became readable since the last
     /// [`KernelRing::take_woken`], as bits.
     woken: u64,
@@ -546,7 +580,7 @@ impl KernelRing {
         let base = NonNull::new(map.as_mut_ptr()).expect("mmap never returns null");
 
         let ring = Self::builder()
-            .build((entries + MAX_WATCHES) as u32)
+            .build((entries + 2 * MAX_WATCHES) as u32)
             .map_err(|e| RingError::Setup(e.raw_os_error().unwrap_or(0)))?;
         let iovecs: Box<[[libc::iovec; 2]]> = (0..entries)
             .map(|i| {
@@ -582,7 +616,7 @@ impl KernelRing {
             depth,
             locked,
             holding: 0,
-            watches: [(-1, false, false); MAX_WATCHES],
+            watches: [Watch::NONE; MAX_WATCHES],
             woken: 0,
         };
         for i in 0..entries {
@@ -660,8 +694,16 @@ impl KernelRing {
     fn reap(&mut self) {
         let mut rearm = 0u64;
         for cqe in self.ring.completion() {
-            if cqe.user_data() & WATCH != 0 {
-                let token = (cqe.user_data() & !WATCH) as usize;
+            let data = cqe.user_data();
+            if data == UNWATCH {
+                continue;
+            }
+            if data & WATCH != 0 {
+                let token = (data & 0xff) as usize;
+                // A stale poll's (`rewatch`) watched a file no longer there.
+                if self.watches[token].user_data(token) != data {
+                    continue;
+                }
                 // Woken also on an error: the reader's own call says what.
                 self.woken |= 1 << token;
                 if !cqueue::more(cqe.flags()) {
@@ -673,8 +715,8 @@ impl KernelRing {
             self.ready.push_back((cqe.user_data() as u32, cqe.result()));
         }
         for token in (0..MAX_WATCHES).filter(|t| rearm & (1 << t) != 0) {
-            self.watches[token].1 = false;
-            if self.watches[token].2 {
+            self.watches[token].armed = false;
+            if self.watches[token].multishot {
                 self.arm(token);
             }
         }
@@ -692,7 +734,12 @@ impl KernelRing {
     /// If `token` is [`MAX_WATCHES`] or more.
     pub fn watch(&mut self, fd: BorrowedFd<'_>, token: usize) {
         assert!(token < MAX_WATCHES, "watch token {token}");
-        self.watches[token] = (fd.as_raw_fd(), false, true);
+        self.watches[token] = Watch {
+            fd: fd.as_raw_fd(),
+            armed: false,
+            multishot: true,
+            ..self.watches[token]
+        };
         self.arm(token);
     }
 
@@ -706,25 +753,72 @@ impl KernelRing {
     /// If `token` is [`MAX_WATCHES`] or more.
     pub fn watch_once(&mut self, fd: BorrowedFd<'_>, token: usize) {
         assert!(token < MAX_WATCHES, "watch token {token}");
-        if self.watches[token].1 {
+        if self.watches[token].armed {
             return;
         }
-        self.watches[token] = (fd.as_raw_fd(), false, false);
+        self.watches[token] = Watch {
+            fd: fd.as_raw_fd(),
+            armed: false,
+            multishot: false,
+            ..self.watches[token]
+        };
         self.arm(token);
     }
 
+    /// Watches `fd` under `token` again, as before (multishot, or once if
+    /// that poll is still armed), after another file was put at the watched
+    /// number (dup3): a poll holds the file it was armed on, so the armed
+    /// one would go on watching the old file, which nothing makes readable
+    /// any more. That poll is removed (its last completion, stale, re-arms
+    /// nothing) and both commands are submitted now. `token` is reported
+    /// woken: the new file may hold input already. Nothing for a token not
+    /// watched.
+    ///
+    /// # Errors
+    ///
+    /// As [`KernelRing::wait`].
+    ///
+    /// # Panics
+    ///
+    /// If `token` is [`MAX_WATCHES`] or more.
+    pub fn rewatch(&mut self, fd: BorrowedFd<'_>, token: usize) -> Result<(), RingError> {
+        assert!(token < MAX_WATCHES, "watch token {token}");
+        let old = self.watches[token];
+        if old.fd < 0 {
+            return Ok(());
+        }
+        if old.armed {
+            let sqe: squeue::Entry128 = opcode::PollRemove::new(old.user_data(token))
+                .build()
+                .user_data(UNWATCH)
+                .into();
+            self.push(&sqe);
+        }
+        self.watches[token] = Watch {
+            fd: fd.as_raw_fd(),
+            armed: false,
+            multishot: old.multishot,
+            serial: old.serial.wrapping_add(1),
+        };
+        if old.multishot || old.armed {
+            self.arm(token);
+        }
+        self.woken |= 1 << token;
+        self.flush()
+    }
+
     fn arm(&mut self, token: usize) {
-        let (fd, armed, multi) = self.watches[token];
-        if armed || fd < 0 {
+        let w = self.watches[token];
+        if w.armed || w.fd < 0 {
             return;
         }
-        let sqe = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
-            .multi(multi)
+        let sqe = opcode::PollAdd::new(types::Fd(w.fd), libc::POLLIN as u32)
+            .multi(w.multishot)
             .build()
-            .user_data(WATCH | token as u64);
+            .user_data(w.user_data(token));
         let sqe: squeue::Entry128 = sqe.into();
         self.push(&sqe);
-        self.watches[token].1 = true;
+        self.watches[token].armed = true;
     }
 
     /// The tokens woken since the last call, as bits (`1 << token`).
@@ -866,7 +960,9 @@ impl KernelRing {
     /// # Panics
     ///
     /// If the submission queue is full, which the sizing rules out: it has a
-    /// slot per entry and an entry has at most one SQE queued.
+    /// slot per entry and two per watch, an entry has at most one SQE
+    /// queued, and a watch its poll and at most one removal (`rewatch`
+    /// submits what it queues).
     fn push(&mut self, sqe: &squeue::Entry128) {
         // SAFETY: the SQE's pointers are the entry's buffers in the mapping
         // and (REGISTER) its iovec pair in `iovecs`. Both stay valid until
@@ -1662,6 +1758,87 @@ mod tests {
             }
         }
         mnt.unmount();
+    }
+
+    /// A watch goes on polling the file it was armed on after another is
+    /// put at its number, until `rewatch`: then the new file wakes it, the
+    /// old poll is removed (which lets the old file go: its peer sees the
+    /// hang-up) and its last completion wakes and re-arms nothing.
+    #[test]
+    fn kernel_ring_rewatch_follows_a_file_put_at_the_watched_number() {
+        use nix::sys::socket::{
+            recv, send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType,
+        };
+        use std::os::fd::AsFd;
+        let _param = skip_unless_uring!();
+        let mut mnt = Mount::new(true);
+        let mut ring = ring_for(&mnt, 1);
+        let pair = || {
+            socketpair(
+                AddressFamily::Unix,
+                SockType::SeqPacket,
+                None,
+                SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            )
+            .unwrap()
+        };
+        const TOKEN: usize = 1;
+        // What woke the ring within `ms` (a request would be a bug here).
+        let woken_within = |ring: &mut KernelRing, ms: u64| {
+            ring.wait(1, Some(Duration::from_millis(ms))).unwrap();
+            ring.take_woken() & (1 << TOKEN) != 0
+        };
+        let hung_up = |fd: BorrowedFd<'_>, ms: u16| {
+            let mut fds = [PollFd::new(fd, PollFlags::empty())];
+            poll(&mut fds, PollTimeout::from(ms)).unwrap() == 1
+                && fds[0].revents().unwrap().contains(PollFlags::POLLHUP)
+        };
+        let (watched, old_peer) = pair();
+        ring.watch(watched.as_fd(), TOKEN);
+        send(old_peer.as_raw_fd(), b"a", MsgFlags::empty()).unwrap();
+        assert!(woken_within(&mut ring, 5000), "the first file wakes it");
+        recv(watched.as_raw_fd(), &mut [0; 8], MsgFlags::empty()).unwrap();
+
+        let (new, new_peer) = pair();
+        nix::unistd::dup3(
+            new.as_raw_fd(),
+            watched.as_raw_fd(),
+            nix::fcntl::OFlag::O_CLOEXEC,
+        )
+        .unwrap();
+        drop(new);
+        send(new_peer.as_raw_fd(), b"b", MsgFlags::empty()).unwrap();
+        assert!(
+            !woken_within(&mut ring, 200),
+            "the poll still watches the old file"
+        );
+        assert!(!hung_up(old_peer.as_fd(), 0), "the poll holds the old file");
+
+        ring.rewatch(watched.as_fd(), TOKEN).unwrap();
+        assert_ne!(ring.take_woken() & (1 << TOKEN), 0, "reported at once");
+        assert!(
+            woken_within(&mut ring, 5000),
+            "the new poll sees the new file's input"
+        );
+        assert!(hung_up(old_peer.as_fd(), 5000), "the old file is let go");
+        recv(watched.as_raw_fd(), &mut [0; 8], MsgFlags::empty()).unwrap();
+        assert!(!woken_within(&mut ring, 200), "nothing stale wakes it");
+        for _ in 0..3 {
+            send(new_peer.as_raw_fd(), b"c", MsgFlags::empty()).unwrap();
+            assert!(woken_within(&mut ring, 5000), "still multishot");
+            recv(watched.as_raw_fd(), &mut [0; 8], MsgFlags::empty()).unwrap();
+        }
+
+        mnt.unmount();
+        let deadline = Instant::now() + DEADLINE;
+        let mut buf = RequestBuf::new(ring.max_request_len());
+        while !ring.is_ended() {
+            assert!(Instant::now() < deadline, "entries left after the unmount");
+            ring.wait(1, Some(Duration::from_millis(100))).unwrap();
+            while let Some(a) = ring.poll_arrival(buf.bytes_mut()) {
+                assert!(matches!(a, Arrival::Gone { .. }), "{a:?}");
+            }
+        }
     }
 
     /// Round-trip cost: 20,000 stats of the mountpoint (one GETATTR each)

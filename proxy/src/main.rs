@@ -317,17 +317,10 @@ fn run(
         }
     }
     event_loop::check_slots(threads, arena.slots())?;
-    if cli.restart.enabled() {
-        if uring {
-            return Err(Error::Usage(
-                "--restart cannot be combined with --kernel-transport uring yet".into(),
-            ));
-        }
-        if matches!(chosen, Chosen::Fusermount(_)) {
-            return Err(Error::Usage(
-                "--restart works with the seccomp and fd channels, not --channel fusermount".into(),
-            ));
-        }
+    if cli.restart.enabled() && matches!(chosen, Chosen::Fusermount(_)) {
+        return Err(Error::Usage(
+            "--restart works with the seccomp and fd channels, not --channel fusermount".into(),
+        ));
     }
     // Checked before the mount: once INIT has accepted the ring, the kernel
     // holds every request until the ring is set up.

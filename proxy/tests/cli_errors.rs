@@ -159,19 +159,6 @@ fn bad_restart_policies_are_refused_before_mounting() {
         ],
         &["max=\"0\""],
     );
-    usage_error(
-        &[
-            "--restart",
-            "on-failure",
-            "--kernel-transport",
-            "uring",
-            "{mnt}",
-            "--",
-            "/bin/true",
-            "{mnt}",
-        ],
-        &["--restart", "--kernel-transport uring"],
-    );
 }
 
 #[test]

@@ -16,8 +16,9 @@ use std::os::unix::fs::FileExt;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use common::policy::passthrough_backend;
 use common::stats::{dump_stats, stat_field};
-use common::{Mode, Mount, MountBuilder};
+use common::{wait_until, Mode, Mount, MountBuilder, Signal};
 
 const PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
 const CALLERS: usize = 8;
@@ -173,10 +174,9 @@ fn the_ring_carries_every_cpus_requests_and_every_result_is_right() {
     let stats = dump_stats(&mut m);
     let through_ring = stat_field(&stats, "ring_requests");
     let requests = stat_field(&stats, "requests");
-    // Each round is a write, a read, a rename, a SETATTR and a GETATTR at
-    // least, and every one of them reaches the proxy (cache=never): all of
-    // them come through the ring, only FORGETs through the device.
-    let least = (CALLERS * ROUNDS * 4) as u64;
+    // Every one of the workload's requests reaches the proxy (cache=never):
+    // all of them come through the ring, only FORGETs through the device.
+    let least = WORKLOAD_LEAST;
     assert!(
         through_ring >= least && through_ring <= requests,
         "{through_ring} of {requests} requests came through the ring, expected {least} or more:\n{stats}"
@@ -212,4 +212,89 @@ fn without_the_module_parameter_it_says_why_and_reads_the_device() {
     );
     let stats = dump_stats(&mut m);
     assert_eq!(stat_field(&stats, "ring_requests"), 0, "{stats}");
+}
+
+/// Requests the workload sends through the ring at least: a write, a read,
+/// a rename, a SETATTR and a GETATTR per round and caller (`cache=never`).
+const WORKLOAD_LEAST: u64 = (CALLERS * ROUNDS * 4) as u64;
+
+/// `ring_requests` now, and the stats line it came from.
+fn ring_requests(m: &mut Mount) -> (u64, String) {
+    let stats = dump_stats(m);
+    (stat_field(&stats, "ring_requests"), stats)
+}
+
+/// Waits until the log says a new daemon took over for the `n`-th time.
+fn wait_taken_over(m: &Mount, n: usize) {
+    let done = wait_until(BOUND, || {
+        m.proxy_log()
+            .matches("answered INIT as the first did")
+            .count()
+            >= n
+    });
+    assert!(done, "no new daemon within {BOUND:?}:\n{}", m.proxy_log());
+}
+
+/// `--restart` with the ring: after a restart (the daemon killed) and an
+/// upgrade (SIGUSR2, with callers on every CPU meanwhile) the kernel's
+/// requests still come through the ring and are answered through it. The
+/// new daemon's socket is put at the old one's number; a ring thread whose
+/// poll went on watching the old socket would never see the new daemon's
+/// answer to INIT, and the restart would hang.
+#[test]
+fn a_restarted_and_an_upgraded_daemon_are_served_through_the_ring() {
+    let Some(_param) = Param::set("Y") else {
+        return;
+    };
+    let mut m = MountBuilder::passthrough(Mode::Proxy, &["-o", "cache=never"])
+        .proxy_args(["--kernel-transport", "uring", "--restart", "on-failure"])
+        .mount();
+    let log = m.proxy_log();
+    assert!(
+        log.contains("FUSE-over-io_uring: "),
+        "the ring was not set up:\n{log}"
+    );
+    workload(&m).unwrap_or_else(|e| panic!("{e}\n{}", m.proxy_log()));
+    let (first, _) = ring_requests(&mut m);
+    assert!(first >= WORKLOAD_LEAST, "{first} through the ring");
+
+    passthrough_backend(&m).signal(Signal::SIGKILL);
+    wait_taken_over(&m, 1);
+    workload(&m).unwrap_or_else(|e| panic!("after the restart: {e}\n{}", m.proxy_log()));
+    let (restarted, stats) = ring_requests(&mut m);
+    assert!(
+        restarted - first >= WORKLOAD_LEAST,
+        "{} through the ring after the restart:\n{stats}",
+        restarted - first
+    );
+
+    // The upgrade while the callers run: none of them sees an error.
+    let old = passthrough_backend(&m);
+    let pid = m.pid();
+    let signaller = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(30));
+        common::send_signal(pid, Signal::SIGUSR2)
+    });
+    let during = workload(&m);
+    signaller.join().unwrap().expect("SIGUSR2 to the proxy");
+    during.unwrap_or_else(|e| panic!("during the upgrade: {e}\n{}", m.proxy_log()));
+    wait_taken_over(&m, 2);
+    assert!(
+        m.proxy_log().contains("was ended for an upgrade"),
+        "{}",
+        m.proxy_log()
+    );
+    assert!(
+        !old.is_alive() || passthrough_backend(&m).pid != old.pid,
+        "the old daemon is still the backend"
+    );
+    workload(&m).unwrap_or_else(|e| panic!("after the upgrade: {e}\n{}", m.proxy_log()));
+    let (upgraded, stats) = ring_requests(&mut m);
+    assert!(
+        upgraded - restarted >= 2 * WORKLOAD_LEAST,
+        "{} through the ring across the upgrade:\n{stats}",
+        upgraded - restarted
+    );
+    assert_eq!(stat_field(&stats, "rejected_writes"), 0, "{stats}");
+    assert!(m.is_mounted(), "the mount is gone");
 }

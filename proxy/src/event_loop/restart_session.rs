@@ -7,7 +7,11 @@
 //! (`relaunch`). What waited for room on the dead channel is dropped here and
 //! answered or sent again by the engine, in the new backend's ids. An
 //! upgrade takes no request once asked for and replaces the backend only
-//! when nothing is in flight or UPGRADE_GRACE has passed.
+//! when nothing is in flight or UPGRADE_GRACE has passed. With the rings,
+//! answers to requests held in ring entries go through their entries as
+//! any answer does; the rings' polls on the socket hold the old socket's
+//! file, so a swap is counted (`socket_swaps`) and the rings' threads are
+//! woken to watch the new one (`KernelRing::rewatch`).
 
 use std::os::fd::AsFd;
 use std::time::Duration;
@@ -161,6 +165,9 @@ impl Shared {
         match launched {
             Ok(backend) => {
                 self.backend = backend;
+                // The rings' polls on the socket still watch the old one.
+                self.socket_swaps += 1;
+                self.wake_rings();
                 for (fd, token) in [
                     (self.backend.listener_fd(), SECCOMP),
                     (self.backend.guard_fd(), GUARD),

@@ -177,6 +177,19 @@ impl Shared {
         self.ring = None;
     }
 
+    /// How many times the backend's socket was replaced at its number: a
+    /// ring thread that sees it change watches the socket again.
+    pub(crate) fn socket_swaps(&self) -> u64 {
+        self.socket_swaps
+    }
+
+    /// Wakes every queue's thread (after the socket was replaced).
+    pub(super) fn wake_rings(&self) {
+        for link in self.ring.iter().flat_map(|r| &r.links) {
+            let _ = link.wake.write(1);
+        }
+    }
+
     /// Whether the rings are (still) to be served: not once they have been
     /// given up for read(2).
     pub(crate) fn ring_in_use(&self) -> bool {

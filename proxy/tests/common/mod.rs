@@ -24,8 +24,8 @@
 //!   they run a backend (contain `--`); Direct mode never.
 //! - `FUSEPROXY_TEST_TRANSPORT=uring` adds `--kernel-transport uring` the
 //!   same way, except where the proxy gets more than one thread (uring is
-//!   served by one) or its arguments name `--kernel-transport`,
-//!   `--threads` or `--restart` (not combined with the ring yet). The module parameter `fuse.enable_uring` must be
+//!   served by one) or its arguments name `--kernel-transport` or
+//!   `--threads`. The module parameter `fuse.enable_uring` must be
 //!   on for the ring to be used (CI's uring pass sets it); otherwise the
 //!   proxy logs why and reads the device.
 //! - [`MountBuilder`]: a fresh temporary directory (mode 0755, so `nobody`
@@ -629,11 +629,7 @@ impl MountBuilder {
             }
             None => &self.proxy_args,
         };
-        // `--restart` is refused with the ring for now.
-        if names_option(given, "--kernel-transport")
-            || names_threads(given)
-            || names_option(given, "--restart")
-        {
+        if names_option(given, "--kernel-transport") || names_threads(given) {
             return None;
         }
         if self.effective_threads().is_some_and(|n| n > 1) {
