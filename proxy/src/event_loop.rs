@@ -183,6 +183,14 @@ pub(crate) struct Shared {
     /// (`relaunch`): a ring thread that watches the socket watches it again
     /// when this changes (see `KernelRing::rewatch`).
     socket_swaps: u64,
+    /// The current backend's socket as a file of its own (a duplicate),
+    /// for the blocking reader of `--threads N`: a receive that started on
+    /// a socket since replaced (`relaunch` puts the new one at the shared
+    /// number) ends on the old file, and its result, tagged with the
+    /// `socket_swaps` it was taken at, is dropped instead of being taken for
+    /// the new backend's (seen: the old socket's end-of-file made the proxy
+    /// shut the new one, then spin on it).
+    backend_socket: Arc<OwnedFd>,
     socket: Option<Arc<OwnedFd>>,
     /// To watch the socket for room while `pending` is not empty.
     registry: mio::Registry,
@@ -363,6 +371,12 @@ impl Session {
             upgrade_until: None,
             relaunching: false,
             socket_swaps: 0,
+            // A close-on-exec duplicate (F_DUPFD_CLOEXEC).
+            backend_socket: Arc::new(
+                socket
+                    .try_clone()
+                    .map_err(|e| Error::Setup(format!("duplicating the backend's socket: {e}")))?,
+            ),
             retry,
             socket: Some(socket.clone()),
             registry,
@@ -518,6 +532,12 @@ impl Session {
 }
 
 impl Shared {
+    /// The backend's current socket (its own file) and the swap count it
+    /// belongs to: see `backend_socket`.
+    pub(crate) fn backend_socket(&self) -> (Arc<OwnedFd>, u64) {
+        (self.backend_socket.clone(), self.socket_swaps)
+    }
+
     pub(crate) fn now(&self) -> Instant {
         Instant::from_nanos(self.clock.elapsed().as_nanos() as u64)
     }

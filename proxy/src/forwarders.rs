@@ -84,7 +84,12 @@ fn take_turn(
     s.begin_turn();
     match got {
         Got::Request(r, reader) => s.request_read(buf, r, reader),
-        Got::Reply(r) => s.reply_received(buf, r),
+        Got::Reply(r, Some(swaps)) if swaps != s.socket_swaps() => {
+            // Received on a socket replaced since: the old backend's.
+            let _ = r;
+            s.give_back(buf);
+        }
+        Got::Reply(r, _) => s.reply_received(buf, r),
     }
     finish_turn(shared, s, outbox, io, ring);
 }
@@ -93,7 +98,9 @@ fn take_turn(
 #[derive(Clone, Copy)]
 enum Got {
     Request(device::Read, Route),
-    Reply(channel::Recv),
+    /// With the swap count of the socket it came from, where the socket
+    /// may have been replaced meanwhile (see `Shared::backend_socket`).
+    Reply(channel::Recv, Option<u64>),
 }
 
 /// Stack of each forwarding thread: their frames are the engine's, which
@@ -184,15 +191,22 @@ pub fn read_kernel(shared: &Locked, io: &Io, reader: u8, spin: Duration) {
 
 /// The reader of the backend's replies and notifications.
 pub fn read_backend(shared: &Locked, io: &Io) {
-    let socket = &*io.socket;
     let mut outbox = Outbox::default();
     loop {
         let Some(mut buf) = wait_for_buffer(shared, Shared::backend_done, Shared::may_receive)
         else {
             return;
         };
+        let (socket, swaps) = shared.lock().backend_socket();
         let got = channel::recv(socket.as_fd(), buf.bytes_mut());
-        take_turn(shared, io, &mut outbox, buf, Got::Reply(got), None);
+        take_turn(
+            shared,
+            io,
+            &mut outbox,
+            buf,
+            Got::Reply(got, Some(swaps)),
+            None,
+        );
         // Closed: over, unless the backend is being started again.
         if matches!(got, channel::Recv::Closed(_)) && shared.lock().backend_done() {
             return;
@@ -269,11 +283,11 @@ fn step(
             Route::Reader(0),
         )
     } else {
-        Got::Reply(channel::recv(io.socket.as_fd(), buf.bytes_mut()))
+        Got::Reply(channel::recv(io.socket.as_fd(), buf.bytes_mut()), None)
     };
     if matches!(
         got,
-        Got::Request(device::Read::WouldBlock, _) | Got::Reply(channel::Recv::WouldBlock)
+        Got::Request(device::Read::WouldBlock, _) | Got::Reply(channel::Recv::WouldBlock, _)
     ) {
         shared.lock().give_back(buf);
         return Step::Empty;

@@ -157,7 +157,12 @@ impl Shared {
         }
         let launched = match (self.restarter.as_mut(), self.socket.clone()) {
             (Some(r), Some(socket)) => r.launch(&self.signals).and_then(|(backend, ours)| {
-                crate::restarter::replace_socket(&socket, ours).map(|()| backend)
+                let own = ours.try_clone().map_err(|e| {
+                    Error::Setup(format!("duplicating the new backend's socket: {e}"))
+                })?;
+                crate::restarter::replace_socket(&socket, ours)?;
+                self.backend_socket = std::sync::Arc::new(own);
+                Ok(backend)
             }),
             _ => Err(Error::Setup("no channel to restart on".into())),
         };
