@@ -147,12 +147,14 @@ fn spin_until_readable(fd: BorrowedFd<'_>, spin: Duration) {
 }
 
 /// A whole slot to read into once `may` allows it, waiting on the session's
-/// condition meanwhile; `None` once `done` says the reader is finished.
-fn wait_for_buffer(
+/// condition meanwhile, with what `with` reads of the session at the same
+/// moment; `None` once `done` says the reader is finished.
+fn wait_for_buffer<T>(
     shared: &Locked,
     done: fn(&Shared) -> bool,
     may: fn(&Shared) -> bool,
-) -> Option<Lent> {
+    with: fn(&Shared) -> T,
+) -> Option<(Lent, T)> {
     let mut s = shared.lock();
     loop {
         if done(&s) {
@@ -160,7 +162,7 @@ fn wait_for_buffer(
         }
         if may(&s) {
             if let Some(b) = s.take_buffer() {
-                return Some(b);
+                return Some((b, with(&s)));
             }
         }
         s.waiting += 1;
@@ -175,8 +177,12 @@ pub fn read_kernel(shared: &Locked, io: &Io, reader: u8, spin: Duration) {
     let mut outbox = Outbox::default();
     let mut spun = false;
     loop {
-        let Some(mut buf) = wait_for_buffer(shared, Shared::readers_done, Shared::may_read_request)
-        else {
+        let Some((mut buf, ())) = wait_for_buffer(
+            shared,
+            Shared::readers_done,
+            Shared::may_read_request,
+            |_| (),
+        ) else {
             return;
         };
         if spun {
@@ -193,11 +199,14 @@ pub fn read_kernel(shared: &Locked, io: &Io, reader: u8, spin: Duration) {
 pub fn read_backend(shared: &Locked, io: &Io) {
     let mut outbox = Outbox::default();
     loop {
-        let Some(mut buf) = wait_for_buffer(shared, Shared::backend_done, Shared::may_receive)
-        else {
+        let Some((mut buf, (socket, swaps))) = wait_for_buffer(
+            shared,
+            Shared::backend_done,
+            Shared::may_receive,
+            Shared::backend_socket,
+        ) else {
             return;
         };
-        let (socket, swaps) = shared.lock().backend_socket();
         let got = channel::recv(socket.as_fd(), buf.bytes_mut());
         take_turn(
             shared,

@@ -34,13 +34,7 @@ fn mount(restart: &str) -> Mount {
 fn kill_and_wait_restarted(m: &Mount, n: usize) {
     let backend = passthrough_backend(m);
     backend.signal(Signal::SIGKILL);
-    let restarted = wait_until(BOUND, || {
-        m.proxy_log()
-            .matches("answered INIT as the first did and found")
-            .count()
-            >= n
-    });
-    assert!(restarted, "no restart within {BOUND:?}:\n{}", m.proxy_log());
+    common::wait_taken_over(m, n, BOUND);
 }
 
 fn errno_of(e: &std::io::Error) -> i32 {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::policy::passthrough_backend;
 use common::stats::{dump_stats, stat_field};
-use common::{wait_until, Mode, Mount, MountBuilder, Signal};
+use common::{Mode, Mount, MountBuilder, Signal};
 
 const PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
 const CALLERS: usize = 8;
@@ -224,17 +224,6 @@ fn ring_requests(m: &mut Mount) -> (u64, String) {
     (stat_field(&stats, "ring_requests"), stats)
 }
 
-/// Waits until the log says a new daemon took over for the `n`-th time.
-fn wait_taken_over(m: &Mount, n: usize) {
-    let done = wait_until(BOUND, || {
-        m.proxy_log()
-            .matches("answered INIT as the first did")
-            .count()
-            >= n
-    });
-    assert!(done, "no new daemon within {BOUND:?}:\n{}", m.proxy_log());
-}
-
 /// `--restart` with the ring: after a restart (the daemon killed) and an
 /// upgrade (SIGUSR2, with callers on every CPU meanwhile) the kernel's
 /// requests still come through the ring and are answered through it. The
@@ -259,7 +248,7 @@ fn a_restarted_and_an_upgraded_daemon_are_served_through_the_ring() {
     assert!(first >= WORKLOAD_LEAST, "{first} through the ring");
 
     passthrough_backend(&m).signal(Signal::SIGKILL);
-    wait_taken_over(&m, 1);
+    common::wait_taken_over(&m, 1, BOUND);
     workload(&m).unwrap_or_else(|e| panic!("after the restart: {e}\n{}", m.proxy_log()));
     let (restarted, stats) = ring_requests(&mut m);
     assert!(
@@ -278,7 +267,7 @@ fn a_restarted_and_an_upgraded_daemon_are_served_through_the_ring() {
     let during = workload(&m);
     signaller.join().unwrap().expect("SIGUSR2 to the proxy");
     during.unwrap_or_else(|e| panic!("during the upgrade: {e}\n{}", m.proxy_log()));
-    wait_taken_over(&m, 2);
+    common::wait_taken_over(&m, 2, BOUND);
     assert!(
         m.proxy_log().contains("was ended for an upgrade"),
         "{}",

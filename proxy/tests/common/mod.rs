@@ -117,6 +117,18 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Waits up to `bound` until the proxy's log says a new daemon took over
+/// (`--restart`, or SIGUSR2) for the `n`-th time; panics with the log if not.
+pub fn wait_taken_over(m: &Mount, n: usize, bound: Duration) {
+    let done = wait_until(bound, || {
+        m.proxy_log()
+            .matches("answered INIT as the first did")
+            .count()
+            >= n
+    });
+    assert!(done, "no new daemon within {bound:?}:\n{}", m.proxy_log());
+}
+
 /// Panics unless we run as root and `/dev/fuse` can be opened. These tests
 /// never skip silently.
 pub fn require_root_and_fuse() {
