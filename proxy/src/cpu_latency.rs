@@ -40,9 +40,9 @@ const NO_LIMIT: i32 = 2_000_000_000;
 pub struct CpuLatency {
     file: File,
     limit_us: i32,
-    held: bool,
     /// A request came since the last check.
     busy: bool,
+    /// While the limit is held: when to look whether it may go.
     check_at: Option<Instant>,
 }
 
@@ -57,7 +57,6 @@ impl CpuLatency {
         Ok(CpuLatency {
             file,
             limit_us: i32::try_from(limit_us).unwrap_or(i32::MAX),
-            held: false,
             busy: false,
             check_at: None,
         })
@@ -68,11 +67,10 @@ impl CpuLatency {
     /// is then due: see `check_at`).
     pub fn request_seen(&mut self) -> std::io::Result<bool> {
         self.busy = true;
-        if self.held {
+        if self.check_at.is_some() {
             return Ok(false);
         }
         self.apply(self.limit_us)?;
-        self.held = true;
         self.busy = false;
         self.check_at = Some(Instant::now() + HOLD);
         Ok(true)
@@ -94,7 +92,6 @@ impl CpuLatency {
             return Ok(());
         }
         self.check_at = None;
-        self.held = false;
         self.apply(NO_LIMIT)
     }
 

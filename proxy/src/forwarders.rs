@@ -84,11 +84,8 @@ fn take_turn(
     s.begin_turn();
     match got {
         Got::Request(r, reader) => s.request_read(buf, r, reader),
-        Got::Reply(r, Some(swaps)) if swaps != s.socket_swaps() => {
-            // Received on a socket replaced since: the old backend's.
-            let _ = r;
-            s.give_back(buf);
-        }
+        // Received on a socket replaced since: the old backend's.
+        Got::Reply(_, Some(swaps)) if swaps != s.socket_swaps() => s.give_back(buf),
         Got::Reply(r, _) => s.reply_received(buf, r),
     }
     finish_turn(shared, s, outbox, io, ring);
