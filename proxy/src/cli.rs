@@ -354,9 +354,28 @@ pub struct Cli {
     /// and what keeps a storm of time updates at 0.65x a direct mount), at
     /// the cost of up to this much CPU per burst. 0 turns it off: about
     /// half the CPU per request with one caller, and up to 3x slower.
-    /// [default: 50, or 0 while --cpu-latency is in force]
+    /// [default: 50, or 0 while --idle-poll or --cpu-latency is in force]
     #[arg(long, value_name = "US", value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub spin_us: Option<u64>,
+
+    /// While requests flow, let the CPU the forwarding thread waits on poll
+    /// in the kernel's idle loop instead of halting, so that the caller's
+    /// next request and the daemon's reply wake the proxy without an
+    /// interrupt. `own`: a zero resume latency on that one CPU
+    /// (/sys/devices/system/cpu/cpuN/power/pm_qos_resume_latency_us, root
+    /// only), following the thread when it moves, released 2 ms after the
+    /// last request, put back by a guard process however the proxy ends,
+    /// and shared with other proxies through /run/fuseproxy/idle-poll; a
+    /// CPU whose value someone else set is left alone. It replaces the
+    /// spin (--spin-us defaults to 0 with it) at the same cost, one CPU
+    /// polling while requests flow, but the polling yields at once to any
+    /// task and is not the proxy's CPU time: measured on a 2-vCPU VM whose
+    /// idle vCPUs halt at once, a stat took half the time at a sixth of the
+    /// proxy's CPU (README, "Idle polling"). Applies with --threads 1 over
+    /// read(2); elsewhere, and without root, one log line says so and
+    /// --spin-us keeps its default. `off`: the CPUs are left as they are.
+    #[arg(long, value_enum, default_value_t = IdlePoll::Own, value_name = "WHERE")]
+    pub idle_poll: IdlePoll,
 
     /// While requests flow, ask the kernel to keep every CPU's wake-up
     /// latency at most US microseconds (a PM QoS request through
@@ -746,6 +765,15 @@ impl RestartPolicy {
     pub fn enabled(&self) -> bool {
         self.max > 0
     }
+}
+
+/// `--idle-poll`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IdlePoll {
+    /// The CPU the forwarding thread waits on polls while requests flow.
+    Own,
+    /// CPUs idle as the machine has them.
+    Off,
 }
 
 /// `--kernel-transport`.

@@ -112,6 +112,8 @@ pub struct Startup {
     pub spin: Duration,
     /// `--cpu-latency`, where the device could be opened.
     pub cpu_latency: Option<crate::cpu_latency::CpuLatency>,
+    /// `--idle-poll own`, where it applies.
+    pub idle_poll: Option<crate::idle_poll::IdlePoll>,
     /// The policy file, when there is one: SIGHUP reloads it.
     pub policy: Option<PolicySource>,
     /// `--trace` / `-vv`: every message decoded on stderr.
@@ -163,6 +165,9 @@ pub(crate) struct Shared {
     ring: Option<RingState>,
     /// Requests that came through the ring.
     ring_requests: u64,
+    /// `--idle-poll own`: times its hold followed the forwarding thread to
+    /// another CPU (a few system calls each).
+    pub idle_poll_moves: u64,
     /// Requests read while the backend was being restarted, handed to the
     /// engine again once it takes requests. INVARIANT: capacity the arena's
     /// slot count, allocated once.
@@ -365,6 +370,7 @@ impl Session {
             origins,
             ring,
             ring_requests: 0,
+            idle_poll_moves: 0,
             restarter,
             systemd: crate::systemd::Notify::from_env()?,
             ring_drain_until: None,
@@ -559,6 +565,7 @@ impl Shared {
             self.bad_report_at,
             self.park_until,
             self.startup.cpu_latency.as_ref().and_then(|l| l.check_at()),
+            self.startup.idle_poll.as_ref().and_then(|p| p.check_at()),
         ]
         .into_iter()
         .flatten()
@@ -591,9 +598,41 @@ impl Shared {
     /// (its release check then joins `next_wake`). A failed write gives the
     /// limit up for the session, in one line.
     fn cpu_latency_request(&mut self) {
+        if let Some(p) = self.startup.idle_poll.as_mut() {
+            p.request_seen();
+        }
         if let Some(Err(e)) = self.startup.cpu_latency.as_mut().map(|l| l.request_seen()) {
             self.cpu_latency_failed(e);
         }
+    }
+
+    /// `--idle-poll own`: the one forwarding thread is about to sleep.
+    pub(crate) fn idle_poll_before_sleep(&mut self) {
+        let Some(p) = self.startup.idle_poll.as_mut() else {
+            return;
+        };
+        let moves = p.moves;
+        let r = p.before_sleep();
+        self.idle_poll_moves += p.moves - moves;
+        if let Err(e) = r {
+            self.idle_poll_failed(&e);
+        }
+    }
+
+    /// `--idle-poll own` ends: the rings took over, whose threads keep to
+    /// their CPUs.
+    pub(crate) fn idle_poll_end(&mut self) {
+        self.startup.idle_poll = None;
+    }
+
+    /// A failed system call gives `--idle-poll` up for the session, in one
+    /// line (what it held is put back as it is dropped, or by the guard).
+    fn idle_poll_failed(&mut self, e: &std::io::Error) {
+        warn!(
+            self.log,
+            "--idle-poll own: {e}; given up, the proxy sleeps without it"
+        );
+        self.startup.idle_poll = None;
     }
 
     fn cpu_latency_failed(&mut self, e: std::io::Error) {
@@ -609,6 +648,9 @@ impl Shared {
         let wall = std::time::Instant::now();
         if let Some(Err(e)) = self.startup.cpu_latency.as_mut().map(|l| l.tick(wall)) {
             self.cpu_latency_failed(e);
+        }
+        if let Some(Err(e)) = self.startup.idle_poll.as_mut().map(|p| p.tick(wall)) {
+            self.idle_poll_failed(&e);
         }
         let now = self.now();
         if self.engine.poll_timeout().is_some_and(|t| t <= now) {

@@ -310,6 +310,8 @@ pub fn forward(shared: &Arc<Locked>, io: &Arc<Io>, spin: Duration) {
     let Some(config) = forward_both(shared, io, spin) else {
         return;
     };
+    // The ring's threads keep to their CPUs: no hold to move with them.
+    shared.lock().idle_poll_end();
     for q in 1..config.queues {
         let (mine, io) = (shared.clone(), io.clone());
         let started = spawn(&format!("ring-{q}"), move || {
@@ -406,6 +408,7 @@ fn forward_both(shared: &Locked, io: &Io, spin: Duration) -> Option<RingConfig> 
         } else if last.elapsed() < spin {
             PollTimeout::ZERO
         } else {
+            shared.lock().idle_poll_before_sleep();
             PollTimeout::NONE
         };
         // Only the sides waiting for data are polled: a side that is over

@@ -43,6 +43,7 @@ pub const PROXY_OPTIONS: &[(&str, Option<&str>)] = &[
     ("threads", Some("--threads")),
     ("log_level", Some("--log-level")),
     ("cpu_latency", Some("--cpu-latency")),
+    ("idle_poll", Some("--idle-poll")),
     ("record", Some("--record")),
 ];
 

@@ -27,6 +27,7 @@ mod forwarders;
 mod fusermount;
 mod fusermount_helper;
 mod helper_form;
+mod idle_poll;
 mod kernel_ring;
 mod man_pages;
 mod memory;
@@ -66,6 +67,12 @@ fn main() {
     // The fusermount channel's stand-in is this executable under that name.
     if let Some(name) = fusermount_helper::invoked_as_fusermount() {
         std::process::exit(fusermount_helper::run(&name));
+    }
+    if std::env::args_os()
+        .next()
+        .is_some_and(|a| a == idle_poll::GUARD_NAME)
+    {
+        std::process::exit(idle_poll::guard());
     }
     // `fuseproxy --man DIR` (hidden): write the man pages, for packaging.
     let argv0: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -358,10 +365,15 @@ fn run(
                 None
             }
         });
+    let idle_poll = open_idle_poll(cli, threads, ring_depth.is_some(), log);
     // Spinning only adds CPU once idle CPUs poll (README, "CPU latency").
     let spin_us = cli
         .spin_us
-        .unwrap_or(if cpu_latency.is_some() { 0 } else { 50 });
+        .unwrap_or(if cpu_latency.is_some() || idle_poll.is_some() {
+            0
+        } else {
+            50
+        });
     let build = |opts: &MountOptions| {
         let rules = Rules::compile(policy);
         Engine::with_rules(
@@ -562,6 +574,7 @@ fn run(
             pinning,
             spin: std::time::Duration::from_micros(spin_us),
             cpu_latency,
+            idle_poll,
             policy: source.path().is_some().then_some(source),
             trace: cli.tracing(),
             threads,
@@ -823,4 +836,42 @@ fn which(program: &std::ffi::OsStr) -> Option<std::path::PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join(p))
         .find(|c| is_exec(c))
+}
+
+/// `--idle-poll own` where it applies (one forwarding thread over read(2))
+/// and the files open; else one line saying why not.
+fn open_idle_poll(
+    cli: &cli::Cli,
+    threads: usize,
+    ring: bool,
+    log: &slog::Logger,
+) -> Option<idle_poll::IdlePoll> {
+    if cli.idle_poll == cli::IdlePoll::Off || cli.cpu_latency.is_some() {
+        return None;
+    }
+    let why_not = if threads > 1 {
+        format!("--threads {threads} (it applies to one thread)")
+    } else if ring {
+        "--kernel-transport uring (each ring thread keeps to its CPU)".to_string()
+    } else {
+        match idle_poll::IdlePoll::open() {
+            Ok(p) => {
+                slog::info!(
+                    log,
+                    "--idle-poll own: while requests flow, the CPU the proxy waits on polls \
+                     instead of halting (its pm_qos_resume_latency_us, released {} ms after \
+                     the last request; shared through {})",
+                    idle_poll::HOLD.as_millis(),
+                    idle_poll::REGISTRY
+                );
+                return Some(p);
+            }
+            Err(e) => format!("cannot open its files: {e}"),
+        }
+    };
+    slog::info!(
+        log,
+        "--idle-poll own not used: {why_not}; the proxy spins instead (--spin-us)"
+    );
+    None
 }

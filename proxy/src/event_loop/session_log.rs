@@ -317,7 +317,7 @@ impl Shared {
             self.log,
             "stats: requests={} forwarded={} replies={} notifications={} answered_with_error={} \
              injected={} bad_replies={} inflight={} free_slots={}/{} stale_writes={} rejected_writes={} \
-             dropped_notifications={} stale_interrupt_replies={} ring_requests={} \
+             dropped_notifications={} stale_interrupt_replies={} ring_requests={} idle_poll_moves={} \
              times_acked={} times_coalesced={} times_forwarded={} times_flushes={} times_flush_errors={} \
              times_flush_moot={} times_pending={} held={} cache_clears={} denied={} faulted={} delayed={} \
              deadlines_hit={} late_replies={} flush_retries={} flush_gave_up={} init_rewrites={} \
@@ -338,6 +338,7 @@ impl Shared {
             self.dropped_notifications,
             s.stale_interrupt_replies,
             self.ring_requests,
+            self.idle_poll_moves,
             s.times.acked_locally,
             s.times.coalesced,
             s.times.forwarded_sync,
