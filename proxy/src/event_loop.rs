@@ -527,6 +527,9 @@ impl Session {
             }
             if let Some(end) = s.finished() {
                 let result = s.finish(end);
+                // The CPU held, let go here: the process exits without
+                // dropping what the threads share (the guard would too).
+                s.startup.idle_poll = None;
                 // Readers waiting for room see the end and return; readers
                 // in read(2) got ENODEV or are in a connection that is
                 // aborted; the process exits after this.
