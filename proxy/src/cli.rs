@@ -358,22 +358,24 @@ pub struct Cli {
     #[arg(long, value_name = "US", value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub spin_us: Option<u64>,
 
-    /// While requests flow, let the CPU the forwarding thread waits on poll
-    /// in the kernel's idle loop instead of halting, so that the caller's
-    /// next request and the daemon's reply wake the proxy without an
-    /// interrupt. `own`: a zero resume latency on that one CPU
+    /// While requests flow, let the CPU the forwarding thread sleeps on
+    /// poll in the kernel's idle loop instead of halting, so that the
+    /// caller's next request and the daemon's reply wake the proxy without
+    /// an interrupt (in a VM, without an exit to the hypervisor). `own`: a
+    /// zero resume latency on that one CPU
     /// (/sys/devices/system/cpu/cpuN/power/pm_qos_resume_latency_us, root
-    /// only), following the thread when it moves, released 2 ms after the
-    /// last request, put back by a guard process however the proxy ends,
-    /// and shared with other proxies through /run/fuseproxy/idle-poll; a
-    /// CPU whose value someone else set is left alone. It replaces the
-    /// spin (--spin-us defaults to 0 with it) at the same cost, one CPU
+    /// only), moved with the thread, let go 20-40 ms after the last
+    /// request, put back by a guard process however the proxy ends, and
+    /// shared with other proxies through /run/fuseproxy/idle-poll; a CPU
+    /// whose value someone else set is left alone. It replaces the spin
+    /// (--spin-us defaults to 0 with it) at about the spin's cost, one CPU
     /// polling while requests flow, but the polling yields at once to any
-    /// task and is not the proxy's CPU time: measured on a 2-vCPU VM whose
-    /// idle vCPUs halt at once, a stat took half the time at a sixth of the
-    /// proxy's CPU (README, "Idle polling"). Applies with --threads 1 over
-    /// read(2); elsewhere, and without root, one log line says so and
-    /// --spin-us keeps its default. `off`: the CPUs are left as they are.
+    /// task and is not the proxy's CPU time: on a 2-vCPU VM whose idle
+    /// vCPUs halt at once, a stat loop took 40% of the time at a quarter of
+    /// the proxy's CPU (README, "Idle polling"). Used with --threads 1 over
+    /// read(2) and without --cpu-latency; elsewhere, and without root, one
+    /// log line says so and --spin-us keeps its default. `off`: the CPUs
+    /// idle as the machine has them.
     #[arg(long, value_enum, default_value_t = IdlePoll::Own, value_name = "WHERE")]
     pub idle_poll: IdlePoll,
 
@@ -386,9 +388,10 @@ pub struct Cli {
     /// without the proxy spinning: on a 2-vCPU VM whose idle vCPUs halt at
     /// once, a stat took a third of the time at a fifth of the proxy's CPU
     /// (README, "CPU latency"). The cost is power and, in a VM, host CPU:
-    /// every idle CPU of the machine polls while requests flow. Without
-    /// the device (not root) one log line says so and --spin-us keeps its
-    /// default. [default: off]
+    /// every idle CPU of the machine polls while requests flow (it
+    /// supersedes --idle-poll, which polls one). Without the device (not
+    /// root) one log line says so and --spin-us keeps its default.
+    /// [default: off]
     #[arg(long, value_name = "US", value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub cpu_latency: Option<u32>,
 

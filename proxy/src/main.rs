@@ -365,7 +365,9 @@ fn run(
                 None
             }
         });
-    let idle_poll = open_idle_poll(cli, threads, ring_depth.is_some(), log);
+    let idle_poll = (cpu_latency.is_none())
+        .then(|| open_idle_poll(cli, threads, ring_depth.is_some(), log))
+        .flatten();
     // Spinning only adds CPU once idle CPUs poll (README, "CPU latency").
     let spin_us = cli
         .spin_us
@@ -838,15 +840,16 @@ fn which(program: &std::ffi::OsStr) -> Option<std::path::PathBuf> {
         .find(|c| is_exec(c))
 }
 
-/// `--idle-poll own` where it applies (one forwarding thread over read(2))
-/// and the files open; else one line saying why not.
+/// `--idle-poll own` where it applies (one forwarding thread over read(2),
+/// no `--cpu-latency` in force) and the files open; else one line saying
+/// why not.
 fn open_idle_poll(
     cli: &cli::Cli,
     threads: usize,
     ring: bool,
     log: &slog::Logger,
 ) -> Option<idle_poll::IdlePoll> {
-    if cli.idle_poll == cli::IdlePoll::Off || cli.cpu_latency.is_some() {
+    if cli.idle_poll == cli::IdlePoll::Off {
         return None;
     }
     let why_not = if threads > 1 {
