@@ -99,7 +99,7 @@ and never stops the mount; the daemon does not get NOTIFY_SOCKET.
 From /etc/fstab and mount(8): for a line of type fuse.fuseproxy, mount.fuse3 runs \
 `fuseproxy SOURCE MOUNTPOINT -o OPTIONS`, the mount-helper form (two operands, -o, \
 no --). backend=PROGRAM (required) names the daemon; policy=, channel=, \
-backend_user=, restart= (no or on-failure[:max=N][:window=D]), times=, threads=, log_level=, cpu_latency= and \
+backend_user=, restart= (no or on-failure[:max=N][:window=D]), times=, threads=, log_level=, cpu_latency=, idle_poll= and \
 record= are the options of the same names; log=FILE sends the proxy's and the \
 daemon's stderr to FILE (otherwise both keep mount(8)'s); backend_foreground=no \
 leaves out the daemon's -f. Any of these may be written fuseproxy.NAME=VALUE (an \

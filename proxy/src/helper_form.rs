@@ -441,11 +441,12 @@ mod tests {
             "/s",
             "/m",
             "-o",
-            "backend=sh,times=forward,restart=on-failure:max=3:window=2m,cpu_latency=0",
+            "backend=sh,times=forward,restart=on-failure:max=3:window=2m,cpu_latency=0,idle_poll=off",
         ]);
         let cli = h.parse().unwrap();
         assert_eq!(cli.times, Some(crate::cli::TimesArg::Forward));
         assert_eq!(cli.cpu_latency, Some(0));
+        assert_eq!(cli.idle_poll, crate::cli::IdlePoll::Off);
         assert!(cli.restart.enabled());
         assert_eq!(cli.restart.max, 3);
         assert_eq!(cli.restart.window, std::time::Duration::from_secs(120));

@@ -365,17 +365,6 @@ fn run(
                 None
             }
         });
-    let idle_poll = (cpu_latency.is_none())
-        .then(|| open_idle_poll(cli, threads, ring_depth.is_some(), log))
-        .flatten();
-    // Spinning only adds CPU once idle CPUs poll (README, "CPU latency").
-    let spin_us = cli
-        .spin_us
-        .unwrap_or(if cpu_latency.is_some() || idle_poll.is_some() {
-            0
-        } else {
-            50
-        });
     let build = |opts: &MountOptions| {
         let rules = Rules::compile(policy);
         Engine::with_rules(
@@ -560,6 +549,19 @@ fn run(
         (engine, pinning, device, mount, backend, opts)
     };
 
+    // Once everything else is set up: a command that fails starts no
+    // guard and says nothing of it.
+    let idle_poll = (cpu_latency.is_none())
+        .then(|| open_idle_poll(cli, threads, ring_depth.is_some(), log))
+        .flatten();
+    // Spinning only adds CPU once idle CPUs poll (README, "CPU latency").
+    let spin_us = cli
+        .spin_us
+        .unwrap_or(if cpu_latency.is_some() || idle_poll.is_some() {
+            0
+        } else {
+            50
+        });
     let session = event_loop::Session::new(
         log.clone(),
         device,
