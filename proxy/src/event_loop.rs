@@ -167,7 +167,7 @@ pub(crate) struct Shared {
     ring_requests: u64,
     /// `--idle-poll own`: times its hold followed the forwarding thread to
     /// another CPU (a few system calls each).
-    pub idle_poll_moves: u64,
+    idle_poll_moves: u64,
     /// Requests read while the backend was being restarted, handed to the
     /// engine again once it takes requests. INVARIANT: capacity the arena's
     /// slot count, allocated once.
@@ -597,10 +597,11 @@ impl Shared {
         }
     }
 
-    /// `--cpu-latency`: a request came; the limit is taken if not held
-    /// (its release check then joins `next_wake`). A failed write gives the
-    /// limit up for the session, in one line.
-    fn cpu_latency_request(&mut self) {
+    /// A request came: `--idle-poll`'s hold and `--cpu-latency`'s limit
+    /// are kept, or the limit is taken if not held (their release checks
+    /// join `next_wake`). A failed write gives the limit up for the
+    /// session, in one line.
+    fn request_flows(&mut self) {
         if let Some(p) = self.startup.idle_poll.as_mut() {
             p.request_seen();
         }
@@ -739,7 +740,7 @@ impl Shared {
         match got {
             Read::Message(n) => {
                 self.arena.set_len(slot, n);
-                self.cpu_latency_request();
+                self.request_flows();
                 if matches!(reader, Route::Ring(_)) {
                     self.ring_requests += 1;
                     if let Some(r) = self.ring.as_mut() {
