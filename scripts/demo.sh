@@ -48,7 +48,9 @@ echo "== fuseproxy --record $work/session.fcap $work/mnt -- passthrough_ll -f -o
     "$work/bin/passthrough_ll" -f -o "source=$work/data" "$work/mnt" 2> "$work/proxy.log" &
 proxy_pid=$!
 for _ in $(seq 100); do
-    grep -q ' fuse.passthrough_ll ' /proc/mounts && stat "$work/mnt" >/dev/null 2>&1 && break
+    # This mount's line: another passthrough_ll mount on the machine says
+    # nothing of it, and stat answers on the bare directory too.
+    grep -q " $work/mnt fuse.passthrough_ll " /proc/mounts && stat "$work/mnt" >/dev/null 2>&1 && break
     sleep 0.1
 done
 grep " $work/mnt " /proc/mounts

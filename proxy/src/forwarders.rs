@@ -259,7 +259,7 @@ fn step(
     ring: Option<&mut KernelRing>,
 ) -> Step {
     let kernel = side == Side::Kernel;
-    let mut buf = {
+    let buf = {
         let mut s = shared.lock();
         // Over read(2) only: once the rings serve, the other queues' threads
         // may still be setting theirs up.
@@ -279,17 +279,21 @@ fn step(
             return Step::Over;
         }
         match may.then(|| s.take_buffer()).flatten() {
-            Some(b) => b,
+            // The socket as `read_backend` takes it: a receive that a
+            // relaunch overtakes is dropped, not taken for the new daemon's.
+            Some(b) => (b, (!kernel).then(|| s.backend_socket())),
             None => return Step::Held,
         }
     };
-    let got = if kernel {
-        Got::Request(
+    let (mut buf, socket) = buf;
+    let got = match socket {
+        None => Got::Request(
             device::read(io.devices[0].as_fd(), buf.bytes_mut()),
             Route::Reader(0),
-        )
-    } else {
-        Got::Reply(channel::recv(io.socket.as_fd(), buf.bytes_mut()), None)
+        ),
+        Some((socket, swaps)) => {
+            Got::Reply(channel::recv(socket.as_fd(), buf.bytes_mut()), Some(swaps))
+        }
     };
     if matches!(
         got,

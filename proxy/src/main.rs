@@ -864,9 +864,10 @@ fn open_idle_poll(
                 slog::info!(
                     log,
                     "--idle-poll own: while requests flow, the CPU the proxy waits on polls \
-                     instead of halting (its pm_qos_resume_latency_us, released {} ms after \
+                     instead of halting (its pm_qos_resume_latency_us, released {}-{} ms after \
                      the last request; shared through {})",
                     idle_poll::HOLD.as_millis(),
+                    2 * idle_poll::HOLD.as_millis(),
                     idle_poll::REGISTRY
                 );
                 return Some(p);
