@@ -32,6 +32,61 @@ pub const HOLD: Duration = Duration::from_millis(100);
 /// µs): what an open descriptor asks for until it writes.
 const NO_LIMIT: i32 = 2_000_000_000;
 
+/// Whether requests still flow, for a setting held while they do: the
+/// forwarding side [`keep`](Self::keep)s it (a flag) or
+/// [`start`](Self::start)s it, the main thread looks at
+/// [`check_at`](Self::check_at) and [`tick`](Self::tick) says when no
+/// request came for one to two `hold`s.
+pub struct Flow {
+    hold: Duration,
+    /// A request came since the last check.
+    busy: bool,
+    /// While held: when to look whether requests stopped.
+    check_at: Option<Instant>,
+}
+
+impl Flow {
+    pub const fn new(hold: Duration) -> Flow {
+        Flow {
+            hold,
+            busy: false,
+            check_at: None,
+        }
+    }
+
+    /// A request, while the setting is held: keeps it. False when it is
+    /// not held (then [`start`](Self::start) once it is taken).
+    pub fn keep(&mut self) -> bool {
+        self.busy = self.check_at.is_some();
+        self.busy
+    }
+
+    /// The setting was just taken: the first check is one `hold` away.
+    pub fn start(&mut self, now: Instant) {
+        self.busy = false;
+        self.check_at = Some(now + self.hold);
+    }
+
+    /// While held: when the main thread must call [`tick`](Self::tick).
+    pub fn check_at(&self) -> Option<Instant> {
+        self.check_at
+    }
+
+    /// True when the setting is to go: no request since the last check.
+    /// Otherwise looks again one `hold` later (or not yet due).
+    pub fn tick(&mut self, now: Instant) -> bool {
+        if self.check_at.is_none_or(|t| t > now) {
+            return false;
+        }
+        if std::mem::take(&mut self.busy) {
+            self.check_at = Some(now + self.hold);
+            return false;
+        }
+        self.check_at = None;
+        true
+    }
+}
+
 /// The proxy's latency request and when it is held. Driven under the
 /// session's lock: [`request_seen`](Self::request_seen) by the forwarding
 /// threads for every request (a flag, and one write(2) when the limit is
@@ -40,10 +95,7 @@ const NO_LIMIT: i32 = 2_000_000_000;
 pub struct CpuLatency {
     file: File,
     limit_us: i32,
-    /// A request came since the last check.
-    busy: bool,
-    /// While the limit is held: when to look whether it may go.
-    check_at: Option<Instant>,
+    flow: Flow,
 }
 
 impl CpuLatency {
@@ -57,8 +109,7 @@ impl CpuLatency {
         Ok(CpuLatency {
             file,
             limit_us: i32::try_from(limit_us).unwrap_or(i32::MAX),
-            busy: false,
-            check_at: None,
+            flow: Flow::new(HOLD),
         })
     }
 
@@ -66,33 +117,26 @@ impl CpuLatency {
     /// Returns true when it was just taken (the main thread's next check
     /// is then due: see `check_at`).
     pub fn request_seen(&mut self) -> std::io::Result<bool> {
-        self.busy = true;
-        if self.check_at.is_some() {
+        if self.flow.keep() {
             return Ok(false);
         }
         self.apply(self.limit_us)?;
-        self.busy = false;
-        self.check_at = Some(Instant::now() + HOLD);
+        self.flow.start(Instant::now());
         Ok(true)
     }
 
     /// When the main thread must call [`tick`](Self::tick), while held.
     pub fn check_at(&self) -> Option<Instant> {
-        self.check_at
+        self.flow.check_at()
     }
 
     /// Releases the limit if no request came since the last check, else
     /// looks again after [`HOLD`].
     pub fn tick(&mut self, now: Instant) -> std::io::Result<()> {
-        if self.check_at.is_none_or(|t| t > now) {
-            return Ok(());
+        if self.flow.tick(now) {
+            return self.apply(NO_LIMIT);
         }
-        if std::mem::take(&mut self.busy) {
-            self.check_at = Some(now + HOLD);
-            return Ok(());
-        }
-        self.check_at = None;
-        self.apply(NO_LIMIT)
+        Ok(())
     }
 
     /// The kernel takes the new value as a binary s32 of exactly 4 bytes.
@@ -104,6 +148,28 @@ impl CpuLatency {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flow_ends_at_the_first_check_without_a_request() {
+        let hold = Duration::from_millis(100);
+        let mut f = Flow::new(hold);
+        assert!(!f.keep(), "nothing held yet");
+        let t0 = Instant::now();
+        f.start(t0);
+        assert_eq!(f.check_at(), Some(t0 + hold));
+        assert!(f.tick(t0 + hold), "no request since it started: over");
+        // A check with no request in between ends it; one with a request
+        // puts it off by a hold.
+        let mut g = Flow::new(hold);
+        g.start(t0);
+        assert!(g.keep());
+        assert!(!g.tick(t0 + hold - Duration::from_millis(1)), "not due");
+        assert!(!g.tick(t0 + hold));
+        assert_eq!(g.check_at(), Some(t0 + 2 * hold));
+        assert!(g.tick(t0 + 2 * hold));
+        assert_eq!(g.check_at(), None);
+        assert!(!g.keep(), "over: the next request takes it again");
+    }
 
     /// The limit now in force, from every request on the machine (reading the
     /// device gives it), in µs.

@@ -37,6 +37,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::time::{Duration, Instant};
 
+use crate::cpu_latency::Flow;
+
 /// The proxies' shared record of which CPUs they hold (see the module doc).
 pub const REGISTRY: &str = "/run/fuseproxy/idle-poll";
 
@@ -274,10 +276,8 @@ pub struct IdlePoll {
     files: Files,
     /// The CPU held now.
     held: Option<usize>,
-    /// A request came since the last check.
-    busy: bool,
-    /// While requests flow: when to look whether they stopped.
-    check_at: Option<Instant>,
+    /// Whether requests flow, hence whether to hold.
+    flow: Flow,
     /// CPUs found with someone else's value: not tried again.
     foreign: Vec<bool>,
     /// Times the hold followed the thread to another CPU.
@@ -297,8 +297,7 @@ impl IdlePoll {
         Ok(IdlePoll {
             files,
             held: None,
-            busy: false,
-            check_at: None,
+            flow: Flow::new(HOLD),
             foreign,
             moves: 0,
             _guard: guard,
@@ -307,21 +306,20 @@ impl IdlePoll {
 
     /// A request from the kernel: requests flow (again).
     pub fn request_seen(&mut self) {
-        self.busy = true;
-        if self.check_at.is_none() {
-            self.check_at = Some(Instant::now() + HOLD);
+        if !self.flow.keep() {
+            self.flow.start(Instant::now());
         }
     }
 
     /// When the main thread must call [`tick`](Self::tick).
     pub fn check_at(&self) -> Option<Instant> {
-        self.check_at
+        self.flow.check_at()
     }
 
     /// Before the forwarding thread sleeps: while requests flow, holds the
     /// CPU it is on (moving the hold if the thread was moved).
     pub fn before_sleep(&mut self) -> std::io::Result<()> {
-        if self.check_at.is_none() {
+        if self.flow.check_at().is_none() {
             return Ok(());
         }
         // SAFETY: sched_getcpu has no arguments; -1 on failure.
@@ -350,15 +348,10 @@ impl IdlePoll {
     /// Lets go if no request came since the last check, else looks again
     /// after [`HOLD`].
     pub fn tick(&mut self, now: Instant) -> std::io::Result<()> {
-        if self.check_at.is_none_or(|t| t > now) {
-            return Ok(());
+        if self.flow.tick(now) {
+            return self.release();
         }
-        if std::mem::take(&mut self.busy) {
-            self.check_at = Some(now + HOLD);
-            return Ok(());
-        }
-        self.check_at = None;
-        self.release()
+        Ok(())
     }
 
     /// Lets go of the CPU held, if any.
