@@ -95,8 +95,13 @@ fn begin() -> Option<(std::sync::MutexGuard<'static, ()>, Saved)> {
 }
 
 fn mount() -> Mount {
+    mount_with(1, &[])
+}
+
+fn mount_with(threads: u32, args: &[&str]) -> Mount {
     let m = MountBuilder::passthrough(Mode::Proxy, &["-o", "cache=never"])
-        .threads(1)
+        .threads(threads)
+        .proxy_args(args)
         .mount();
     fs::write(m.backing_path("f"), b"hello").unwrap();
     m
@@ -201,4 +206,27 @@ fn a_value_someone_else_set_is_left_alone() {
     );
     drop(m);
     assert!(saved.current().iter().all(|v| v == "25"));
+}
+
+#[test]
+fn off_or_several_threads_leave_the_cpus_alone() {
+    let Some((_turn, saved)) = begin() else {
+        return;
+    };
+    for (threads, args, line) in [
+        (1, &["--idle-poll", "off"][..], None),
+        (3, &[][..], Some("--idle-poll own not used: --threads 3")),
+    ] {
+        let m = mount_with(threads, args);
+        let seen = stat_loop(&m, &saved, Duration::from_millis(200));
+        let log = m.proxy_log();
+        assert!(
+            seen.iter().all(|&n| n == 0),
+            "CPUs polling with --threads {threads} {args:?}: {seen:?}\n{log}"
+        );
+        assert!(
+            !log.contains("--idle-poll own: while") && line.is_none_or(|l| log.contains(l)),
+            "start-up lines with --threads {threads} {args:?}:\n{log}"
+        );
+    }
 }
