@@ -52,13 +52,13 @@ pub const HOLD: Duration = Duration::from_millis(20);
 pub const GUARD_NAME: &str = "fuseproxy-idle-poll-guard";
 
 /// A CPU's user-space resume latency request.
-pub fn resume_latency_path(cpu: usize) -> String {
+fn resume_latency_path(cpu: usize) -> String {
     format!("/sys/devices/system/cpu/cpu{cpu}/power/pm_qos_resume_latency_us")
 }
 
 /// What a CPU's request says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Value {
+enum Value {
     /// "0": no constraint, the kernel's default.
     Unconstrained,
     /// "n/a": wake at once, i.e. poll.
@@ -100,11 +100,13 @@ impl Files {
         if let Some(dir) = registry.parent() {
             std::fs::create_dir_all(dir)?;
         }
+        use nix::unistd::{sysconf, SysconfVar};
         let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-        // SAFETY: sysconf only reads its argument.
-        #[allow(unsafe_code)]
-        let configured = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
-        let n = usize::try_from(configured).unwrap_or(n).max(n);
+        let configured = sysconf(SysconfVar::_NPROCESSORS_CONF).ok().flatten();
+        let n = configured
+            .and_then(|c| usize::try_from(c).ok())
+            .unwrap_or(n)
+            .max(n);
         let cpus = (0..n).map(resume_latency_path);
         let files = Files::at(registry, cpus)?;
         if files.cpus.iter().all(Option::is_none) {
@@ -322,10 +324,7 @@ impl IdlePoll {
         if self.flow.check_at().is_none() {
             return Ok(());
         }
-        // SAFETY: sched_getcpu has no arguments; -1 on failure.
-        #[allow(unsafe_code)]
-        let cpu = unsafe { libc::sched_getcpu() };
-        let Ok(cpu) = usize::try_from(cpu) else {
+        let Ok(cpu) = nix::sched::sched_getcpu() else {
             return Ok(());
         };
         if self.held == Some(cpu) {
@@ -387,16 +386,19 @@ fn start_guard() -> std::io::Result<OwnedFd> {
 /// standard input), then sweeps. Deaf to the terminal's signals, which
 /// reach the proxy too: the proxy ends, and the guard follows.
 pub fn guard() -> i32 {
-    use nix::sys::signal::{signal, SigHandler, Signal};
+    use nix::sys::signal::{SigSet, Signal};
+    // Blocked, they stay pending and never act (the guard has one thread).
+    let mut deaf = SigSet::empty();
     for s in [
         Signal::SIGINT,
         Signal::SIGTERM,
         Signal::SIGHUP,
         Signal::SIGQUIT,
     ] {
-        // SAFETY: SIG_IGN installs no handler code.
-        #[allow(unsafe_code)]
-        let _ = unsafe { signal(s, SigHandler::SigIgn) };
+        deaf.add(s);
+    }
+    if let Err(e) = deaf.thread_block() {
+        eprintln!("{GUARD_NAME}: cannot block the terminal's signals: {e}");
     }
     let stdin = std::io::stdin();
     let mut b = [0u8; 64];
