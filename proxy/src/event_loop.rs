@@ -612,14 +612,10 @@ impl Shared {
 
     /// `--idle-poll own`: the one forwarding thread is about to sleep.
     pub(crate) fn idle_poll_before_sleep(&mut self) {
-        let Some(p) = self.startup.idle_poll.as_mut() else {
-            return;
-        };
-        let moves = p.moves;
-        let r = p.before_sleep();
-        self.idle_poll_moves += p.moves - moves;
-        if let Err(e) = r {
-            self.idle_poll_failed(&e);
+        match self.startup.idle_poll.as_mut().map(|p| p.before_sleep()) {
+            Some(Ok(moved)) => self.idle_poll_moves += u64::from(moved),
+            Some(Err(e)) => self.idle_poll_failed(&e),
+            None => {}
         }
     }
 

@@ -85,7 +85,7 @@ fn take_turn(
     match got {
         Got::Request(r, reader) => s.request_read(buf, r, reader),
         // Received on a socket replaced since: the old backend's.
-        Got::Reply(_, Some(swaps)) if swaps != s.socket_swaps() => s.give_back(buf),
+        Got::Reply(_, swaps) if swaps != s.socket_swaps() => s.give_back(buf),
         Got::Reply(r, _) => s.reply_received(buf, r),
     }
     finish_turn(shared, s, outbox, io, ring);
@@ -95,9 +95,9 @@ fn take_turn(
 #[derive(Clone, Copy)]
 enum Got {
     Request(device::Read, Route),
-    /// With the swap count of the socket it came from, where the socket
-    /// may have been replaced meanwhile (see `Shared::backend_socket`).
-    Reply(channel::Recv, Option<u64>),
+    /// With the swap count of the socket it came from, which may have been
+    /// replaced meanwhile (see `Shared::backend_socket`).
+    Reply(channel::Recv, u64),
 }
 
 /// Stack of each forwarding thread: their frames are the engine's, which
@@ -205,14 +205,7 @@ pub fn read_backend(shared: &Locked, io: &Io) {
             return;
         };
         let got = channel::recv(socket.as_fd(), buf.bytes_mut());
-        take_turn(
-            shared,
-            io,
-            &mut outbox,
-            buf,
-            Got::Reply(got, Some(swaps)),
-            None,
-        );
+        take_turn(shared, io, &mut outbox, buf, Got::Reply(got, swaps), None);
         // Closed: over, unless the backend is being started again.
         if matches!(got, channel::Recv::Closed(_)) && shared.lock().backend_done() {
             return;
@@ -259,7 +252,7 @@ fn step(
     ring: Option<&mut KernelRing>,
 ) -> Step {
     let kernel = side == Side::Kernel;
-    let buf = {
+    let (mut buf, socket) = {
         let mut s = shared.lock();
         // Over read(2) only: once the rings serve, the other queues' threads
         // may still be setting theirs up.
@@ -285,15 +278,12 @@ fn step(
             None => return Step::Held,
         }
     };
-    let (mut buf, socket) = buf;
     let got = match socket {
         None => Got::Request(
             device::read(io.devices[0].as_fd(), buf.bytes_mut()),
             Route::Reader(0),
         ),
-        Some((socket, swaps)) => {
-            Got::Reply(channel::recv(socket.as_fd(), buf.bytes_mut()), Some(swaps))
-        }
+        Some((socket, swaps)) => Got::Reply(channel::recv(socket.as_fd(), buf.bytes_mut()), swaps),
     };
     if matches!(
         got,

@@ -282,8 +282,6 @@ pub struct IdlePoll {
     flow: Flow,
     /// CPUs found with someone else's value: not tried again.
     foreign: Vec<bool>,
-    /// Times the hold followed the thread to another CPU.
-    pub moves: u64,
     /// The guard's end of the pipe: it sweeps once this closes.
     _guard: OwnedFd,
 }
@@ -301,7 +299,6 @@ impl IdlePoll {
             held: None,
             flow: Flow::new(HOLD),
             foreign,
-            moves: 0,
             _guard: guard,
         })
     }
@@ -319,29 +316,30 @@ impl IdlePoll {
     }
 
     /// Before the forwarding thread sleeps: while requests flow, holds the
-    /// CPU it is on (moving the hold if the thread was moved).
-    pub fn before_sleep(&mut self) -> std::io::Result<()> {
+    /// CPU it is on. True when the hold left another CPU for it (the
+    /// thread was moved).
+    pub fn before_sleep(&mut self) -> std::io::Result<bool> {
         if self.flow.check_at().is_none() {
-            return Ok(());
+            return Ok(false);
         }
         let Ok(cpu) = nix::sched::sched_getcpu() else {
-            return Ok(());
+            return Ok(false);
         };
         if self.held == Some(cpu) {
-            return Ok(());
+            return Ok(false);
         }
         // Moved (or first): the old CPU goes, whatever the new one allows.
-        self.moves += u64::from(self.held.is_some());
+        let moved = self.held.is_some();
         self.release()?;
         if self.foreign.get(cpu).copied().unwrap_or(true) {
-            return Ok(());
+            return Ok(moved);
         }
         if self.files.take(cpu)? {
             self.held = Some(cpu);
         } else {
             self.foreign[cpu] = true;
         }
-        Ok(())
+        Ok(moved)
     }
 
     /// Lets go if no request came since the last check, else looks again
