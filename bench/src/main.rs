@@ -12,6 +12,7 @@
 //! report is the median over the rounds and the ratio to direct.
 #![deny(unsafe_code)]
 
+mod busy;
 mod handoff;
 mod mounts;
 mod procs;

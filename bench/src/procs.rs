@@ -261,6 +261,29 @@ pub fn cpu_ticks(pid: i32) -> Res<u64> {
     Ok(get(11)? + get(12)?)
 }
 
+/// CPU time the whole machine spent busy (user, nice, system, irq and
+/// softirq of every CPU; guest time is inside user), in clock ticks: from
+/// the first line of /proc/stat.
+pub fn machine_busy_ticks() -> Res<u64> {
+    let s = std::fs::read_to_string("/proc/stat").map_err(|e| format!("/proc/stat: {e}"))?;
+    let line = s
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .ok_or("/proc/stat: no \"cpu\" line")?;
+    busy_ticks(line).ok_or_else(|| format!("/proc/stat: unexpected \"cpu\" line: {line}"))
+}
+
+/// The busy ticks of one "cpu" line of /proc/stat: fields 1, 2, 3, 6, 7.
+fn busy_ticks(line: &str) -> Option<u64> {
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    let get = |i: usize| f.get(i).copied();
+    Some(get(0)? + get(1)? + get(2)? + get(5)? + get(6)?)
+}
+
 /// The process's start time (field 22 of /proc/PID/stat): with the pid, it
 /// names one process for good.
 pub fn start_time(pid: i32) -> Option<u64> {
@@ -352,4 +375,18 @@ pub fn bounded<T: Send + 'static>(
     });
     rx.recv_timeout(timeout)
         .map_err(|_| format!("{what}: no answer within {timeout:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::busy_ticks;
+
+    #[test]
+    fn busy_leaves_out_idle_iowait_and_steal() {
+        // user nice system idle iowait irq softirq steal guest guest_nice
+        let line = "cpu  100 2 30 5000 70 4 5 900 0 0";
+        assert_eq!(busy_ticks(line), Some(100 + 2 + 30 + 4 + 5));
+        assert_eq!(busy_ticks("cpu  1 2 3"), None);
+        assert_eq!(busy_ticks("cpu  1 x 3 4 5 6 7"), None);
+    }
 }

@@ -48,6 +48,13 @@ pub struct Row {
     pub layer_peak_rss_kib: Option<u64>,
     pub backend_cpu_s: Option<f64>,
     pub backend_peak_rss_kib: Option<u64>,
+    /// CPU seconds the whole machine was busy during the timed part (every
+    /// process: callers, kernel, daemons, the proxy).
+    pub machine_cpu_s: Option<f64>,
+    /// CPUs busy on average during the timed part (machine CPU / time): at the
+    /// number of CPUs, the workload is bound by CPU time, and the ratio of
+    /// two configurations is about the ratio of their machine CPU.
+    pub busy_cpus: Option<f64>,
     pub msgs_per_s: Option<f64>,
     pub requests: Option<f64>,
     pub replies: Option<f64>,
@@ -77,6 +84,13 @@ pub fn cpu_us_per_request(m: &Measured) -> Option<f64> {
         (Some(l), Some(c)) if c.requests > 0 => Some(l.cpu_s * 1e6 / c.requests as f64),
         _ => None,
     }
+}
+
+/// CPUs the machine kept busy on average during the timed part.
+pub fn busy_cpus(m: &Measured) -> Option<f64> {
+    m.machine_busy_s
+        .filter(|_| m.seconds > 0.0)
+        .map(|b| b / m.seconds)
 }
 
 /// Messages the proxy carried (requests in + replies out) per second of the
@@ -156,6 +170,8 @@ fn summarize_level(
                 .max(),
             backend_cpu_s: col(&|m| Some(m.usage.backend.cpu_s)),
             backend_peak_rss_kib: ok.iter().map(|m| m.usage.backend.peak_rss_kib).max(),
+            machine_cpu_s: col(&|m| m.machine_busy_s),
+            busy_cpus: col(&busy_cpus),
             msgs_per_s: col(&msgs_per_s),
             requests: col(&|m| m.usage.counters.map(|c| c.requests as f64)),
             replies: col(&|m| m.usage.counters.map(|c| c.replies as f64)),
@@ -194,7 +210,7 @@ pub fn table(rows: &[Row]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<12} {:<11} {:>2} {:>9} {:>6} {:>9} {:>9} {:>17} {:>11} {:>12} {:>11} {:>11} {:>12} {:>10}",
+        "{:<12} {:<11} {:>2} {:>9} {:>6} {:>9} {:>9} {:>17} {:>11} {:>12} {:>11} {:>9} {:>5} {:>11} {:>12} {:>10}",
         "workload",
         "config",
         "P",
@@ -206,6 +222,8 @@ pub fn table(rows: &[Row]) -> String {
         "layer CPU s",
         "layer RSS MiB",
         "backend CPU",
+        "all CPU s",
+        "busy",
         "proxy reqs",
         "proxy msg/s",
         "CPU µs/req"
@@ -228,7 +246,7 @@ pub fn table(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             s,
-            "{:<12} {:<11} {:>2} {:>9} {:>6} {:>9} {:>9} {:>17} {:>11} {:>12} {:>11} {:>11} {:>12} {:>10}{fails}",
+            "{:<12} {:<11} {:>2} {:>9} {:>6} {:>9} {:>9} {:>17} {:>11} {:>12} {:>11} {:>9} {:>5} {:>11} {:>12} {:>10}{fails}",
             name,
             r.config.name(),
             r.callers,
@@ -240,6 +258,8 @@ pub fn table(rows: &[Row]) -> String {
             opt(r.layer_cpu_s, 2),
             opt(r.layer_peak_rss_kib.map(|k| k as f64 / 1024.0), 1),
             opt(r.backend_cpu_s, 2),
+            opt(r.machine_cpu_s, 2),
+            opt(r.busy_cpus, 2),
             r.requests.map_or("-".into(), thousands),
             r.msgs_per_s.map_or("-".into(), thousands),
             opt(r.cpu_us_per_request, 1),
@@ -266,6 +286,8 @@ pub fn row_json(r: &Row) -> Value {
         "layer_peak_rss_kib": r.layer_peak_rss_kib,
         "backend_cpu_s": r.backend_cpu_s,
         "backend_peak_rss_kib": r.backend_peak_rss_kib,
+        "machine_cpu_s": r.machine_cpu_s,
+        "busy_cpus": r.busy_cpus,
         "proxy_msgs_per_s": r.msgs_per_s,
         "proxy_requests": r.requests,
         "proxy_replies": r.replies,
@@ -288,6 +310,8 @@ pub fn sample_json(s: &Sample) -> Value {
             v["window_s"] = json!(m.window_s);
             v["backend_cpu_s"] = json!(m.usage.backend.cpu_s);
             v["backend_peak_rss_kib"] = json!(m.usage.backend.peak_rss_kib);
+            v["machine_cpu_s"] = json!(m.machine_busy_s);
+            v["busy_cpus"] = json!(busy_cpus(m));
             if let Some(l) = m.usage.layer {
                 v["layer_cpu_s"] = json!(l.cpu_s);
                 v["layer_peak_rss_kib"] = json!(l.peak_rss_kib);
@@ -314,7 +338,7 @@ pub fn sample_json(s: &Sample) -> Value {
 pub fn csv(rows: &[Row]) -> String {
     let mut s = String::from(
         "workload,callers,config,rounds_ok,rounds_failed,median_s,ratio_to_direct,min_s,max_s,rate,rate_unit,\
-         layer,layer_cpu_s,layer_peak_rss_kib,backend_cpu_s,backend_peak_rss_kib,proxy_msgs_per_s,\
+         layer,layer_cpu_s,layer_peak_rss_kib,backend_cpu_s,backend_peak_rss_kib,machine_cpu_s,busy_cpus,proxy_msgs_per_s,\
          proxy_requests,proxy_replies,proxy_cpu_us_per_request\n",
     );
     let f = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.6}"));
@@ -322,7 +346,7 @@ pub fn csv(rows: &[Row]) -> String {
     for r in rows {
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             r.workload.name(),
             r.callers,
             r.config.name(),
@@ -339,6 +363,8 @@ pub fn csv(rows: &[Row]) -> String {
             u(r.layer_peak_rss_kib),
             f(r.backend_cpu_s),
             u(r.backend_peak_rss_kib),
+            f(r.machine_cpu_s),
+            f(r.busy_cpus),
             f(r.msgs_per_s),
             f(r.requests),
             f(r.replies),

@@ -317,6 +317,10 @@ pub struct Measured {
     /// over which the daemons' CPU and messages are counted).
     pub window_s: f64,
     pub usage: crate::mounts::Usage,
+    /// CPU seconds the whole machine was busy during the timed part (every
+    /// process: callers, kernel, daemons, the proxy); `None` if /proc/stat
+    /// could not be sampled.
+    pub machine_busy_s: Option<f64>,
     /// Workload-specific numbers (fio's bandwidth, IOPS, latency).
     pub detail: Value,
 }
@@ -612,6 +616,7 @@ pub fn run(
         Job::Worker(c) | Job::Wall(c) => rebuild(c),
     };
     let before = m.before()?;
+    let sampler = crate::busy::Sampler::start();
     let t0 = Instant::now();
     let mut child = procs::spawn(&mut cmd, &out, &err)?;
     let status = match procs::wait_bounded(&mut child, ctx.timeout) {
@@ -635,6 +640,7 @@ pub fn run(
         }
     };
     let window_s = (t1 - t0).as_secs_f64();
+    let readings = sampler.map(crate::busy::Sampler::stop);
     let usage = m.after(&before)?;
     let stderr_text = std::fs::read_to_string(&err).unwrap_or_default();
     if !status.success() {
@@ -663,10 +669,19 @@ pub fn run(
         Job::Wall(_) => (window_s, json!({})),
     };
     verify(ctx, m.config, w, count, &dir, &bdir, &out)?;
+    // The timed part ends as the child exits; it cannot have begun before
+    // the child started.
+    let from = t1
+        .checked_sub(Duration::from_secs_f64(seconds.clamp(0.0, window_s)))
+        .unwrap_or(t0)
+        .max(t0);
+    let tck = procs::clk_tck() as f64;
+    let machine_busy_s = readings.and_then(|r| r.busy_s(from, t1, tck));
     Ok(Measured {
         seconds,
         window_s,
         usage,
+        machine_busy_s,
         detail,
     })
 }
@@ -930,6 +945,10 @@ impl Measured {
         self.seconds += o.seconds;
         self.window_s += o.window_s;
         self.usage.backend = sum(self.usage.backend, o.usage.backend);
+        self.machine_busy_s = match (self.machine_busy_s, o.machine_busy_s) {
+            (Some(a), Some(b)) => Some(a + b),
+            _ => None,
+        };
         self.usage.layer = match (self.usage.layer, o.usage.layer) {
             (Some(a), Some(b)) => Some(sum(a, b)),
             (a, b) => a.or(b),
