@@ -14,12 +14,10 @@
 //! after `--spin-us` of polling without sleeping. While more than one
 //! request is in flight it reads each side until EAGAIN; with one or none
 //! (one caller) it asks poll(2) after each message instead, since the next
-//! one comes after a wait: 6 system calls per request there, not 8.
-//!
-//! Two threads that each sleep in their read cost two wake-ups per round
-//! trip that this one thread, awake between a request and its reply, does
-//! not pay; measured here, that made one caller up to 25% slower (create,
-//! small writes, tar).
+//! one comes after a wait: 6 system calls per request there, not 8. Two threads that each
+//! sleep in their read cost two wake-ups per round trip that this one
+//! thread, awake between a request and its reply, does not pay; measured
+//! here, that made one caller up to 25% slower (create, small writes, tar).
 //!
 //! A reader first waits (on the session's condition) until it may read: a
 //! kernel reader while messages wait for room on the socket, the engine is
