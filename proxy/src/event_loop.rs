@@ -724,16 +724,6 @@ impl Shared {
         self.arena.lend_whole()
     }
 
-    /// Whether the one forwarding thread (`--threads 1`) should, after a
-    /// message, try both sides again at once rather than poll(2) first:
-    /// while more than one request is in flight more messages are likely
-    /// waiting, and a ring to start must be set up before anything else.
-    /// With one request in flight or none, the next message comes after a
-    /// wait, and a read would only say EAGAIN.
-    pub(crate) fn read_on(&self) -> bool {
-        self.engine.inflight() > 1 || self.ring_to_start().is_some()
-    }
-
     /// A slot taken to read into that got nothing.
     pub(crate) fn give_back(&mut self, buf: Lent) {
         let slot = self.arena.reclaim(buf);

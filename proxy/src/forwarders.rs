@@ -11,10 +11,7 @@
 //! With `--threads 1` (the default up to 4 CPUs) one thread does both
 //! sides instead (`forward_both`): it reads whichever descriptor
 //! is ready, non-blocking, and sleeps in poll(2) on both when neither is,
-//! after `--spin-us` of polling without sleeping. While more than one
-//! request is in flight it reads each side until EAGAIN; with one or none
-//! (one caller) it asks poll(2) after each message instead, since the next
-//! one comes after a wait: 6 system calls per request there, not 8. Two threads that each
+//! after `--spin-us` of polling without sleeping. Two threads that each
 //! sleep in their read cost two wake-ups per round trip that this one
 //! thread, awake between a request and its reply, does not pay; measured
 //! here, that made one caller up to 25% slower (create, small writes, tar).
@@ -51,18 +48,17 @@ pub struct Io {
 
 /// The end of a turn: the lock is let go, the turn's I/O carried out, and
 /// the lock taken again to give back its slots and act on the outcomes.
-/// Returns `Shared::read_on` after it.
 fn finish_turn(
     shared: &Locked,
     mut s: std::sync::MutexGuard<'_, Shared>,
     outbox: &mut Outbox,
     io: &Io,
     ring: Option<&mut KernelRing>,
-) -> bool {
+) {
     s.end_turn(outbox);
     if outbox.is_empty() {
         s.after_turn(&shared.room);
-        return s.read_on();
+        return;
     }
     // Waiters and the main thread are told once, after the I/O: its slots
     // are only free then, and a deadline can wait the microseconds it takes.
@@ -72,11 +68,10 @@ fn finish_turn(
     let mut s = shared.lock();
     s.turn_done(outbox);
     s.after_turn(&shared.room);
-    s.read_on()
 }
 
 /// What one read gave (a message, or why there was none) handed to the
-/// engine as a turn; returns `Shared::read_on` after it.
+/// engine as a turn.
 fn take_turn(
     shared: &Locked,
     io: &Io,
@@ -84,7 +79,7 @@ fn take_turn(
     buf: Lent,
     got: Got,
     ring: Option<&mut KernelRing>,
-) -> bool {
+) {
     let mut s = shared.lock();
     s.begin_turn();
     match got {
@@ -93,7 +88,7 @@ fn take_turn(
         Got::Reply(_, swaps) if swaps != s.socket_swaps() => s.give_back(buf),
         Got::Reply(r, _) => s.reply_received(buf, r),
     }
-    finish_turn(shared, s, outbox, io, ring)
+    finish_turn(shared, s, outbox, io, ring);
 }
 
 /// What a read gave, and from which side.
@@ -248,15 +243,13 @@ enum Side {
     BackendIfIdle,
 }
 
-/// Reads one message from the device or the socket, if allowed; once one
-/// moved, `read_on` is `Shared::read_on` after it.
+/// Reads one message from the device or the socket, if allowed.
 fn step(
     shared: &Locked,
     io: &Io,
     outbox: &mut Outbox,
     side: Side,
     ring: Option<&mut KernelRing>,
-    read_on: &mut bool,
 ) -> Step {
     let kernel = side == Side::Kernel;
     let (mut buf, socket) = {
@@ -299,7 +292,7 @@ fn step(
         shared.lock().give_back(buf);
         return Step::Empty;
     }
-    *read_on = take_turn(shared, io, outbox, buf, got, ring);
+    take_turn(shared, io, outbox, buf, got, ring);
     Step::Moved
 }
 
@@ -377,10 +370,9 @@ fn forward_both(shared: &Locked, io: &Io, spin: Duration) -> Option<RingConfig> 
     // then left to poll(2) to say.
     let (mut kernel_ready, mut backend_ready) = (true, true);
     let mut last = Instant::now();
-    let mut read_on = true;
     loop {
         let k = if kernel_ready {
-            step(shared, io, &mut outbox, Side::Kernel, None, &mut read_on)
+            step(shared, io, &mut outbox, Side::Kernel, None)
         } else {
             Step::Empty
         };
@@ -388,31 +380,22 @@ fn forward_both(shared: &Locked, io: &Io, spin: Duration) -> Option<RingConfig> 
             return Some(config);
         }
         let b = if backend_ready {
-            step(shared, io, &mut outbox, Side::Backend, None, &mut read_on)
+            step(shared, io, &mut outbox, Side::Backend, None)
         } else {
             Step::Empty
         };
         if let Step::Ring(config) = b {
             return Some(config);
         }
+        kernel_ready &= k != Step::Empty;
+        backend_ready &= b != Step::Empty;
         if k == Step::Over && b == Step::Over {
             return None;
         }
-        let moved = k == Step::Moved || b == Step::Moved;
-        if moved {
+        if k == Step::Moved || b == Step::Moved {
             last = Instant::now();
-            if read_on {
-                kernel_ready &= k != Step::Empty;
-                backend_ready &= b != Step::Empty;
-                continue;
-            }
+            continue;
         }
-        // Otherwise the next message comes after a wait: poll(2) both sides
-        // at once rather than read each until it says EAGAIN.
-        let polled = |x: Step| if x == Step::Moved { Step::Empty } else { x };
-        let (k, b) = (polled(k), polled(b));
-        kernel_ready &= k != Step::Empty;
-        backend_ready &= b != Step::Empty;
         let timeout = if k == Step::Held || b == Step::Held {
             // Room comes back through the main thread; look again soon.
             PollTimeout::from(1u8)
@@ -538,14 +521,7 @@ fn forward_ring(shared: &Locked, io: &Io, spin: Duration, mut ring: KernelRing, 
     loop {
         let r = ring_step(shared, io, &mut outbox, &mut ring, q, &mut swaps);
         let k = if kernel_ready {
-            step(
-                shared,
-                io,
-                &mut outbox,
-                Side::Kernel,
-                Some(&mut ring),
-                &mut true,
-            )
+            step(shared, io, &mut outbox, Side::Kernel, Some(&mut ring))
         } else {
             Step::Empty
         };
@@ -555,7 +531,7 @@ fn forward_ring(shared: &Locked, io: &Io, spin: Duration, mut ring: KernelRing, 
             (false, false) => None,
         };
         let b = match side.filter(|_| backend_ready) {
-            Some(side) => step(shared, io, &mut outbox, side, Some(&mut ring), &mut true),
+            Some(side) => step(shared, io, &mut outbox, side, Some(&mut ring)),
             None => Step::Empty,
         };
         kernel_ready &= k != Step::Empty;
