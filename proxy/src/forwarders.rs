@@ -15,10 +15,12 @@
 //! until EAGAIN, except while exactly one request is in flight (one caller
 //! waiting for the daemon): then it asks poll(2) at once, the next message
 //! being that reply (`Shared::read_on`): 7 system calls per request with
-//! one caller, not 8. Two threads that each
-//! sleep in their read cost two wake-ups per round trip that this one
-//! thread, awake between a request and its reply, does not pay; measured
-//! here, that made one caller up to 25% slower (create, small writes, tar).
+//! one caller, not 8.
+//!
+//! Two threads that each sleep in their read cost two wake-ups per round
+//! trip that this one thread, awake between a request and its reply, does
+//! not pay; measured here, that made one caller up to 25% slower (create,
+//! small writes, tar).
 //!
 //! A reader first waits (on the session's condition) until it may read: a
 //! kernel reader while messages wait for room on the socket, the engine is
