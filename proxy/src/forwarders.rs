@@ -404,19 +404,20 @@ fn forward_both(shared: &Locked, io: &Io, spin: Duration) -> Option<RingConfig> 
         let moved = k == Step::Moved || b == Step::Moved;
         if moved {
             last = Instant::now();
-            if read_on {
-                kernel_ready &= k != Step::Empty;
-                backend_ready &= b != Step::Empty;
-                continue;
-            }
         }
-        // Otherwise the next message is the daemon's reply, which takes it
-        // a while: poll(2) both sides at once rather than read each until
-        // it says EAGAIN.
-        let polled = |x: Step| if x == Step::Moved { Step::Empty } else { x };
+        // Unless `read_on`, the next message is the daemon's reply, which
+        // takes it a while: poll(2) both sides at once rather than read
+        // each until it says EAGAIN.
+        let polled = |x: Step| match x {
+            Step::Moved if !read_on => Step::Empty,
+            x => x,
+        };
         let (k, b) = (polled(k), polled(b));
         kernel_ready &= k != Step::Empty;
         backend_ready &= b != Step::Empty;
+        if k == Step::Moved || b == Step::Moved {
+            continue;
+        }
         let timeout = if k == Step::Held || b == Step::Held {
             // Room comes back through the main thread; look again soon.
             PollTimeout::from(1u8)
