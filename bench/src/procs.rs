@@ -261,16 +261,43 @@ pub fn cpu_ticks(pid: i32) -> Res<u64> {
     Ok(get(11)? + get(12)?)
 }
 
-/// CPU time the whole machine spent busy (user, nice, system, irq and
-/// softirq of every CPU; guest time is inside user), in clock ticks: from
-/// the first line of /proc/stat.
-pub fn machine_busy_ticks() -> Res<u64> {
+/// The whole machine's counters in /proc/stat (see `Counts`).
+pub fn machine_counters() -> Res<Counts> {
     let s = std::fs::read_to_string("/proc/stat").map_err(|e| format!("/proc/stat: {e}"))?;
-    let line = s
-        .lines()
-        .find(|l| l.starts_with("cpu "))
-        .ok_or("/proc/stat: no \"cpu\" line")?;
-    busy_ticks(line).ok_or_else(|| format!("/proc/stat: unexpected \"cpu\" line: {line}"))
+    counts(&s)
+}
+
+/// What `machine_counters` reads. `busy_ticks`: CPU time the machine spent
+/// busy (user, nice, system, irq and softirq of every CPU; guest time is
+/// inside user), in clock ticks, from the "cpu" line. `switches`: context
+/// switches on every CPU since boot, from the "ctxt" line: each hand-off
+/// between a thread that sleeps and one it wakes costs one or two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub busy_ticks: u64,
+    pub switches: u64,
+}
+
+/// The counts in the text of /proc/stat.
+fn counts(s: &str) -> Res<Counts> {
+    let line = |name: &str| {
+        s.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .ok_or_else(|| format!("/proc/stat: no \"{name}\" line"))
+    };
+    let cpu = line("cpu")?;
+    let busy_ticks =
+        busy_ticks(cpu).ok_or_else(|| format!("/proc/stat: unexpected \"cpu\" line: {cpu}"))?;
+    let ctxt = line("ctxt")?;
+    let switches = ctxt
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("/proc/stat: unexpected \"ctxt\" line: {ctxt}"))?;
+    Ok(Counts {
+        busy_ticks,
+        switches,
+    })
 }
 
 /// The busy ticks of one "cpu" line of /proc/stat: fields 1, 2, 3, 6, 7.
@@ -379,7 +406,7 @@ pub fn bounded<T: Send + 'static>(
 
 #[cfg(test)]
 mod tests {
-    use super::busy_ticks;
+    use super::{busy_ticks, counts, Counts};
 
     #[test]
     fn busy_leaves_out_idle_iowait_and_steal() {
@@ -388,5 +415,25 @@ mod tests {
         assert_eq!(busy_ticks(line), Some(100 + 2 + 30 + 4 + 5));
         assert_eq!(busy_ticks("cpu  1 2 3"), None);
         assert_eq!(busy_ticks("cpu  1 x 3 4 5 6 7"), None);
+    }
+
+    #[test]
+    fn counts_take_the_cpu_and_ctxt_lines() {
+        let stat = "cpu  100 2 30 5000 70 4 5 900 0 0\n\
+                    cpu0 50 1 15 2500 35 2 2 450 0 0\n\
+                    intr 12345 0 0\n\
+                    ctxt 987654\n\
+                    btime 1700000000\n";
+        assert_eq!(
+            counts(stat),
+            Ok(Counts {
+                busy_ticks: 141,
+                switches: 987654
+            })
+        );
+        let err = counts("cpu  1 2 3 4 5 6 7\nctxt x\n").unwrap_err();
+        assert!(err.contains("\"ctxt\" line: ctxt x"), "{err}");
+        let err = counts("cpu  1 2 3 4 5 6 7\n").unwrap_err();
+        assert!(err.contains("no \"ctxt\" line"), "{err}");
     }
 }

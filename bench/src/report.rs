@@ -55,6 +55,9 @@ pub struct Row {
     /// number of CPUs, the workload is bound by CPU time, and the ratio of
     /// two configurations is about the ratio of their machine CPU.
     pub busy_cpus: Option<f64>,
+    /// Context switches the whole machine made per operation of the
+    /// workload during the timed part (median over the rounds).
+    pub switches_per_op: Option<f64>,
     pub msgs_per_s: Option<f64>,
     pub requests: Option<f64>,
     pub replies: Option<f64>,
@@ -172,6 +175,7 @@ fn summarize_level(
             backend_peak_rss_kib: ok.iter().map(|m| m.usage.backend.peak_rss_kib).max(),
             machine_cpu_s: col(&|m| m.machine_busy_s),
             busy_cpus: col(&busy_cpus),
+            switches_per_op: col(&|m| m.machine_switches.map(|n| n / ops.max(1.0))),
             msgs_per_s: col(&msgs_per_s),
             requests: col(&|m| m.usage.counters.map(|c| c.requests as f64)),
             replies: col(&|m| m.usage.counters.map(|c| c.replies as f64)),
@@ -210,7 +214,7 @@ pub fn table(rows: &[Row]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<12} {:<11} {:>2} {:>9} {:>6} {:>9} {:>9} {:>17} {:>11} {:>12} {:>11} {:>9} {:>5} {:>11} {:>12} {:>10}",
+        "{:<12} {:<11} {:>2} {:>9} {:>6} {:>9} {:>9} {:>17} {:>11} {:>12} {:>11} {:>9} {:>5} {:>6} {:>11} {:>12} {:>10}",
         "workload",
         "config",
         "P",
@@ -224,6 +228,7 @@ pub fn table(rows: &[Row]) -> String {
         "backend CPU",
         "all CPU s",
         "busy",
+        "sw/op",
         "proxy reqs",
         "proxy msg/s",
         "CPU µs/req"
@@ -246,7 +251,7 @@ pub fn table(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             s,
-            "{:<12} {:<11} {:>2} {:>9} {:>6} {:>9} {:>9} {:>17} {:>11} {:>12} {:>11} {:>9} {:>5} {:>11} {:>12} {:>10}{fails}",
+            "{:<12} {:<11} {:>2} {:>9} {:>6} {:>9} {:>9} {:>17} {:>11} {:>12} {:>11} {:>9} {:>5} {:>6} {:>11} {:>12} {:>10}{fails}",
             name,
             r.config.name(),
             r.callers,
@@ -260,6 +265,7 @@ pub fn table(rows: &[Row]) -> String {
             opt(r.backend_cpu_s, 2),
             opt(r.machine_cpu_s, 2),
             opt(r.busy_cpus, 2),
+            opt(r.switches_per_op, 1),
             r.requests.map_or("-".into(), thousands),
             r.msgs_per_s.map_or("-".into(), thousands),
             opt(r.cpu_us_per_request, 1),
@@ -288,6 +294,7 @@ pub fn row_json(r: &Row) -> Value {
         "backend_peak_rss_kib": r.backend_peak_rss_kib,
         "machine_cpu_s": r.machine_cpu_s,
         "busy_cpus": r.busy_cpus,
+        "switches_per_op": r.switches_per_op,
         "proxy_msgs_per_s": r.msgs_per_s,
         "proxy_requests": r.requests,
         "proxy_replies": r.replies,
@@ -312,6 +319,7 @@ pub fn sample_json(s: &Sample) -> Value {
             v["backend_peak_rss_kib"] = json!(m.usage.backend.peak_rss_kib);
             v["machine_cpu_s"] = json!(m.machine_busy_s);
             v["busy_cpus"] = json!(busy_cpus(m));
+            v["machine_switches"] = json!(m.machine_switches);
             if let Some(l) = m.usage.layer {
                 v["layer_cpu_s"] = json!(l.cpu_s);
                 v["layer_peak_rss_kib"] = json!(l.peak_rss_kib);
@@ -338,7 +346,7 @@ pub fn sample_json(s: &Sample) -> Value {
 pub fn csv(rows: &[Row]) -> String {
     let mut s = String::from(
         "workload,callers,config,rounds_ok,rounds_failed,median_s,ratio_to_direct,min_s,max_s,rate,rate_unit,\
-         layer,layer_cpu_s,layer_peak_rss_kib,backend_cpu_s,backend_peak_rss_kib,machine_cpu_s,busy_cpus,proxy_msgs_per_s,\
+         layer,layer_cpu_s,layer_peak_rss_kib,backend_cpu_s,backend_peak_rss_kib,machine_cpu_s,busy_cpus,switches_per_op,proxy_msgs_per_s,\
          proxy_requests,proxy_replies,proxy_cpu_us_per_request\n",
     );
     let f = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.6}"));
@@ -346,7 +354,7 @@ pub fn csv(rows: &[Row]) -> String {
     for r in rows {
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             r.workload.name(),
             r.callers,
             r.config.name(),
@@ -365,6 +373,7 @@ pub fn csv(rows: &[Row]) -> String {
             u(r.backend_peak_rss_kib),
             f(r.machine_cpu_s),
             f(r.busy_cpus),
+            f(r.switches_per_op),
             f(r.msgs_per_s),
             f(r.requests),
             f(r.replies),

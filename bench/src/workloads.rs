@@ -321,6 +321,8 @@ pub struct Measured {
     /// process: callers, kernel, daemons, the proxy); `None` if /proc/stat
     /// could not be sampled.
     pub machine_busy_s: Option<f64>,
+    /// Context switches the whole machine made during the timed part.
+    pub machine_switches: Option<f64>,
     /// Workload-specific numbers (fio's bandwidth, IOPS, latency).
     pub detail: Value,
 }
@@ -676,12 +678,14 @@ pub fn run(
         .unwrap_or(t0)
         .max(t0);
     let tck = procs::clk_tck() as f64;
-    let machine_busy_s = readings.and_then(|r| r.busy_s(from, t1, tck));
+    let machine_busy_s = readings.as_ref().and_then(|r| r.busy_s(from, t1, tck));
+    let machine_switches = readings.and_then(|r| r.switches(from, t1));
     Ok(Measured {
         seconds,
         window_s,
         usage,
         machine_busy_s,
+        machine_switches,
         detail,
     })
 }
@@ -945,10 +949,9 @@ impl Measured {
         self.seconds += o.seconds;
         self.window_s += o.window_s;
         self.usage.backend = sum(self.usage.backend, o.usage.backend);
-        self.machine_busy_s = match (self.machine_busy_s, o.machine_busy_s) {
-            (Some(a), Some(b)) => Some(a + b),
-            _ => None,
-        };
+        let add = |a: Option<f64>, b: Option<f64>| Some(a? + b?);
+        self.machine_busy_s = add(self.machine_busy_s, o.machine_busy_s);
+        self.machine_switches = add(self.machine_switches, o.machine_switches);
         self.usage.layer = match (self.usage.layer, o.usage.layer) {
             (Some(a), Some(b)) => Some(sum(a, b)),
             (a, b) => a.or(b),
