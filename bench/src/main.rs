@@ -685,9 +685,12 @@ fn run(cli: &Cli) -> Res<i32> {
     );
     let us = |v: &serde_json::Value| v.as_f64().map_or("?".into(), |x| format!("{x:.1} µs"));
     println!(
-        "hand-off between two processes (the floor of each FUSE round trip; the proxy adds two): {} on one CPU, {} across CPUs",
+        "hand-off between two processes (the floor of each FUSE round trip; the proxy adds two): {} on one CPU, {} across CPUs; \
+         CPU of one side per round trip (a wake-up made, a wait woken from): {} on one CPU, {} across",
         us(&machine["handoff_us"]["same_cpu"]),
         us(&machine["handoff_us"]["cross_cpu"]),
+        us(&machine["handoff_cpu_us"]["same_cpu"]),
+        us(&machine["handoff_cpu_us"]["cross_cpu"]),
     );
     println!(
         "medians over the rounds; P = parallel callers; ratio = median / direct's median at the same P; \

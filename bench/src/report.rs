@@ -459,7 +459,14 @@ pub fn machine(proxy: &Path) -> Value {
     let (same_cpu, cross_cpu) = crate::handoff::probe();
     let halt_poll = read("/sys/module/haltpoll/parameters/guest_halt_poll_ns");
     json!({
-        "handoff_us": { "same_cpu": same_cpu, "cross_cpu": cross_cpu },
+        "handoff_us": {
+            "same_cpu": same_cpu.map(|c| c.latency),
+            "cross_cpu": cross_cpu.map(|c| c.latency),
+        },
+        "handoff_cpu_us": {
+            "same_cpu": same_cpu.map(|c| c.cpu),
+            "cross_cpu": cross_cpu.map(|c| c.cpu),
+        },
         "cpuidle_driver": read("/sys/devices/system/cpu/cpuidle/current_driver").trim(),
         "guest_halt_poll_ns": halt_poll.trim().parse::<u64>().ok(),
         "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
