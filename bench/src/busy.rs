@@ -1,8 +1,9 @@
 //! How busy the whole machine was during a workload's timed part, and how
 //! many context switches it made: a thread reads /proc/stat's busy ticks and
-//! switch count every few milliseconds while the workload runs, and the timed part is taken as the last `seconds` before the child's
-//! exit (fio, the worker, tar and find each end their timing just before
-//! they exit; fio does not say when its jobs started).
+//! switch count every few milliseconds while the workload runs, and the
+//! timed part is taken as the last `seconds` before the child's exit (fio,
+//! the worker, tar and find each end their timing just before they exit;
+//! fio does not say when its jobs started).
 //!
 //! With every CPU busy, a workload is bound by CPU time: then the ratio of
 //! two configurations' times is about the ratio of the CPU they cost the
