@@ -610,19 +610,27 @@ impl Shared {
         }
     }
 
-    /// `--idle-poll own`: the one forwarding thread is about to sleep.
-    pub(crate) fn idle_poll_before_sleep(&mut self) {
-        match self.startup.idle_poll.as_mut().map(|p| p.before_sleep()) {
+    /// `--idle-poll own`: forwarding thread `waiter` (0 over read(2), or
+    /// the ring thread of that queue) is about to sleep.
+    pub(crate) fn idle_poll_before_sleep(&mut self, waiter: usize) {
+        match self
+            .startup
+            .idle_poll
+            .as_mut()
+            .map(|p| p.before_sleep(waiter))
+        {
             Some(Ok(moved)) => self.idle_poll_moves += u64::from(moved),
             Some(Err(e)) => self.idle_poll_failed(&e),
             None => {}
         }
     }
 
-    /// `--idle-poll own` ends: the rings took over, whose threads keep to
-    /// their CPUs.
-    pub(crate) fn idle_poll_end(&mut self) {
-        self.startup.idle_poll = None;
+    /// `--idle-poll own`: forwarding thread `waiter` ends (a ring thread,
+    /// the rings given up); the CPU it held goes.
+    pub(crate) fn idle_poll_left(&mut self, waiter: usize) {
+        if let Some(Err(e)) = self.startup.idle_poll.as_mut().map(|p| p.release(waiter)) {
+            self.idle_poll_failed(&e);
+        }
     }
 
     /// A failed system call gives `--idle-poll` up for the session, in one

@@ -314,8 +314,6 @@ pub fn forward(shared: &Arc<Locked>, io: &Arc<Io>, spin: Duration) {
     let Some(config) = forward_both(shared, io, spin) else {
         return;
     };
-    // The ring's threads keep to their CPUs: no hold to move with them.
-    shared.lock().idle_poll_end();
     for q in 1..config.queues {
         let (mine, io) = (shared.clone(), io.clone());
         let started = spawn(&format!("ring-{q}"), move || {
@@ -348,8 +346,13 @@ fn ring_thread(shared: &Locked, io: &Io, spin: Duration, config: RingConfig, q: 
     let started = shared.lock().ring_started(ring.as_ref().map_err(|e| *e));
     if let Some(ring) = ring.ok().filter(|_| started) {
         let held = forward_ring(shared, io, spin, ring, q);
+        let mut s = shared.lock();
         if held > 0 {
-            shared.lock().ring_holder_left();
+            s.ring_holder_left();
+        }
+        // Queue 0's thread goes on over read(2), and sleeps on its own CPU.
+        if q > 0 {
+            s.idle_poll_left(q);
         }
     }
 }
@@ -424,7 +427,7 @@ fn forward_both(shared: &Locked, io: &Io, spin: Duration) -> Option<RingConfig> 
         } else if last.elapsed() < spin {
             PollTimeout::ZERO
         } else {
-            shared.lock().idle_poll_before_sleep();
+            shared.lock().idle_poll_before_sleep(0);
             PollTimeout::NONE
         };
         // Only the sides waiting for data are polled: a side that is over
@@ -601,6 +604,9 @@ fn forward_ring(shared: &Locked, io: &Io, spin: Duration, mut ring: KernelRing, 
         } else {
             None
         };
+        if timeout.is_none() {
+            shared.lock().idle_poll_before_sleep(q);
+        }
         let min = usize::from(timeout != Some(Duration::ZERO));
         if let Err(e) = ring.wait(min, timeout) {
             shared.lock().ring_failed(e);

@@ -1,5 +1,7 @@
-//! `--idle-poll own`: while requests flow, the CPU the forwarding thread
-//! waits on polls in the kernel's idle loop instead of halting.
+//! `--idle-poll own`: while requests flow, the CPU a forwarding thread
+//! waits on polls in the kernel's idle loop instead of halting: the one
+//! thread's over read(2), or each ring thread's (`--kernel-transport uring`,
+//! a thread kept to each CPU).
 //!
 //! Why: a proxied request wakes the proxy twice (the caller's request, the
 //! daemon's reply). Where an idle CPU halts at once (a VM whose guest does
@@ -263,10 +265,10 @@ impl Files {
     }
 }
 
-/// The hold on the CPU the forwarding thread waits on. Driven under the
+/// The holds on the CPUs the forwarding threads wait on. Driven under the
 /// session's lock: [`request_seen`](Self::request_seen) for every request
-/// (a flag), [`before_sleep`](Self::before_sleep) by the forwarding thread
-/// before it sleeps (a `sched_getcpu`, and system calls only when the CPU
+/// (a flag), [`before_sleep`](Self::before_sleep) by a forwarding thread
+/// before it sleeps (a `sched_getcpu`, and system calls only when its CPU
 /// changed), [`tick`](Self::tick) by the main thread at
 /// [`check_at`](Self::check_at). Neither allocates.
 ///
@@ -276,8 +278,10 @@ impl Files {
 /// (measured: a stat loop 75-113 µs per call that way, 38-42 without).
 pub struct IdlePoll {
     files: Files,
-    /// The CPU held now.
-    held: Option<usize>,
+    /// The CPU each waiting thread holds, by waiter (the one forwarding
+    /// thread over read(2) is 0, ring thread q is q). Waiters on one CPU
+    /// share its hold, which goes with the last of them.
+    held: Vec<Option<usize>>,
     /// Whether requests flow, hence whether to hold.
     flow: Flow,
     /// CPUs found with someone else's value: not tried again.
@@ -295,8 +299,8 @@ impl IdlePoll {
         let guard = start_guard()?;
         let foreign = vec![false; files.cpus.len()];
         Ok(IdlePoll {
+            held: vec![None; files.cpus.len().max(1)],
             files,
-            held: None,
             flow: Flow::new(HOLD),
             foreign,
             _guard: guard,
@@ -315,54 +319,61 @@ impl IdlePoll {
         self.flow.check_at()
     }
 
-    /// Before the forwarding thread sleeps: while requests flow, holds the
-    /// CPU it is on. True when the hold left another CPU for it (the
+    /// Before forwarding thread `waiter` sleeps: while requests flow, holds
+    /// the CPU it is on. True when the hold left another CPU for it (the
     /// thread was moved).
-    pub fn before_sleep(&mut self) -> std::io::Result<bool> {
+    pub fn before_sleep(&mut self, waiter: usize) -> std::io::Result<bool> {
         if self.flow.check_at().is_none() {
             return Ok(false);
         }
         let Ok(cpu) = nix::sched::sched_getcpu() else {
             return Ok(false);
         };
-        if self.held == Some(cpu) {
+        let Some(&mine) = self.held.get(waiter) else {
+            return Ok(false);
+        };
+        if mine == Some(cpu) {
             return Ok(false);
         }
         // Moved (or first): the old CPU goes, whatever the new one allows.
-        let moved = self.held.is_some();
-        self.release()?;
+        self.release(waiter)?;
         if self.foreign.get(cpu).copied().unwrap_or(true) {
-            return Ok(moved);
+            return Ok(mine.is_some());
         }
-        if self.files.take(cpu)? {
-            self.held = Some(cpu);
+        if self.held.contains(&Some(cpu)) || self.files.take(cpu)? {
+            self.held[waiter] = Some(cpu);
         } else {
             self.foreign[cpu] = true;
         }
-        Ok(moved)
+        Ok(mine.is_some())
     }
 
     /// Lets go if no request came since the last check, else looks again
     /// after [`HOLD`].
     pub fn tick(&mut self, now: Instant) -> std::io::Result<()> {
         if self.flow.tick(now) {
-            return self.release();
+            return self.release_all();
         }
         Ok(())
     }
 
-    /// Lets go of the CPU held, if any.
-    fn release(&mut self) -> std::io::Result<()> {
-        match self.held.take() {
-            Some(cpu) => self.files.release(cpu),
-            None => Ok(()),
+    /// Lets go of the CPU `waiter` holds, if any (a ring thread that ends);
+    /// the CPU itself goes unless another waiter holds it too.
+    pub fn release(&mut self, waiter: usize) -> std::io::Result<()> {
+        match self.held.get_mut(waiter).and_then(Option::take) {
+            Some(cpu) if !self.held.contains(&Some(cpu)) => self.files.release(cpu),
+            _ => Ok(()),
         }
+    }
+
+    fn release_all(&mut self) -> std::io::Result<()> {
+        (0..self.held.len()).try_for_each(|w| self.release(w))
     }
 }
 
 impl Drop for IdlePoll {
     fn drop(&mut self) {
-        let _ = self.release();
+        let _ = self.release_all();
     }
 }
 
@@ -485,6 +496,54 @@ mod tests {
                 .trim()
                 .to_string()
         }
+    }
+
+    /// An `IdlePoll` over the stand-ins, requests flowing, without a guard.
+    fn holds(files: Files) -> IdlePoll {
+        let (_read, write) = nix::unistd::pipe().unwrap();
+        let mut p = IdlePoll {
+            held: vec![None; files.cpus.len()],
+            foreign: vec![false; files.cpus.len()],
+            files,
+            flow: Flow::new(HOLD),
+            _guard: write,
+        };
+        p.request_seen();
+        p
+    }
+
+    #[test]
+    fn waiters_on_one_cpu_share_its_hold_and_the_last_lets_go() {
+        // On CPU 0, so that `sched_getcpu` says 0 (the CPU every machine has).
+        let mut cpu0 = nix::sched::CpuSet::new();
+        cpu0.set(0).unwrap();
+        if let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpu0) {
+            eprintln!("skipping: this thread may not run on CPU 0 ({e})");
+            return;
+        }
+        let m = Machine::new();
+        let mut p = holds(m.proxy());
+        // The one thread over read(2) (0) and a ring thread (1) on CPU 0.
+        assert!(!p.before_sleep(0).unwrap(), "a first hold is not a move");
+        assert!(!p.before_sleep(1).unwrap());
+        assert_eq!((m.value(0).as_str(), m.value(1).as_str()), ("n/a", "0"));
+        p.release(1).unwrap();
+        assert_eq!(m.value(0), "n/a", "still held by waiter 0");
+        p.before_sleep(1).unwrap();
+        p.release(0).unwrap();
+        assert_eq!(m.value(0), "n/a", "still held by waiter 1");
+        p.release(1).unwrap();
+        assert_eq!(m.value(0), "0", "the last waiter let go");
+        // A waiter beyond the table holds nothing.
+        assert!(!p.before_sleep(99).unwrap());
+        assert_eq!(m.value(0), "0");
+        // When requests stop, every hold goes at once.
+        p.before_sleep(0).unwrap();
+        p.before_sleep(2).unwrap();
+        let later = Instant::now() + 3 * HOLD;
+        p.tick(later).unwrap();
+        p.tick(later + 3 * HOLD).unwrap();
+        assert_eq!(m.value(0), "0", "let go once requests stopped");
     }
 
     #[test]

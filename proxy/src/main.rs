@@ -842,9 +842,9 @@ fn which(program: &std::ffi::OsStr) -> Option<std::path::PathBuf> {
         .find(|c| is_exec(c))
 }
 
-/// `--idle-poll own` where it applies (one forwarding thread over read(2),
-/// no `--cpu-latency` in force) and the files open; else one line saying
-/// why not.
+/// `--idle-poll own` where it applies (one forwarding thread, over read(2)
+/// or the ring; no `--cpu-latency` in force) and the files open; else one
+/// line saying why not.
 fn open_idle_poll(
     cli: &cli::Cli,
     threads: usize,
@@ -856,16 +856,19 @@ fn open_idle_poll(
     }
     let why_not = if threads > 1 {
         format!("--threads {threads} (it applies to one thread)")
-    } else if ring {
-        "--kernel-transport uring (each ring thread keeps to its CPU)".to_string()
     } else {
         match idle_poll::IdlePoll::open() {
             Ok(p) => {
                 slog::info!(
                     log,
-                    "--idle-poll own: while requests flow, the CPU the proxy waits on polls \
+                    "--idle-poll own: while requests flow, the CPU the proxy waits on{} polls \
                      instead of halting (its pm_qos_resume_latency_us, released {}-{} ms after \
                      the last request; shared through {})",
+                    if ring {
+                        " (with the ring, each ring thread's)"
+                    } else {
+                        ""
+                    },
                     idle_poll::HOLD.as_millis(),
                     2 * idle_poll::HOLD.as_millis(),
                     idle_poll::REGISTRY

@@ -1,10 +1,11 @@
-//! `--idle-poll own` (the default with one forwarding thread over read(2))
-//! end to end, over libfuse's passthrough_ll: while `stat` calls flow through
-//! the mount, one CPU's resume latency request is "n/a" (poll); shortly
-//! after they stop every CPU has its value back; a proxy killed with
-//! SIGKILL leaves none polling (its guard puts them back); a value someone
-//! else set is left as it is. These are machine-wide settings: each test
-//! saves every CPU's value and writes it back when it ends, a failure
+//! `--idle-poll own` (the default with one forwarding thread) end to end,
+//! over libfuse's passthrough_ll: while `stat` calls flow through the
+//! mount, one CPU's resume latency request is "n/a" (poll); shortly after
+//! they stop every CPU has its value back; a proxy killed with SIGKILL
+//! leaves none polling (its guard puts them back); a value someone else set
+//! is left as it is; with the ring, the CPUs its threads wait on poll.
+//! These are machine-wide settings: each test saves every CPU's value (and
+//! `fuse.enable_uring`) and writes it back when it ends, a failure
 //! included, and the tests of this file run one at a time.
 
 mod common;
@@ -13,7 +14,8 @@ use std::fs;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{wait_until, Mode, Mount, MountBuilder};
+use common::stats::{dump_stats, stat_field};
+use common::{uring_param, wait_until, Mode, Mount, MountBuilder};
 use nix::sys::signal::Signal;
 
 /// The proxy lets go 20-40 ms after the last request; its guard acts as
@@ -69,14 +71,20 @@ impl Drop for Saved {
     }
 }
 
-/// Takes the tests' turn and every CPU's value, all "no constraint"
-/// first (another test binary's proxies have let go by then).
+/// For a test of the read(2) path: [`take_turn`], except in the pass of
+/// the tests over the ring.
 fn begin() -> Option<(std::sync::MutexGuard<'static, ()>, Saved)> {
-    common::require_root_and_fuse();
     if common::env_transport() == Some("uring") {
-        println!("skipping: --idle-poll applies over read(2), this pass uses the ring");
+        println!("skipping: this test is of read(2), this pass uses the ring");
         return None;
     }
+    take_turn()
+}
+
+/// Takes the tests' turn and every CPU's value, all "no constraint"
+/// first (another test binary's proxies have let go by then).
+fn take_turn() -> Option<(std::sync::MutexGuard<'static, ()>, Saved)> {
+    common::require_root_and_fuse();
     let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let saved = Saved::take()?;
     if let Some(v) = saved.0.iter().find(|(_, v)| v != "0" && v != "n/a") {
@@ -229,4 +237,45 @@ fn off_or_several_threads_leave_the_cpus_alone() {
             "start-up lines with --threads {threads} {args:?}:\n{log}"
         );
     }
+}
+
+/// With the ring, each ring thread holds the CPU it keeps to while it waits:
+/// while a caller's stats flow, the CPU its requests' queue is on polls
+/// (most samples show at least one CPU polling, never more than there are
+/// ring threads), the requests came through the ring, and every CPU is
+/// put back after.
+#[test]
+fn with_the_ring_the_cpus_its_threads_wait_on_poll_and_none_after() {
+    let Some((_turn, saved)) = take_turn() else {
+        return;
+    };
+    let Some(_param) = uring_param::Set::new("Y") else {
+        return;
+    };
+    let mut m = mount_with(1, &["--kernel-transport", "uring"]);
+    let seen = stat_loop(&m, &saved, Duration::from_millis(500));
+    let cpus = saved.0.len();
+    let held = seen.iter().filter(|&&n| n >= 1).count();
+    assert!(
+        held * 10 >= seen.len() * 9 && seen.iter().all(|&n| n <= cpus),
+        "CPUs polling, sampled while requests flowed: {seen:?}\n{}",
+        m.proxy_log()
+    );
+    let stats = dump_stats(&mut m);
+    assert!(
+        stat_field(&stats, "ring_requests") > 0,
+        "the requests did not come through the ring: {stats}\n{}",
+        m.proxy_log()
+    );
+    assert!(
+        wait_until(RELEASE_BOUND, || saved.polling() == 0),
+        "still {:?} {RELEASE_BOUND:?} after the last request\n{}",
+        saved.current(),
+        m.proxy_log()
+    );
+    let log = m.proxy_log();
+    assert!(
+        log.contains("(with the ring, each ring thread's) polls instead of halting"),
+        "no start-up line:\n{log}"
+    );
 }

@@ -18,9 +18,8 @@ use std::time::{Duration, Instant};
 
 use common::policy::passthrough_backend;
 use common::stats::{dump_stats, stat_field};
-use common::{Mode, Mount, MountBuilder, Signal};
+use common::{uring_param, Mode, Mount, MountBuilder, Signal};
 
-const PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
 const CALLERS: usize = 8;
 const ROUNDS: usize = 200;
 /// Generous: the whole workload takes well under a second here.
@@ -29,33 +28,20 @@ const BOUND: Duration = Duration::from_secs(60);
 static TURN: Mutex<()> = Mutex::new(());
 
 /// The module parameter set to `value` for the guard's life, and the tests'
-/// turn; `None` (with a line saying why) where it cannot be set.
+/// turn (the old value goes back first); `None` (with a line saying why)
+/// where it cannot be set.
 struct Param {
-    old: String,
+    _set: uring_param::Set,
     _turn: MutexGuard<'static, ()>,
 }
 
 impl Param {
     fn set(value: &str) -> Option<Param> {
         let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-        let old = match fs::read_to_string(PARAM) {
-            Ok(v) => v.trim().to_string(),
-            Err(e) => {
-                eprintln!("skipped: {PARAM}: {e} (FUSE-over-io_uring needs Linux 6.14+)");
-                return None;
-            }
-        };
-        if let Err(e) = fs::write(PARAM, value) {
-            eprintln!("skipped: cannot write {PARAM}: {e}");
-            return None;
-        }
-        Some(Param { old, _turn: turn })
-    }
-}
-
-impl Drop for Param {
-    fn drop(&mut self) {
-        let _ = fs::write(PARAM, &self.old);
+        Some(Param {
+            _set: uring_param::Set::new(value)?,
+            _turn: turn,
+        })
     }
 }
 

@@ -79,6 +79,7 @@ pub mod policy;
 pub mod stats;
 pub mod sys;
 pub mod tree;
+pub mod uring_param;
 
 use std::ffi::{OsStr, OsString};
 use std::fs;
